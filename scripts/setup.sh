@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up .venv for lenet; safe to run again (it only installs what is missing).
+#   bash scripts/setup.sh          # the tool
+#   bash scripts/setup.sh test     # the tool and its test dependencies
+# torch comes first, pinned to the CPU build that lies on this kind of machine's disk:
+# an open range on a machine without torch makes pip fetch a multi-GB CUDA build.
+# Where the system Python already has torch (a GPU machine), the venv reuses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_CPU=${LENET_TORCH:-torch==2.13.0}
+quiet=(-q --disable-pip-version-check)
+
+if [ ! -x .venv/bin/python ]; then
+  if "$PYTHON" -c "import torch" 2>/dev/null; then
+    echo "setup: system Python has torch $("$PYTHON" -c 'import torch; print(torch.__version__)'); reusing it"
+    "$PYTHON" -m venv --system-site-packages .venv
+  else
+    "$PYTHON" -m venv .venv
+  fi
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+if ! python -c "import torch" 2>/dev/null; then
+  echo "setup: installing $TORCH_CPU (CPU build)"
+  pip install "${quiet[@]}" "$TORCH_CPU"
+fi
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+# Reinstall only when pyproject.toml changed since the last install.
+stamp=".venv/.lenet-installed$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! python -c "import lenet" 2>/dev/null; then
+  echo "setup: installing lenet$extras into .venv"
+  pip install "${quiet[@]}" -e ".$extras"
+  touch "$stamp"
+fi
+python -c "import torch, lenet; print(f'setup: lenet {lenet.__version__}, torch {torch.__version__}, cuda {torch.cuda.is_available()}')"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up and run every test, the slow real-data ones included.
+#   bash scripts/test.sh [pytest args, e.g. -m "not slow" or -k config]
+# Real data: LENET_DATA_DIR, else ../shared/datasets beside the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+# shellcheck disable=SC1091
+. .venv/bin/activate
+exec python -m pytest "$@"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The main job: set up, find (or fetch) Fashion-MNIST, train the chapter's LeNet-5.
+#   bash scripts/train.sh [extra `lenet train` flags, e.g. --epochs 3 --name first-run]
+# Data: --data-dir / LENET_DATA_DIR, ../shared/datasets beside a checkout, the user
+# cache, /usr/share/datasets (Debian's dataset-fashion-mnist, installed here where
+# apt-get works as root), else `lenet train` downloads from the official mirrors.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+if [ -z "${LENET_DATA_DIR:-}" ] && [ -d ../shared/datasets/fashion-mnist ]; then
+  export LENET_DATA_DIR="$(cd ../shared/datasets && pwd)"
+fi
+if ! LENET_NO_DOWNLOAD=1 python -c "from lenet.data import locate; locate('fashion-mnist')" 2>/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "train.sh: Fashion-MNIST not found; installing Debian's dataset-fashion-mnist"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+      || echo "train.sh: apt-get failed; lenet will download from the official mirrors"
+  fi
+fi
+exec lenet train --preset d2l "$@"

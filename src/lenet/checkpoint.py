@@ -1,0 +1,151 @@
+"""Saving and loading: resumable checkpoints and portable model files.
+
+- checkpoint.pt: everything needed to continue a run bit for bit (model, optimiser,
+  scheduler, epoch and step, metrics so far, every random state). Loaded only with
+  ``torch.load(weights_only=True)``, so a checkpoint cannot run code when loaded.
+- model.safetensors: the weights, with the resolved config, class names, dataset
+  and accuracy in the metadata. Nothing else is needed to use the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .config import RunConfig, validate
+from .errors import ConfigError, RunError
+from .runs import atomic_write_bytes
+
+CHECKPOINT = "checkpoint.pt"
+MODEL_FILE = "model.safetensors"
+FORMAT = "lenet-model/1"
+
+
+# --------------------------------------------------------------------------- random state
+
+
+def rng_state(shuffle: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": _python_state(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _python_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+            "has_gauss": has_gauss, "cached": cached}
+
+
+def set_rng_state(state: dict[str, Any], shuffle: torch.Generator) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = Path(run_dir) / CHECKPOINT
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {CHECKPOINT} to resume from; start a new run instead")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise RunError(f"{path}: not a readable lenet checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: tuple[str, ...],
+               extra: dict[str, Any] | None = None) -> Path:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(cfg.to_dict()),
+        "class_names": json.dumps(list(class_names)),
+        "dataset": cfg.data.dataset,
+        **{k: json.dumps(v) for k, v in (extra or {}).items()},
+    }
+    atomic_write_bytes(Path(path), st_save(tensors, metadata=metadata))
+    return Path(path)
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: no such model file (give a run directory or a .safetensors file)")
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, RunConfig, metadata) from a run directory or .safetensors file."""
+    from .models import LeNet
+
+    path = resolve_model_path(path)
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+        from safetensors import safe_open  # metadata needs the header, read from the file
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise RunError(f"{path}: not a safetensors model file ({exc})") from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise RunError(f"{path}: a safetensors file, but not a lenet model (no lenet config in its metadata)")
+    try:
+        cfg = validate(json.loads(metadata["config"]), f"config stored in {path}")
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise RunError(f"{path}: the stored config is invalid: {exc}") from None
+    model = LeNet(cfg.model)
+    expected = model.state_dict()
+    problems = []
+    for key, tensor in expected.items():
+        if key not in tensors:
+            problems.append(f"missing {key}")
+        elif tensors[key].shape != tensor.shape:
+            problems.append(f"{key}: file has {tuple(tensors[key].shape)}, config needs {tuple(tensor.shape)}")
+    problems += [f"unexpected {key}" for key in tensors if key not in expected]
+    if problems:
+        raise RunError(f"{path}: weights do not match the stored config: " + "; ".join(problems[:5]))
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+    meta = {k: (json.loads(v) if k not in ("format", "config", "dataset") else v) for k, v in metadata.items()}
+    return model, cfg, meta

@@ -1,0 +1,54 @@
+"""The project's exceptions and the one place that maps them to exit codes.
+
+Every failure a user can cause or meet is one of these; ``cli.main`` turns them
+into a message on stderr and the exit code below, never a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # runtime failure: data missing or corrupt, divergence, I/O
+EXIT_USAGE = 2  # bad command line, bad config value, impossible architecture
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+
+
+class LenetError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_code = EXIT_FAILURE
+
+
+class DataError(LenetError):
+    """Data missing, corrupt, or not what it claims to be."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(LenetError):
+    """A config value, file or architecture that cannot work."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(LenetError):
+    """A command line that names something that does not exist."""
+
+    exit_code = EXIT_USAGE
+
+
+class DivergedError(LenetError):
+    """The loss became NaN or infinite."""
+
+    exit_code = EXIT_FAILURE
+
+
+class RunError(LenetError):
+    """A run directory or model file problem (exists, unwritable, not a model)."""
+
+    exit_code = EXIT_FAILURE
+
+
+class Interrupted(LenetError):
+    """The user pressed Ctrl-C (or sent SIGINT); state was saved first."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,104 @@
+"""Reader and writer for the IDX format of MNIST and Fashion-MNIST.
+
+Format (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS"): two zero bytes, a type
+code (0x08 = unsigned byte, the only one these datasets use), the number of
+dimensions, then one big-endian uint32 per dimension, then the data, row-major.
+Files may be gzip-compressed; we detect that by the gzip magic, not the name.
+Any problem raises ``DataError`` naming the file: never a numpy or zlib traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+# type code -> numpy dtype (big-endian where it matters), from the format spec
+_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+MAX_DIMS = 4  # images are 3-D, labels 1-D; more is not an IDX file we know
+
+
+def decompressed_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it is gzip; DataError if unreadable."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError:
+        raise DataError(
+            f"{path}: truncated gzip file (the download was probably cut off); "
+            "delete it and fetch it again"
+        ) from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise DataError(f"{path}: corrupt gzip data ({exc}); delete it and fetch it again") from None
+
+
+def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes into an array, checking the header against the payload size."""
+    if len(data) < 4:
+        raise DataError(f"{source}: {len(data)} bytes is too short for an IDX header (needs 4)")
+    zero, type_code, ndim = data[:2], data[2], data[3]
+    if zero != b"\x00\x00" or type_code not in _TYPES:
+        raise DataError(
+            f"{source}: not an IDX file (magic number {data[:4].hex()}; "
+            "expected 0000 followed by a type code such as 08 and the number of dimensions)"
+        )
+    if not 1 <= ndim <= MAX_DIMS:
+        raise DataError(f"{source}: IDX header says {ndim} dimensions; expected 1 to {MAX_DIMS}")
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise DataError(f"{source}: header truncated ({len(data)} bytes, needs {header_size})")
+    shape = struct.unpack(f">{ndim}I", data[4:header_size])
+    dtype = _TYPES[type_code]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    payload = len(data) - header_size
+    if payload != expected:
+        raise DataError(
+            f"{source}: header says shape {tuple(shape)} ({expected} data bytes) "
+            f"but the file holds {payload} data bytes; the file is truncated or corrupt"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (gzip or raw)."""
+    return parse_idx(decompressed_bytes(path), source=str(path))
+
+
+def sha256_of_decompressed(path: Path) -> str:
+    """SHA-256 of the file's content after gunzip: independent of gzip settings."""
+    return hashlib.sha256(decompressed_bytes(path)).hexdigest()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> Path:
+    """Write an uint8 array as IDX; gzip when the name ends in .gz (or ``compress``)."""
+    path = Path(path)
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.tobytes()
+    if compress if compress is not None else path.suffix == ".gz":
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+    return path

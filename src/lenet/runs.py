@@ -1,0 +1,198 @@
+"""Run directories and the files in them, all written atomically.
+
+A run directory holds: config.yaml (resolved), metrics.jsonl + metrics.csv (one row
+per epoch), checkpoint.pt (resumable state), model.safetensors (weights + config in
+the metadata), curves.png, environment.json, status.json and train.log.
+Every file is written to a temporary name, flushed, fsynced and renamed, so a kill
+at any moment leaves the old version or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+
+from . import __version__
+from .config import RunConfig, validate
+from .errors import RunError
+
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
+    "test_accuracy", "lr", "epoch_seconds", "examples_per_second",
+]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise RunError(f"cannot write {path}: {exc.strerror or exc}; files saved before are intact") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_metrics(run_dir: Path, rows: list[Mapping[str, Any]]) -> None:
+    """metrics.jsonl and metrics.csv rewritten whole: each epoch appears exactly once,
+    even after a resume that repeats an epoch the killed run had half done."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    buffer = io.StringIO()
+    extra = sorted({k for r in rows for k in r} - set(METRIC_COLUMNS))
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS + extra, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no metrics.jsonl; is this a lenet run directory?")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunError(f"{path}:{number}: not valid JSON") from None
+    return rows
+
+
+def save_config(run_dir: Path, cfg: RunConfig) -> None:
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no config.yaml; is this a lenet run directory?")
+    return validate(yaml.safe_load(path.read_text()) or {}, f"config file {path}")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment_record(device: torch.device, seed: int) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "lenet": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": __import__("numpy").__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "git_commit": git_commit(),
+        "seed": seed,
+        "command": sys.argv,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        record["cuda"] = torch.version.cuda
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.preset or cfg.model.name}-{cfg.data.dataset}-{stamp}"
+
+
+def create_run_dir(out: Path, name: str, exist_ok: bool = False) -> Path:
+    """A new run directory; an existing one is an error unless ``exist_ok``."""
+    run_dir = Path(out) / name
+    if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
+        raise RunError(
+            f"run directory {run_dir} already exists; choose another --name, "
+            f"continue it with `lenet train --resume {run_dir}`, or pass --exist-ok to overwrite"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --out") from None
+    return run_dir
+
+
+class RunLog:
+    """Lines to the terminal and to train.log (appended, flushed per line)."""
+
+    def __init__(self, run_dir: Path | None, quiet: bool = False):
+        self.path = Path(run_dir) / "train.log" if run_dir else None
+        self.quiet = quiet
+
+    def __call__(self, line: str = "") -> None:
+        if not self.quiet:
+            print(line, flush=True)
+        if self.path is not None:
+            try:
+                with open(self.path, "a") as handle:
+                    handle.write(line + "\n")
+            except OSError:
+                pass  # the log is a convenience: never fail a run over it
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    runs = []
+    for p in paths:
+        p = Path(p)
+        if not (p / "metrics.jsonl").is_file():
+            raise RunError(f"{p}: not a run directory (no metrics.jsonl)")
+        runs.append(p)
+    return runs

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny but learnable IDX datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lenet.data import DATASETS
+from lenet.idx import write_idx
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# Read before any fixture clears it: .ci/run points LENET_DATA_DIR at the real data.
+REAL_DATA = Path(os.environ.get("LENET_DATA_DIR") or SHARED_DATA)
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 uint8 images whose class shows as a bright bar at a class-specific place.
+
+    Learnable in a few epochs by any LeNet variant, yet noisy enough that accuracy is
+    not trivially 1.0 after one batch.
+    """
+    n = len(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row = 2 + 2 * int(label)  # rows 2..20, one bar per class
+        images[i, row : row + 4, 4:24] = 230
+    return images
+
+
+def write_tiny_dataset(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0,
+                       compress: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    spec = DATASETS["fashion-mnist"]
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images = make_images(labels, rng)
+        img_name = spec.files[f"{split}_images"].filename
+        lbl_name = spec.files[f"{split}_labels"].filename
+        if not compress:
+            img_name, lbl_name = img_name.removesuffix(".gz"), lbl_name.removesuffix(".gz")
+        write_idx(folder / img_name, images)
+        write_idx(folder / lbl_name, labels)
+    return folder
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path: Path) -> Path:
+    """A --data-dir with tiny fashion-mnist/ and mnist/ subfolders (same file names)."""
+    root = tmp_path / "data"
+    write_tiny_dataset(root / "fashion-mnist", seed=0)
+    write_tiny_dataset(root / "mnist", seed=1)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the user's cache, downloads, or writes outside tmp_path."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("LENET_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("LENET_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The real datasets (LENET_DATA_DIR, else ../shared/datasets).
+
+    Skipped where absent, except under LENET_REQUIRE_REAL_DATA=1 (set by .ci/run),
+    where their absence fails the test instead of hiding it.
+    """
+    if not (REAL_DATA / "fashion-mnist").is_dir():
+        message = f"real datasets not found at {REAL_DATA}"
+        if os.environ.get("LENET_REQUIRE_REAL_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REAL_DATA

@@ -1,0 +1,131 @@
+"""Training loop on tiny synthetic data: learning, run files, splits, schedules, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from lenet.checkpoint import load_checkpoint, load_model
+from lenet.config import build_config
+from lenet.errors import DivergedError, RunError
+from lenet.train import Normalizer, lr_factor, train
+
+
+def tiny_config(data_dir, *overrides, preset="keras-v2", name="run", epochs=3):
+    return build_config(preset, overrides=[f"data.data_dir={data_dir}", f"name={name}", "out=runs",
+                                           f"train.epochs={epochs}", "device=cpu", *overrides])
+
+
+def test_training_learns_and_writes_a_complete_run_directory(tiny_data_dir):
+    result = train(tiny_config(tiny_data_dir), quiet=True)
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "model.safetensors", "curves.png",
+                 "environment.json", "checkpoint.pt", "status.json", "train.log"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["test_accuracy"] > 0.6  # 10 classes: chance is 0.1
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_accuracy"] is not None  # keras-v2 holds out 10%
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["seed"] == 0 and env["device"] == "cpu"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["preset"] == "keras-v2" and saved["train"]["epochs"] == 3
+    # the model file carries everything needed to use it
+    model, cfg, meta = load_model(run)
+    assert cfg.model == result.config.model and meta["class_names"][2] == "Pullover"
+    assert meta["test_accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
+
+
+def test_validation_split_is_taken_from_train_never_test(tiny_data_dir):
+    result = train(tiny_config(tiny_data_dir, "data.val_split=0.2", epochs=1), quiet=True)
+    log = (result.run_dir / "train.log").read_text()
+    assert "480 train / 120 val / 200 test" in log
+
+
+def test_same_seed_same_metrics_different_seed_different(tiny_data_dir):
+    a = train(tiny_config(tiny_data_dir, name="a", epochs=2), quiet=True).metrics
+    b = train(tiny_config(tiny_data_dir, name="b", epochs=2), quiet=True).metrics
+    c = train(tiny_config(tiny_data_dir, "seed=1", name="c", epochs=2), quiet=True).metrics
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_existing_run_directory_is_never_overwritten(tiny_data_dir):
+    cfg = tiny_config(tiny_data_dir, epochs=1)
+    first = train(cfg, quiet=True)
+    before = (first.run_dir / "model.safetensors").read_bytes()
+    with pytest.raises(RunError, match="already exists"):
+        train(cfg, quiet=True)
+    assert (first.run_dir / "model.safetensors").read_bytes() == before
+    train(cfg.model_copy(update={"seed": 3}), exist_ok=True, quiet=True)
+    assert (first.run_dir / "model.safetensors").read_bytes() != before
+
+
+def test_dry_run_takes_one_batch(tiny_data_dir):
+    result = train(tiny_config(tiny_data_dir, "train.dry_run=true", "train.batch_size=32"), quiet=True)
+    assert len(result.metrics) == 1
+    assert result.metrics[0]["examples_per_second"] * result.metrics[0]["epoch_seconds"] == pytest.approx(32, rel=0.01)
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_data_dir):
+    # SGD at lr 100 on ReLU blows the loss up to inf/NaN within a few steps.
+    cfg = tiny_config(tiny_data_dir, "optim.optimizer=sgd", "optim.lr=100", "model.dropout=0", epochs=2)
+    with pytest.raises(DivergedError, match=r"at step \d+.*lower learning rate"):
+        train(cfg, quiet=True)
+    status = json.loads((cfg_run := tiny_data_dir.parent / "runs" / "run").joinpath("status.json").read_text())
+    assert status["status"] == "diverged"
+    assert not (cfg_run / "model.safetensors").exists()
+
+
+def test_resume_from_a_checkpoint_gives_identical_weights(tiny_data_dir):
+    full = train(tiny_config(tiny_data_dir, name="full", epochs=3), quiet=True)
+    # Stop after epoch 2 the way a killed process would: after its checkpoint, before the rest.
+    with pytest.raises(_Stop):
+        train(tiny_config(tiny_data_dir, name="part", epochs=3), quiet=True, on_epoch=_stop_after_epoch_2)
+    part_dir = tiny_data_dir.parent / "runs" / "part"
+    assert load_checkpoint(part_dir)["epoch"] == 2
+    resumed = train(None, resume_dir=part_dir, quiet=True)  # type: ignore[arg-type]
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    lines = (part_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch_2(row):
+    if row["epoch"] == 2:
+        raise _Stop
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+def test_schedules(schedule):
+    cfg = build_config("d2l", overrides=[f"optim.schedule={schedule}", "train.epochs=10", "optim.step_epochs=4"])
+    factors = [lr_factor(cfg, step, 100) for step in range(1000)]
+    if schedule == "constant":
+        assert set(factors) == {1.0}
+    elif schedule == "step":
+        assert factors[399] == 1.0 and factors[400] == pytest.approx(0.1) and factors[800] == pytest.approx(0.01)
+    elif schedule == "cosine":
+        assert factors[0] == 1.0 and factors[500] == pytest.approx(0.5) and factors[-1] < 1e-4
+    else:
+        peak = factors.index(max(factors))
+        assert factors[0] == pytest.approx(1 / 25) and peak == 250 and factors[-1] < 1e-4
+        assert all(a <= b for a, b in zip(factors[:peak], factors[1:peak + 1]))
+
+
+def test_normalizer_modes():
+    images = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
+    assert Normalizer("unit", 0.5, 0.25)(images).flatten().tolist() == [0.0, 1.0]
+    standard = Normalizer("standard", 0.5, 0.25)(images).flatten().tolist()
+    assert standard == pytest.approx([-2.0, 2.0])
+    assert not math.isnan(standard[0])
