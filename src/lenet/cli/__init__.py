@@ -1,7 +1,9 @@
 """The `lenet` command: parse arguments, call the library, map errors to exit codes.
 
-This module only parses and calls; everything it does is importable from the
-library. Exit codes live in one place, ``main``: 0 ok, 1 runtime failure (data
+This package only parses and calls; everything it does is importable from the
+library. The core commands (train, summary, models, eval, plot, download, data)
+live here; each further group of commands is a module of this package with a
+`register(subparsers)` function, listed in COMMAND_MODULES. Exit codes live in one place, ``main``: 0 ok, 1 runtime failure (data
 missing or corrupt, divergence), 2 usage or config error, 130 interrupted.
 """
 
@@ -13,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_OK, LenetError, UsageError
+from .. import __version__
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError, UsageError
 
 # CLI flag -> dotted config key. Every flag's default is "whatever the preset says".
 TRAIN_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
@@ -58,8 +60,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import build_config
-    from .train import train
+    from ..config import build_config
+    from ..train import train
 
     if args.resume is not None:
         train(None, resume_dir=args.resume)  # type: ignore[arg-type]
@@ -68,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags["train.dry_run"] = True if args.dry_run else None
     flags["train.deterministic"] = True if args.deterministic else None
     if flags.get("model.name"):
-        from .models import model_config
+        from ..models import model_config
 
         flags["model.name"] = model_config(flags["model.name"]).name  # unknown names fail here
     preset = args.preset or (None if args.config else "d2l")
@@ -82,8 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_architecture(target: str):
     """A ModelConfig from a registered model name, a preset, a run dir, a model file or a config file."""
-    from .config import PRESETS, build_config
-    from .models import MODEL_REGISTRY, model_config
+    from ..config import PRESETS, build_config
+    from ..models import MODEL_REGISTRY, model_config
 
     path = Path(target)
     if target in MODEL_REGISTRY:
@@ -91,7 +93,7 @@ def _load_architecture(target: str):
     if target in PRESETS:
         return build_config(target).model, f"preset {target}"
     if path.is_dir() or path.suffix == ".safetensors":
-        from .checkpoint import load_model
+        from ..checkpoint import load_model
 
         _, cfg, _ = load_model(path)
         return cfg.model, str(path)
@@ -102,7 +104,7 @@ def _load_architecture(target: str):
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .models import LeNet, format_summary, summarize
+    from ..models import LeNet, format_summary, summarize
 
     cfg, title = _load_architecture(args.target)
     shape = (1, cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -115,7 +117,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import MODEL_DESCRIPTIONS, count_parameters, create_model, list_models
+    from ..models import MODEL_DESCRIPTIONS, count_parameters, create_model, list_models
 
     for name in list_models(args.pattern):
         print(f"{name:<12} {count_parameters(create_model(name)):>8,} params  {MODEL_DESCRIPTIONS[name]}")
@@ -123,10 +125,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_model_path
-    from .evaluate import evaluate_model, format_evaluation
-    from .runs import write_json
-    from .viz import plot_confusion
+    from ..checkpoint import resolve_model_path
+    from ..evaluate import evaluate_model, format_evaluation
+    from ..runs import write_json
+    from ..viz import plot_confusion
 
     model_path = resolve_model_path(args.target)
     out = Path(args.out) if args.out else model_path.parent
@@ -144,8 +146,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .runs import find_runs, read_metrics
-    from .viz import plot_curves
+    from ..runs import find_runs, read_metrics
+    from ..viz import plot_curves
 
     runs = find_runs(args.runs)
     out = Path(args.out) if args.out else (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
@@ -155,8 +157,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .data import DATASETS, user_cache_dir
-    from .download import download_dataset
+    from ..data import DATASETS, user_cache_dir
+    from ..download import download_dataset
 
     names = list(DATASETS) if args.dataset == "all" else [args.dataset]
     for name in names:
@@ -168,8 +170,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Where each dataset is found, and (with --verify) whether its checksums match."""
-    from .data import DATASETS, candidate_dirs, files_in
-    from .idx import sha256_of_decompressed
+    from ..data import DATASETS, candidate_dirs, files_in
+    from ..idx import sha256_of_decompressed
 
     bad = 0
     for name, spec in DATASETS.items():
@@ -186,10 +188,14 @@ def cmd_data(args: argparse.Namespace) -> int:
                 bad += not ok
                 print(f"  {'ok ' if ok else 'BAD'} {path}")
     if bad:
-        from .errors import DataError
+        from ..errors import DataError
 
         raise DataError(f"{bad} file(s) do not match their published checksums; delete them and download again")
     return EXIT_OK
+
+
+# Further command groups, each a module here with register(subparsers).
+COMMAND_MODULES: list[str] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--verify", action="store_true")
     p.set_defaults(func=cmd_data)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
