@@ -235,6 +235,11 @@ class Dataset:
 def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec) -> Split:
     images = read_idx(images_path)
     labels = read_idx(labels_path)
+    # IDX allows signed and float types; a -1 label or unscaled float pixels would pass
+    # every check below and fail (or silently mislearn) much later.
+    for path, array, what in ((images_path, images, "pixels"), (labels_path, labels, "labels")):
+        if array.dtype != np.uint8:
+            raise DataError(f"{path}: expected uint8 {what} (IDX type 08); got {array.dtype}")
     if images.ndim != 3:
         raise DataError(f"{images_path}: expected a 3-D image file (N, 28, 28); got shape {images.shape}")
     if images.shape[1:] != (28, 28):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -71,14 +72,17 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{source}: header truncated ({len(data)} bytes, needs {header_size})")
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = _TYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: 4 dims of 2**32 overflow int64
     payload = len(data) - header_size
     if payload != expected:
         raise DataError(
             f"{source}: header says shape {tuple(shape)} ({expected} data bytes) "
             f"but the file holds {payload} data bytes; the file is truncated or corrupt"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    except ValueError:  # e.g. (0, 2**32-1, 2**32-1): no data, yet too big a shape for numpy
+        raise DataError(f"{source}: IDX header shape {tuple(shape)} is too large") from None
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
