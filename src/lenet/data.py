@@ -272,8 +272,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
     )
 
 
-def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(train, val): ``fraction`` of each class, chosen by a seeded shuffle.
+def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): ``fraction`` of each class, chosen by a seeded shuffle.
 
     Stratified so every class keeps its share, seeded so a run is reproducible, and
     never "the last 10%" (Keras' validation_split), which depends on file order.
@@ -281,20 +281,25 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
     if not 0.0 < fraction < 1.0:
         raise DataError(f"validation fraction must be in (0, 1); got {fraction}")
     rng = np.random.default_rng(seed)
-    labels = split.labels.numpy()
+    labels_np = labels.numpy()
     val_parts = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
+    for cls in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == cls)
         rng.shuffle(members)
         n_val = int(round(fraction * len(members)))
         val_parts.append(members[:n_val])
     val_index = np.sort(np.concatenate(val_parts)) if val_parts else np.array([], dtype=np.int64)
-    mask = np.ones(len(labels), dtype=bool)
+    mask = np.ones(len(labels_np), dtype=bool)
     mask[val_index] = False
     train_index = np.flatnonzero(mask)
     if len(val_index) == 0 or len(train_index) == 0:
         raise DataError(
-            f"a validation fraction of {fraction} of {len(labels)} examples leaves an empty split"
+            f"a validation fraction of {fraction} of {len(labels_np)} examples leaves an empty split"
         )
-    ti, vi = torch.from_numpy(train_index), torch.from_numpy(val_index)
+    return torch.from_numpy(train_index), torch.from_numpy(val_index)
+
+
+def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(train, val) Splits; see stratified_indices."""
+    ti, vi = stratified_indices(split.labels, fraction, seed)
     return Split(split.images[ti], split.labels[ti]), Split(split.images[vi], split.labels[vi])
