@@ -1,0 +1,116 @@
+"""Commands that use a trained model: predict, export, serve (parse, then call the library)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify pictures (PNG, JPEG, ...) with a trained model",
+                       description="Turn each picture into the dataset's 28x28 form (grayscale, light on dark, "
+                                   "cropped, centred, resized) and print the most likely classes.")
+    p.add_argument("model", metavar="MODEL", help="run directory or model.safetensors")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="picture files")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per picture (default: 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: one JSON list")
+    p.add_argument("--show-input", metavar="FILE", type=Path,
+                   help="save the 28x28 image the model saw as a PNG (several pictures: FILE-1.png, FILE-2.png, ...)")
+    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                   help="negate the picture: auto = when the object is darker than the background (default: auto)")
+    p.add_argument("--device", default="cpu", help="(default: cpu)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained model (ONNX), checked against onnxruntime",
+                       description="Export to ONNX with a dynamic batch size and the class names and "
+                                   "preprocessing constants in the metadata, then compare onnxruntime "
+                                   "with PyTorch on test images.")
+    p.add_argument("model", metavar="MODEL", help="run directory or model.safetensors")
+    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx"], help="(default: onnx)")
+    p.add_argument("--out", type=Path, help="output file (default: model.onnx beside the model)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--check-images", type=int, default=1000,
+                   help="test images to compare onnxruntime with PyTorch on; 0 = no check (default: 1000)")
+    p.add_argument("--data-dir", help="folder holding the dataset, for the check (default: search)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="a web page and JSON API to try a model (FastAPI + uvicorn)",
+                       description="Serve GET / (draw or drop a picture), POST /predict, GET /model, GET /healthz.")
+    p.add_argument("model", metavar="MODEL", help="run directory or model.safetensors")
+    p.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="0 = any free port (default: 8000)")
+    p.add_argument("--device", default="cpu", help="(default: cpu)")
+    p.add_argument("--max-upload-mb", type=float, default=5.0, help="largest upload accepted (default: 5)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                   help="largest picture accepted, width x height (default: 16777216 = 4096x4096)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="(default: info)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _input_path(base: Path, index: int, count: int) -> Path:
+    return base if count == 1 else base.with_name(f"{base.stem}-{index}{base.suffix or '.png'}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..predict import ImageError, Predictor, save_input
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    predictor = Predictor(args.model, args.device)
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    results = predictor.predict_many(args.images, invert)
+    records, failures = [], []
+    for index, (path, result) in enumerate(zip(args.images, results, strict=True), start=1):
+        if isinstance(result, ImageError):
+            failures.append(result)
+            records.append({"file": path, "error": str(result)})
+            continue
+        record = result.to_dict(top_k=args.top_k)
+        if args.show_input:
+            record["input_file"] = str(save_input(result.input, _input_path(args.show_input, index, len(results))))
+        records.append(record)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        import sys
+
+        for record in records:
+            if "error" in record:
+                if len(records) > 1:  # a single failure is reported by main, once
+                    print(f"lenet predict: error: {record['error']}", file=sys.stderr)
+                continue
+            note = "  (dark on light: inverted)" if record["inverted"] else ""
+            print(f"{record['file']}{note}")
+            for entry in record["top"]:
+                print(f"  {entry['label']:<14} {100 * entry['probability']:6.2f}%")
+            if "input_file" in record:
+                print(f"  model input saved to {record['input_file']}")
+    if failures:
+        if len(args.images) == 1:
+            raise failures[0]
+        raise ImageError(f"{len(failures)} of {len(args.images)} pictures could not be classified (see above)")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export
+
+    path, check = export(args.model, args.fmt, args.out, args.opset, args.check_images, args.data_dir)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, ONNX, dynamic batch size; "
+          "class names and preprocessing in the metadata)")
+    if check is not None:
+        print(check)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serve import run_server
+
+    run_server(args.model, args.host, args.port, args.device, log_level=args.log_level,
+               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    return EXIT_OK

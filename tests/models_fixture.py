@@ -1,0 +1,88 @@
+"""Trained models for the tests that use one, made once per test session.
+
+    mnist_model     keras-v2 on real MNIST, 2 epochs (test accuracy ~0.98; about a minute on 2 CPU cores)
+    fashion_model   keras-v2 on real Fashion-MNIST, 1 epoch (~0.85)
+    untrained_model a freshly initialised keras-v2 MNIST model file: no data, no training
+
+Import the fixtures into a test module (`from models_fixture import mnist_model`). A fixture
+imported into several modules is a separate fixture in each, so the trained runs are kept
+in this module, keyed by dataset: each is trained at most once per session.
+LENET_TEST_MODELS=DIR keeps them in DIR across sessions (handy while editing tests).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lenet.checkpoint import MODEL_FILE, save_model
+from lenet.config import build_config
+from lenet.data import get_spec
+from lenet.models import LeNet
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+REAL_DATA = Path(os.environ.get("LENET_DATA_DIR") or SHARED_DATA)
+EPOCHS = {"mnist": 2, "fashion-mnist": 1}
+_trained: dict[str, Path] = {}
+
+
+def require_real_data() -> Path:
+    """The real datasets, or skip (fail under LENET_REQUIRE_REAL_DATA=1, as conftest's real_data_dir)."""
+    if not (REAL_DATA / "mnist").is_dir() or not (REAL_DATA / "fashion-mnist").is_dir():
+        message = f"real datasets not found at {REAL_DATA}"
+        if os.environ.get("LENET_REQUIRE_REAL_DATA"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return REAL_DATA
+
+
+def trained_model(dataset: str, base: Path) -> Path:
+    """The run directory of keras-v2 trained on real ``dataset`` (trained on first use)."""
+    if dataset in _trained:
+        return _trained[dataset]
+    from lenet.train import train
+
+    data_dir = require_real_data()
+    keep = os.environ.get("LENET_TEST_MODELS")
+    out = Path(keep) if keep else base
+    name = f"keras-v2-{dataset}-{EPOCHS[dataset]}ep"
+    if not (out / name / MODEL_FILE).is_file():
+        cfg = build_config("keras-v2", overrides=[
+            f"data.dataset={dataset}", f"data.data_dir={data_dir}", f"train.epochs={EPOCHS[dataset]}",
+            "device=cpu", "train.progress=never", f"out={out}", f"name={name}"])
+        # One torch thread: measured on a 2-core machine shared with other jobs, one epoch of
+        # Fashion-MNIST took 35 s with one thread and 167 s with two (threads waiting on each other).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train(cfg, exist_ok=True, quiet=True)
+        finally:
+            torch.set_num_threads(threads)
+    _trained[dataset] = out / name
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def mnist_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_model("mnist", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def fashion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_model("fashion-mnist", tmp_path_factory.mktemp("models"))
+
+
+def write_untrained(path: Path, dataset: str = "mnist") -> Path:
+    cfg = build_config("keras-v2", overrides=[f"data.dataset={dataset}", "device=cpu"])
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(path / MODEL_FILE, LeNet(cfg.model).eval(), cfg, get_spec(dataset).class_names,
+               extra={"test_accuracy": None})
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_untrained(tmp_path_factory.mktemp("untrained") / "run")
