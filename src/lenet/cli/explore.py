@@ -1,0 +1,122 @@
+"""Commands that explore trained networks and compare recipes: activations, filters,
+sweep, report. Each only parses its arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import EXIT_FAILURE, EXIT_OK, UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("activations", help="feature maps of every conv block for some inputs, one PNG each",
+                       description="For each input: the image, the prediction and every conv block's "
+                                   "feature maps before and after pooling, one colour scale per layer.")
+    p.add_argument("run", metavar="RUN_OR_MODEL")
+    pick = p.add_argument_group("inputs (default: --classes of all classes, --per-class 1)")
+    pick.add_argument("--classes", nargs="+", metavar="CLASS",
+                      help="class names, aliases (sweater) or indices; the first --per-class test images of each")
+    pick.add_argument("--per-class", type=int, default=1, help="test images per class (default: 1)")
+    pick.add_argument("--index", type=int, nargs="+", metavar="N", help="test-set indices")
+    pick.add_argument("--image", type=Path, nargs="+", metavar="FILE", help="your own pictures (any size, any colour)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: the run's, else search)")
+    p.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/activations)")
+    p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser("filters", help="the learned conv kernels as images")
+    p.add_argument("run", metavar="RUN_OR_MODEL")
+    p.add_argument("--out", type=Path, help="PNG path (default: RUN/filters.png)")
+    p.set_defaults(func=cmd_filters)
+
+    p = sub.add_parser("sweep", help="train variants x seeds of a config and summarise them",
+                       description="Run a sweep spec (YAML: name, base, seeds, common, grid or variants) "
+                                   "into OUT/<name>/. Finished runs are skipped and interrupted ones resumed, "
+                                   "so re-running the same command finishes a sweep. Exit code 1 if any run "
+                                   "failed (after all others ran), 2 for a bad spec.")
+    p.add_argument("spec", nargs="?", type=Path, metavar="SPEC.yaml")
+    p.add_argument("--exercises", action="store_true",
+                   help="the built-in spec answering the chapter's exercises 1-3 (see --show-spec)")
+    p.add_argument("--seeds", type=int, help="seeds per variant, overriding the spec's (spec default: 3)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config field for every run, e.g. --set train.epochs=5 (a variant's own fields win)")
+    p.add_argument("--data-dir", help="folder holding the datasets (default: search)")
+    p.add_argument("--device", help="auto | cpu | cuda | ... for every run (default: the spec's, auto)")
+    p.add_argument("--name", help="sweep directory name (default: the spec's name)")
+    p.add_argument("--out", default="runs", help="parent folder (default: runs)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default: 1)")
+    p.add_argument("--retry-failed", action="store_true", help="train failed runs again (default: keep them failed)")
+    p.add_argument("--together", dest="together", action="store_true", default=None,
+                   help="train runs that share layer shapes in one vmapped process (default: on CUDA only)")
+    p.add_argument("--separately", dest="together", action="store_false",
+                   help="train every run on its own, even on CUDA")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen, train nothing")
+    p.add_argument("--show-spec", action="store_true", help="print the spec as YAML and exit")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a sweep or a run",
+                       description="Write PATH/report.html: tables and figures, images embedded, no links out.")
+    p.add_argument("path", metavar="SWEEP_OR_RUN", type=Path)
+    p.add_argument("--out", type=Path, help="HTML path (default: PATH/report.html)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .. import sweep
+
+    if (args.spec is None) == (not args.exercises):
+        raise UsageError("give a spec file or --exercises (one of them)")
+    spec = sweep.exercises_spec() if args.exercises else sweep.load_spec(args.spec)
+    if args.name:
+        spec = sweep.parse_spec({**spec.model_dump(exclude_none=True), "name": args.name}, "(--name)")
+    if args.show_spec:
+        print(sweep.spec_to_yaml(spec), end="")
+        return EXIT_OK
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    plan = sweep.plan_sweep(spec, args.out, overrides, args.seeds)
+    if args.dry_run:
+        print(sweep.format_dry_run(plan, args.retry_failed))
+        return EXIT_OK
+    tic = time.perf_counter()
+    outcomes = sweep.run_sweep(plan, jobs=args.jobs, retry_failed=args.retry_failed, together=args.together,
+                               log=lambda line: print(line, flush=True))
+    failed = [o for o in outcomes if o.status == "failed"]
+    print(f"sweep {plan.name}: {len(outcomes) - len(failed)} finished, {len(failed)} failed "
+          f"in {time.perf_counter() - tic:.0f} s; wrote {plan.sweep_dir}/summary.md, summary.csv, "
+          "accuracy_bars.png, curves.png")
+    if failed:
+        print(f"lenet sweep: {len(failed)} run(s) failed; reasons in {plan.sweep_dir}/summary.md "
+              "(re-run with --retry-failed to train them again)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    from .. import inspect
+
+    paths = inspect.write_activations(args.run, classes=args.classes, per_class=args.per_class,
+                                      indices=args.index, images=args.image, data_dir=args.data_dir,
+                                      out=args.out)
+    for path in paths:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from .. import inspect
+
+    print(f"wrote {inspect.write_filters(args.run, args.out)}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .. import report
+
+    print(f"wrote {report.write_report(args.path, args.out)}")
+    return EXIT_OK
