@@ -117,3 +117,12 @@ def test_parse_override_types():
 def test_every_preset_validates():
     for name in PRESETS:
         assert build_config(name).preset == name
+
+
+def test_speedrun_presets_stay_within_100k_parameters():
+    from lenet.models import LeNet, count_parameters
+
+    for name in ("speedrun-mnist", "speedrun-fashion-mnist"):
+        cfg = build_config(name)
+        assert count_parameters(LeNet(cfg.model)) <= 100_000
+        assert cfg.model.batch_norm and cfg.optim.schedule == "onecycle"

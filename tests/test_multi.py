@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lenet.config import build_config
 from lenet.multi import group_key, groups, train_many
@@ -31,7 +30,8 @@ def test_grouping_rules(tiny_data_dir):
 
 
 @pytest.mark.parametrize("optimizer, extra", [("adam", ["data.val_split=0.2"]),
-                                              ("sgd", ["optim.lr=0.2", "optim.momentum=0.9", "optim.schedule=onecycle"]),
+                                              ("sgd", ["optim.lr=0.2", "optim.momentum=0.9",
+                                                       "optim.schedule=onecycle"]),
                                               ("adamw", ["optim.weight_decay=0.05"])])
 def test_weights_equal_separate_runs_for_smooth_networks(tiny_data_dir, optimizer, extra):
     # Sigmoid and average pooling have no ties, so rounding differences between batched

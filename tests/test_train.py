@@ -52,7 +52,9 @@ def test_same_seed_same_metrics_different_seed_different(tiny_data_dir):
     a = train(tiny_config(tiny_data_dir, name="a", epochs=2), quiet=True).metrics
     b = train(tiny_config(tiny_data_dir, name="b", epochs=2), quiet=True).metrics
     c = train(tiny_config(tiny_data_dir, "seed=1", name="c", epochs=2), quiet=True).metrics
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]  # noqa: E731
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
+
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
 
@@ -150,3 +152,53 @@ def test_keras_v2_recipe_reaches_088(real_data_dir):
     result = train(cfg, quiet=True)
     assert result.test_accuracy >= 0.88
     assert result.metrics[-1]["val_accuracy"] >= 0.87  # held out from train, stratified
+
+
+# --------------------------------------------------------------------------- speed switches
+
+
+@pytest.fixture(scope="module")
+def plain_reference(tmp_path_factory):
+    """The plain path's result on tiny data, shared by the switch tests."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import write_tiny_dataset
+
+    root = tmp_path_factory.mktemp("switch-data")
+    write_tiny_dataset(root / "fashion-mnist", n_train=1200, seed=0)
+    out = tmp_path_factory.mktemp("switch-runs")
+    cfg = tiny_config(root, "model.dropout=0", f"out={out}", name="plain", epochs=3)
+    return root, out, train(cfg, quiet=True)
+
+
+@pytest.mark.parametrize("switch", ["amp", "channels_last", "compile"])
+def test_speed_switch_reaches_the_plain_accuracy(plain_reference, switch):
+    root, out, plain = plain_reference
+    cfg = tiny_config(root, "model.dropout=0", f"out={out}", f"train.{switch}=true", name=switch, epochs=3)
+    fast = train(cfg, quiet=True)
+    # Same seed, same data order: only rounding (bf16, other kernels) may differ.
+    assert fast.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.04)
+    assert fast.metrics[-1]["train_loss"] == pytest.approx(plain.metrics[-1]["train_loss"], rel=0.15)
+    # the saved weights load into a plain model (no torch.compile prefixes)
+    model, _, _ = load_model(fast.run_dir)
+    assert set(model.state_dict()) == set(plain.model.state_dict())
+
+
+def test_cuda_graphs_need_cuda(tiny_data_dir):
+    from lenet.errors import UsageError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; test_cuda_graphs_on_gpu covers it")
+    with pytest.raises(UsageError, match="needs a CUDA device"):
+        train(tiny_config(tiny_data_dir, "train.cuda_graphs=true", "device=cpu"), quiet=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("switches", [["train.cuda_graphs=true"], ["train.amp=true", "train.channels_last=true"],
+                                      ["train.compile=true"]])
+def test_gpu_switches_reach_the_plain_accuracy(tiny_data_dir, switches):
+    plain = train(tiny_config(tiny_data_dir, "model.dropout=0", "device=cuda", name="gplain"), quiet=True)
+    fast = train(tiny_config(tiny_data_dir, "model.dropout=0", "device=cuda", *switches, name="gfast"), quiet=True)
+    assert fast.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.04)

@@ -123,7 +123,8 @@ def format_bench(r: BenchResult) -> str:
     lines = [
         f"recipe {r.preset or 'custom'} on {r.device} ({r.device_name}), torch {r.torch}, "
         f"python {r.python}, {r.threads} threads, batch {r.batch_size}",
-        f"train: {r.examples_per_second:,.0f} examples/s, {r.seconds_per_epoch:.2f} s/epoch over {r.epochs_run} epoch(s)",
+        f"train: {r.examples_per_second:,.0f} examples/s, {r.seconds_per_epoch:.2f} s/epoch "
+        f"over {r.epochs_run} epoch(s)",
         f"eval:  {r.eval_images_per_second:,.0f} images/s",
         f"test accuracy after {r.epochs_run} epoch(s): {r.final_test_accuracy:.4f}",
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,15 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"{run_dir}: no {CHECKPOINT} to resume from; start a new run instead")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message here advises weights_only=False: the one thing not to do with
+        # a file that may have been made to run code, so it is not passed on.
+        raise RunError(f"{path}: not a readable lenet checkpoint: the safe loader (weights_only=True) "
+                       "refused it, as it refuses damaged files and any that could run code; "
+                       "it was not loaded") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise RunError(f"{path}: not a readable lenet checkpoint ({type(exc).__name__}: {exc})") from None
+        first_line = str(exc).strip().split("\n")[0]
+        raise RunError(f"{path}: not a readable lenet checkpoint ({type(exc).__name__}: {first_line})") from None
 
 
 # --------------------------------------------------------------------------- model files

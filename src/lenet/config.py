@@ -132,6 +132,11 @@ class TrainConfig(Strict):
     dry_run: bool = Field(False, description="one batch of training and evaluation, for smoke tests")
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
+    # Speed switches with a trade-off; each reaches the plain path's accuracy (test_train.py).
+    compile: bool = Field(False, description="torch.compile the model; the first steps pay the compile time")
+    amp: bool = Field(False, description="bfloat16 autocast for forward passes (CPU and CUDA)")
+    channels_last: bool = Field(False, description="NHWC memory layout for model and batches")
+    cuda_graphs: bool = Field(False, description="CUDA only: replay the compiled step as CUDA graphs")
 
 
 class RunConfig(Strict):
@@ -179,6 +184,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"optimizer": "adam", "lr": 1e-3},
         "train": {"batch_size": 64},
         "data": {"val_split": 0.1},
+    },
+    # Speedruns: fewest seconds to a target test accuracy with at most 100k parameters.
+    # BN + ReLU + max-pool, standardised pixels, AdamW under a one-cycle schedule.
+    # Measured on the 2-core CPU (single thread, shared machine): MNIST 0.9901 after
+    # epoch 2; Fashion-MNIST 0.9081 after epoch 4 and 0.9127 after 5 of an 8-epoch run.
+    "speedrun-mnist": {
+        "model": {"name": "lenet5-bn", "activation": "relu", "pool": "max", "init": "kaiming"},
+        "data": {"dataset": "mnist", "normalize": "standard"},
+        "optim": {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.01, "schedule": "onecycle",
+                  "label_smoothing": 0.05},
+        "train": {"epochs": 2, "batch_size": 256},
+    },
+    "speedrun-fashion-mnist": {
+        "model": {"name": "lenet5-bn", "conv_channels": [16, 32], "dense": [96], "activation": "relu",
+                  "pool": "max", "init": "kaiming"},  # 91,258 parameters
+        "data": {"dataset": "fashion-mnist", "normalize": "standard"},
+        "optim": {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.01, "schedule": "onecycle",
+                  "label_smoothing": 0.1},
+        "train": {"epochs": 6, "batch_size": 256},
     },
 }
 

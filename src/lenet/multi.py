@@ -171,7 +171,7 @@ def train_many(cfgs: Sequence[RunConfig], exist_ok: bool = False, quiet: bool = 
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     metrics: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     first_bad = torch.full((K,), -1, dtype=torch.long, device=device)
-    for c, d, m in zip(cfgs, run_dirs, models):
+    for c, d in zip(cfgs, run_dirs):
         save_config(d, c)
         write_json(d / "environment.json", {**environment_record(device, c.seed), "trained_with": f"{K} runs at once"})
     say(f"training {K} runs together on {device} (vmap over stacked parameters)")
@@ -184,14 +184,16 @@ def train_many(cfgs: Sequence[RunConfig], exist_ok: bool = False, quiet: bool = 
         correct = torch.zeros(K, dtype=torch.long, device=device)
         for start in range(0, n, first.train.eval_batch_size):
             if index is None:
-                x, y = normalize(imgs[start:start + first.train.eval_batch_size]), lbls[start:start + first.train.eval_batch_size]
+                chunk = slice(start, start + first.train.eval_batch_size)
+                x, y = normalize(imgs[chunk]), lbls[chunk]
                 logits = shared_input(params, buffers, x)  # (K, b, C)
                 y = y.expand(K, -1)
             else:
                 ex = index[:, start:start + first.train.eval_batch_size]
                 logits = per_model_input(params, buffers, normalize(imgs[ex]))
                 y = lbls[ex]
-            loss_sum += nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(K, -1).sum(1)
+            losses = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+            loss_sum += losses.view(K, -1).sum(1)
             correct += (logits.argmax(-1) == y).sum(1)
         return (loss_sum / n).tolist(), (correct.double() / n).tolist()
 
@@ -228,7 +230,7 @@ def train_many(cfgs: Sequence[RunConfig], exist_ok: bool = False, quiet: bool = 
                 "epoch": epoch + 1, "train_loss": train_loss[k], "train_accuracy": train_correct[k] / n_train,
                 "val_loss": val[0][k] if val else None, "val_accuracy": val[1][k] if val else None,
                 "test_loss": test[0][k], "test_accuracy": test[1][k],
-                "lr": c.optim.lr * lr_factor(c, next_step, steps_per_epoch),
+                "lr": c.optim.lr * lr_factor(c, next_step - 1, steps_per_epoch),  # the epoch's last step
                 # The shared wall time is split evenly: K runs together took `seconds`.
                 "epoch_seconds": round(seconds / K, 4),
                 "examples_per_second": round(n_train * K / max(seconds, 1e-9), 1),

@@ -34,20 +34,33 @@ METRIC_COLUMNS = [
 ]
 
 
+# mkstemp creates 0600 files; run files should get what open() gives (0666 less the
+# umask), or a run directory cannot be shared. The umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        # Inside the try: a full disk or a read-only folder can fail the create too.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
+            try:
+                os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
+            except OSError:
+                pass  # a filesystem without Unix modes: the file is still written
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         if isinstance(exc, OSError):
             raise RunError(f"cannot write {path}: {exc.strerror or exc}; files saved before are intact") from None
         raise

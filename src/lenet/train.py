@@ -13,6 +13,7 @@ on the device, so a step never waits for the host (one sync per epoch).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -30,7 +31,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .data import Dataset, Split, load_dataset, stratified_split
-from .errors import DivergedError, Interrupted, UsageError
+from .errors import DivergedError, Interrupted, RunError, UsageError
 from .models import LeNet, count_parameters
 from .runs import (RunLog, create_run_dir, default_run_name, environment_record, load_run_config,
                    save_config, write_json, write_metrics)
@@ -105,17 +106,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_e
 
 
 class Normalizer:
-    """uint8 (B, 1, 28, 28) -> float32 as in training: [0, 1], or standardised."""
+    """uint8 (B, 1, 28, 28) -> float32 as in training: [0, 1], or standardised;
+    in channels-last layout when the model is (--channels-last)."""
 
-    def __init__(self, mode: str, mean: float, std: float):
+    def __init__(self, mode: str, mean: float, std: float, channels_last: bool = False):
         self.scale = 1.0 / 255.0
         self.shift = 0.0
         if mode == "standard":
             self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() * self.scale
-        return x - self.shift if self.shift else x
+        x = x - self.shift if self.shift else x
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast (--amp): bf16 needs no loss scaling, unlike fp16, and runs on
+    CPUs with AVX-512 BF16/AMX as well as on CUDA."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -136,8 +148,9 @@ class StopFlag:
     """Ctrl-C sets a flag that the loop reads between steps, so an interrupt never
     lands half-way through an optimiser update; a second Ctrl-C stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path | None = None) -> None:
         self.requested = False
+        self.run_dir = run_dir  # named in the message when a second Ctrl-C stops at once
         self._previous: Any = None
 
     def __enter__(self) -> "StopFlag":
@@ -154,15 +167,20 @@ class StopFlag:
         print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
               file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+        if exc_type is KeyboardInterrupt and self.run_dir is not None and (self.run_dir / ckpt.CHECKPOINT).is_file():
+            # The step in flight is lost, but the last epoch's checkpoint stands: say how to go on.
+            raise Interrupted("stopped at once by a second Ctrl-C; the checkpoint of the last finished "
+                              f"epoch is intact. Continue with: lenet train --resume {self.run_dir}") from None
 
 
 def train_one_epoch(model: nn.Module, split: Split, permutation: torch.Tensor, state: EpochState,
                     optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: nn.Module,
                     normalize: Normalizer, batch_size: int, max_steps: int | None,
-                    global_step: int, stop: StopFlag, check_every: int, progress: Any) -> EpochState:
+                    global_step: int, stop: StopFlag, check_every: int, progress: Any,
+                    amp: bool = False) -> EpochState:
     """One pass over ``permutation``, starting at ``state.step`` (non-zero after a resume)."""
     model.train()
     n = len(permutation)
@@ -173,8 +191,9 @@ def train_one_epoch(model: nn.Module, split: Split, permutation: torch.Tensor, s
         index = permutation[state.step * batch_size:(state.step + 1) * batch_size]
         x = normalize(split.images[index])  # (B, 1, 28, 28) float32
         y = split.labels[index]  # (B,)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        with autocast(x.device, amp):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)  # the loss in float32 whatever the forward ran in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -198,14 +217,13 @@ def check_finite(state: EpochState) -> None:
     if bad >= 0:
         raise DivergedError(
             f"training diverged: the loss became NaN or infinite at step {bad + 1}. "
-            "Try a lower learning rate (--lr), gradient-friendlier init or activation; "
-            "the last good checkpoint is kept."
+            "Try a lower learning rate (--lr), gradient-friendlier init or activation"
         )
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: int,
-             max_batches: int | None = None) -> tuple[float, float]:
+             max_batches: int | None = None, amp: bool = False) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) over ``split``; big batches, no gradients."""
     model.eval()
     loss_sum = torch.zeros((), device=split.labels.device)
@@ -214,7 +232,8 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: 
     for start in range(0, n, batch_size):
         x = normalize(split.images[start:start + batch_size])
         y = split.labels[start:start + batch_size]
-        logits = model(x)
+        with autocast(x.device, amp):
+            logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return float(loss_sum) / max(1, n), int(correct) / max(1, n)
@@ -253,7 +272,25 @@ def prepare_data(cfg: RunConfig, device: torch.device) -> tuple[Dataset, Normali
     if data.val is not None:
         data.val = data.val.to(device)
     spec = data.spec
-    return data, Normalizer(cfg.data.normalize, spec.mean, spec.std)
+    return data, Normalizer(cfg.data.normalize, spec.mean, spec.std, cfg.train.channels_last)
+
+
+def accelerate(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
+    """The module to call for forward passes, with the speed switches applied.
+
+    The returned module shares its parameters with ``model``; weights are saved from
+    ``model``, so a compiled run's files do not carry torch.compile's "_orig_mod." prefix.
+    """
+    t = cfg.train
+    if t.cuda_graphs and device.type != "cuda":
+        raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if t.compile or t.cuda_graphs:
+        # "reduce-overhead" records CUDA graphs of the compiled forward and backward and
+        # replays them: one launch per graph instead of one per kernel.
+        return torch.compile(model, mode="reduce-overhead" if t.cuda_graphs else None)
+    return model
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
@@ -291,6 +328,7 @@ def train(cfg: RunConfig, exist_ok: bool = False, resume_dir: Path | None = None
     device = resolve_device(cfg.device)
     data, normalize = prepare_data(cfg, device)
     model = LeNet(cfg.model).to(device)
+    forward_model = accelerate(model, cfg, device)
     optimizer = make_optimizer(model, cfg)
     # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
@@ -311,19 +349,28 @@ def train(cfg: RunConfig, exist_ok: bool = False, resume_dir: Path | None = None
         write_json(run_dir / "environment.json", environment_record(device, cfg.seed))
         log(f"run {run_dir}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
             f"{count_parameters(model):,} parameters, {cfg.data.dataset}, "
-            f"{len(data.train):,} train / {len(data.val) if data.val else 0:,} val / {len(data.test):,} test, {device})")
+            f"{len(data.train):,} train / {len(data.val) if data.val else 0:,} val / "
+            f"{len(data.test):,} test, {device})")
     else:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        ckpt.set_rng_state(saved["rng"], shuffle)
-        metrics = list(saved["metrics"])
-        start_epoch = saved["epoch"]
-        if saved.get("step", 0) > 0:  # interrupted mid-epoch: continue that very epoch
-            epoch_shuffle_state = saved["epoch_shuffle_state"]
-            epoch_state = EpochState(saved["loss_sum"].to(device), saved["correct"].to(device),
-                                     saved["seen"], saved["step"], torch.tensor(-1, device=device))
-            partial_seconds = saved["epoch_seconds"]
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            ckpt.set_rng_state(saved["rng"], shuffle)
+            metrics = list(saved["metrics"])
+            start_epoch = saved["epoch"]
+            if saved.get("step", 0) > 0:  # interrupted mid-epoch: continue that very epoch
+                epoch_shuffle_state = saved["epoch_shuffle_state"]
+                epoch_state = EpochState(saved["loss_sum"].to(device), saved["correct"].to(device),
+                                         saved["seen"], saved["step"], torch.tensor(-1, device=device))
+                partial_seconds = saved["epoch_seconds"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # A checkpoint loaded safely but is not ours, or config.yaml was edited since:
+            # either way the run cannot continue exactly, and a traceback would not say why.
+            reason = "; ".join([line.strip() for line in str(exc).splitlines() if line.strip()][:3])
+            raise RunError(f"{run_dir / ckpt.CHECKPOINT} does not fit {run_dir / 'config.yaml'} "
+                           f"({type(exc).__name__}: {reason}); was the config edited, or the "
+                           "checkpoint copied from another run?") from None
         write_metrics(run_dir, metrics)  # drop rows of epochs the killed run did not checkpoint
         log(f"resuming {run_dir} at epoch {start_epoch + 1}"
             + (f", step {saved['step'] + 1}" if saved.get("step") else ""))
@@ -340,7 +387,9 @@ def train(cfg: RunConfig, exist_ok: bool = False, resume_dir: Path | None = None
                        correct=state.correct.cpu(), seen=state.seen, epoch_seconds=seconds)
         return out
 
-    with StopFlag() as stop:
+    # "running" until the end: a run killed outright (SIGKILL, power cut) still says so.
+    write_json(run_dir / "status.json", {"status": "running", "epoch": start_epoch + 1})
+    with StopFlag(run_dir) as stop:
         for epoch in range(start_epoch, epochs):
             # The permutation is drawn from a saved generator state, so a resumed epoch
             # visits the examples in the very order the interrupted one did.
@@ -349,23 +398,34 @@ def train(cfg: RunConfig, exist_ok: bool = False, resume_dir: Path | None = None
             start_shuffle = shuffle.get_state()
             permutation = torch.randperm(len(data.train), generator=shuffle).to(device)
             if epoch_state is None:
-                epoch_state = EpochState(torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device),
+                epoch_state = EpochState(torch.zeros((), device=device),
+                                         torch.zeros((), dtype=torch.long, device=device),
                                          first_bad_step=torch.tensor(-1, device=device))
             bar = _progress_bar(cfg, steps_per_epoch, epoch + 1, epochs)
             bar.update(epoch_state.step)
             tic = time.perf_counter()
             try:
-                train_one_epoch(model, data.train, permutation, epoch_state, optimizer, scheduler, loss_fn,
-                                normalize, batch_size, max_steps, epoch * steps_per_epoch, stop, check_every, bar)
-            except DivergedError:
+                train_one_epoch(forward_model, data.train, permutation, epoch_state, optimizer, scheduler, loss_fn,
+                                normalize, batch_size, max_steps, epoch * steps_per_epoch, stop, check_every, bar,
+                                amp=cfg.train.amp)
+            except DivergedError as exc:
                 bar.close()
-                write_json(run_dir / "status.json", {"status": "diverged", "epoch": epoch + 1})
-                raise
+                kept = (f"; the checkpoint of epoch {epoch} is kept" if epoch > 0
+                        else "; no epoch had finished, so there is no checkpoint")
+                reason = f"{exc}{kept}."
+                write_json(run_dir / "status.json", {"status": "diverged", "epoch": epoch + 1, "reason": reason})
+                raise DivergedError(reason) from None
             if device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_seconds = partial_seconds + time.perf_counter() - tic
             bar.close()
             if stop.requested:
+                if epoch_state.step == 0:
+                    # Stopped before this epoch's first step (Ctrl-C during the previous
+                    # evaluation or checkpoint): save the epoch boundary it is, with the
+                    # shuffle generator from before this epoch's permutation was drawn,
+                    # else the resumed epoch would draw the next epoch's permutation.
+                    shuffle.set_state(start_shuffle)
                 ckpt.save_checkpoint(run_dir, checkpoint_state(epoch, epoch_state.step, epoch_state,
                                                                start_shuffle, epoch_seconds))
                 write_json(run_dir / "status.json", {"status": "interrupted", "epoch": epoch + 1,
@@ -380,11 +440,14 @@ def train(cfg: RunConfig, exist_ok: bool = False, resume_dir: Path | None = None
                 "val_loss": None, "val_accuracy": None,
             }
             if data.val is not None:
-                row["val_loss"], row["val_accuracy"] = evaluate(model, data.val, normalize,
-                                                                cfg.train.eval_batch_size, eval_batches)
-            row["test_loss"], row["test_accuracy"] = evaluate(model, data.test, normalize,
-                                                              cfg.train.eval_batch_size, eval_batches)
-            row["lr"] = optimizer.param_groups[0]["lr"]
+                row["val_loss"], row["val_accuracy"] = evaluate(forward_model, data.val, normalize,
+                                                                cfg.train.eval_batch_size, eval_batches,
+                                                                amp=cfg.train.amp)
+            row["test_loss"], row["test_accuracy"] = evaluate(forward_model, data.test, normalize,
+                                                              cfg.train.eval_batch_size, eval_batches,
+                                                              amp=cfg.train.amp)
+            # The rate of the epoch's last step (the optimiser already holds the next one's).
+            row["lr"] = cfg.optim.lr * lr_factor(cfg, (epoch + 1) * steps_per_epoch - 1, steps_per_epoch)
             row["epoch_seconds"] = round(epoch_seconds, 4)
             row["examples_per_second"] = round(epoch_state.seen / max(epoch_seconds, 1e-9), 1)
             metrics.append(row)

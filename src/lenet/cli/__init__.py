@@ -3,8 +3,9 @@
 This package only parses and calls; everything it does is importable from the
 library. The core commands (train, summary, models, eval, plot, download, data)
 live here; each further group of commands is a module of this package with a
-`register(subparsers)` function, listed in COMMAND_MODULES. Exit codes live in one place, ``main``: 0 ok, 1 runtime failure (data
-missing or corrupt, divergence), 2 usage or config error, 130 interrupted.
+`register(subparsers)` function, listed in COMMAND_MODULES. Exit codes live in
+one place, ``main``: 0 ok, 1 runtime failure (data missing or corrupt,
+divergence), 2 usage or config error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ TRAIN_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
 ]
 
 
+# Speed switches (train.<name>): off unless given.
+SPEED_FLAGS = {
+    "--compile": "torch.compile the model (first epoch pays the compile time)",
+    "--amp": "bfloat16 autocast on CPU and CUDA",
+    "--channels-last": "channels-last (NHWC) memory layout",
+    "--cuda-graphs": "CUDA only: capture the compiled step as CUDA graphs",
+}
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model into runs/<name>/",
                        description="Train from a preset or config file, with flag overrides.")
@@ -51,6 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, default=None, help=text, **kwargs)
     p.add_argument("--dry-run", action="store_true", help="one batch of training and evaluation (smoke test)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    for flag, text in SPEED_FLAGS.items():
+        p.add_argument(flag, action="store_true", help=text)
     p.add_argument("--exist-ok", action="store_true", help="write into an existing run directory")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -69,6 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key, _, _ in TRAIN_FLAGS}
     flags["train.dry_run"] = True if args.dry_run else None
     flags["train.deterministic"] = True if args.deterministic else None
+    for flag in SPEED_FLAGS:
+        name = flag.lstrip("-").replace("-", "_")
+        flags[f"train.{name}"] = True if getattr(args, name) else None
     if flags.get("model.name"):
         from ..models import model_config
 
@@ -125,23 +140,54 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..checkpoint import resolve_model_path
+    import csv
+    import io
+
+    import numpy as np
+
+    misclassified_shown = 32  # the most confident mistakes: 4 rows of 8
+    confused_pairs_written = 10
+
+    from ..checkpoint import load_model, resolve_model_path
+    from ..data import load_dataset
     from ..evaluate import evaluate_model, format_evaluation
-    from ..runs import write_json
-    from ..viz import plot_confusion
+    from ..runs import atomic_write_text, write_json
+    from ..viz import plot_confusion, plot_image_grid
 
     model_path = resolve_model_path(args.target)
     out = Path(args.out) if args.out else model_path.parent
     out.mkdir(parents=True, exist_ok=True)
-    ev = evaluate_model(model_path, args.data_dir, args.device)
+    _, cfg, _ = load_model(model_path)
+    data = load_dataset(cfg.data.dataset, args.data_dir or cfg.data.data_dir)
+    ev = evaluate_model(model_path, args.data_dir, args.device, dataset=data)
     plot_confusion(ev.confusion, ev.class_names, out / "confusion.png",
                    title=f"{model_path.parent.name}: test accuracy {ev.accuracy:.4f}")
     write_json(out / "eval.json", ev.to_dict())
+
+    # Most-confused pairs, with each count as a share of its true class.
+    totals = ev.confusion.sum(1)
+    rows = [["true", "predicted", "count", "share_of_true_class"]]
+    for true, predicted, count in ev.most_confused(confused_pairs_written):
+        rows.append([true, predicted, count, f"{count / max(1, totals[ev.class_names.index(true)]):.4f}"])
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    atomic_write_text(out / "most_confused.csv", buffer.getvalue())
+
+    # The most confident mistakes first: those say most about what the model believes.
+    predictions = ev.predictions
+    wrong = np.flatnonzero(predictions != ev.labels)
+    confidence = ev.probabilities[wrong, predictions[wrong]]
+    shown = wrong[np.argsort(-confidence, kind="stable")][:misclassified_shown]
+    titles = [f"true: {ev.class_names[ev.labels[i]]} / pred: {ev.class_names[predictions[i]]} "
+              f"(p={ev.probabilities[i, predictions[i]]:.2f})" for i in shown]
+    plot_image_grid(data.test.images[shown].numpy(), titles, out / "misclassified.png", columns=8,
+                    title=f"{model_path.parent.name}: {len(shown)} most confident of {len(wrong):,} mistakes")
     if args.json:
         print(json.dumps(ev.to_dict(), indent=2))
     else:
         print(format_evaluation(ev))
-        print(f"\nwrote {out / 'confusion.png'} and {out / 'eval.json'}")
+        print(f"\nwrote {out / 'confusion.png'}, {out / 'misclassified.png'}, {out / 'most_confused.csv'} "
+              f"and {out / 'eval.json'}")
     return EXIT_OK
 
 
@@ -195,7 +241,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # Further command groups, each a module here with register(subparsers).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["speed", "explore", "use"]
 
 
 def build_parser() -> argparse.ArgumentParser:

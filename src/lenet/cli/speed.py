@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="d2l", help="recipe to time (default: d2l)")
     p.add_argument("--config", help="YAML/TOML config file instead of a preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--epochs", type=int, default=None, help="epochs at most (default: 1, or the preset's with --target)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs at most (default: 1, or the preset's with --target)")
     p.add_argument("--target", type=float, default=None, help="stop when test accuracy reaches this; report time to it")
     p.add_argument("--device", default=None, help="auto | cpu | cuda[:N] | mps (default: auto)")
     p.add_argument("--data-dir", default=None)
