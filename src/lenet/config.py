@@ -194,7 +194,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"dataset": "mnist", "normalize": "standard"},
         "optim": {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.01, "schedule": "onecycle",
                   "label_smoothing": 0.05},
-        "train": {"epochs": 2, "batch_size": 256},
+        "train": {"epochs": 3, "batch_size": 256},
     },
     "speedrun-fashion-mnist": {
         "model": {"name": "lenet5-bn", "conv_channels": [16, 32], "dense": [96], "activation": "relu",
