@@ -59,8 +59,11 @@ def tiny_data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads the user's cache, downloads, or writes outside tmp_path."""
+    """No test reads the user's cache or Debian's data folder, downloads, or writes outside tmp_path."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # Debian's dataset-fashion-mnist may be installed on the machine (scripts/train.sh
+    # installs it): tests see only the data they name.
+    monkeypatch.setattr("lenet.data.DEBIAN_DATASETS", tmp_path / "usr-share-datasets")
     monkeypatch.setenv("LENET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("LENET_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -335,7 +335,6 @@ def test_progress_lines_go_to_stderr_only_when_asked(server, good, tmp_path, cap
 def test_locate_downloads_into_the_user_cache(server, good, tmp_path, monkeypatch):
     shutil.copytree(good, server.root / "m1")
     monkeypatch.setitem(lenet.data.DATASETS, "fashion-mnist", spec_for(good, (server.mirror("m1"),)))
-    monkeypatch.setattr(lenet.data, "DEBIAN_DATASETS", tmp_path / "no-debian")
     monkeypatch.delenv("LENET_NO_DOWNLOAD")
 
     paths = locate("fashion-mnist")

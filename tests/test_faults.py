@@ -133,7 +133,6 @@ def test_a_damaged_data_file_is_one_clear_line_naming_it(tiny_data_dir, capsys, 
 
 
 def test_a_missing_data_file_says_where_it_looked_and_how_to_get_it(tiny_data_dir, capsys, monkeypatch):
-    monkeypatch.setattr(lenet.data, "DEBIAN_DATASETS", tiny_data_dir.parent / "no-debian")
     (tiny_data_dir / TRAIN_LABELS).unlink()
     code, _, err = run_cli(capsys, train_args(tiny_data_dir))
     assert_clean_failure(err, code, 1)
