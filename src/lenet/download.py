@@ -34,6 +34,7 @@ from typing import BinaryIO
 from . import __version__
 from .data import DEBIAN_DATASETS, DatasetSpec, FileSpec
 from .errors import DataError
+from .runs import fsync_dir
 from .idx import decompressed_bytes, parse_idx
 
 CHUNK_BYTES = 1 << 20  # 1 MiB reads: few syscalls, little memory
@@ -113,7 +114,7 @@ def _fetch(spec: DatasetSpec, file_spec: FileSpec, target: Path, mirrors: tuple[
                 problem = _problem_with(part, file_spec)
             if problem is None:
                 os.replace(part, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 _say(progress, f"{n_bytes / 1e6:.1f} MB, verified\n")
                 return
         except OSError as exc:  # only local I/O gets here: network errors are caught above
@@ -185,20 +186,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, http.client.IncompleteRead):
         return f"transfer cut off ({exc.expected} bytes missing)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); not possible everywhere, so best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _say(progress: bool, text: str) -> None:

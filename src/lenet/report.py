@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import RunError
-from .runs import atomic_write_text, read_metrics
+from .runs import atomic_write_text, read_json_or_empty, read_metrics
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
@@ -88,7 +88,7 @@ def metrics_table(rows: list[dict[str, Any]]) -> str:
 def run_sections(run_dir: Path, heading: str = "h2") -> list[str]:
     """Config, metrics, curves and whatever evaluation and inspection files the run has."""
     body = []
-    status = _read_json(run_dir / "status.json")
+    status = read_json_or_empty(run_dir / "status.json")
     if status:
         body.append(f"<p>Status: <b>{html.escape(str(status.get('status')))}</b>"
                     + (f" — {html.escape(str(status['reason']))}" if status.get("reason") else "") + "</p>")
@@ -96,7 +96,7 @@ def run_sections(run_dir: Path, heading: str = "h2") -> list[str]:
     if rows:
         body += [f"<{heading}>Training</{heading}>", image(run_dir / "curves.png", "training curves"),
                  metrics_table(rows)]
-    evaluation = _read_json(run_dir / "eval.json")
+    evaluation = read_json_or_empty(run_dir / "eval.json")
     if evaluation:
         body.append(f"<{heading}>Evaluation</{heading}>")
         body.append(f"<p>Test accuracy {evaluation['test_accuracy']:.4f} on {evaluation['examples']:,} images.</p>")
@@ -210,12 +210,3 @@ def write_report(path: str | Path, out: str | Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, text)
     return target
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -64,11 +64,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise RunError(f"cannot write {path}: {exc.strerror or exc}; files saved before are intact") from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); best effort where that is impossible."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -87,6 +87,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    """A small JSON file of a run (status, eval) or {} when absent or unreadable:
+    these files describe a run, and a run without them is still a run."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def write_metrics(run_dir: Path, rows: list[Mapping[str, Any]]) -> None:

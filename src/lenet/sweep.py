@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import PRESETS, RunConfig, build_config, load_file
 from .errors import ConfigError, DivergedError, Interrupted, LenetError, RunError
-from .runs import atomic_write_text, write_json
+from .runs import atomic_write_text, read_json_or_empty, write_json
 from .train import train
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -68,17 +68,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _safe_name(cls: type, value: str) -> str:
+    """Sweep and variant names become directory names."""
+    if not SAFE_NAME.match(value):
+        raise ValueError("use letters, digits and . _ = , + - only (it names a directory)")
+    return value
+
+
 class VariantSpec(_Strict):
     name: str = Field(description="run directory prefix; letters, digits and . _ = , + -")
     set: dict[str, Any] = Field(default_factory=dict, description="dotted config key -> value")
     note: str | None = Field(None, description="why this variant is in the sweep (shown in summary.md)")
 
-    @field_validator("name")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        if not SAFE_NAME.match(value):
-            raise ValueError("use letters, digits and . _ = , + - only (it names a directory)")
-        return value
+    _safe = field_validator("name")(classmethod(_safe_name))
 
 
 class SweepSpec(_Strict):
@@ -91,12 +93,7 @@ class SweepSpec(_Strict):
     variants: list[VariantSpec] | None = None
     include_base: bool = Field(True, description="add a 'base' variant unless one already equals the base")
 
-    @field_validator("name")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        if not SAFE_NAME.match(value):
-            raise ValueError("use letters, digits and . _ = , + - only (it names a directory)")
-        return value
+    _safe = field_validator("name")(classmethod(_safe_name))
 
     @field_validator("seeds")
     @classmethod
@@ -368,13 +365,7 @@ class RunOutcome:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "status.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json_or_empty(Path(run_dir) / "status.json")
 
 
 def _failure_reason(status: dict[str, Any]) -> str:
