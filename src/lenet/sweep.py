@@ -126,7 +126,8 @@ def _spec_error(error: ValidationError, source: str) -> ConfigError:
         else:
             value = json.dumps(item.get("input"), default=str)
             lines.append(f"{dotted} = {value}: {item['msg'].removeprefix('Value error, ')}")
-    return ConfigError(f"invalid sweep spec {source}:\n  " + "\n  ".join(lines))
+    where = f" {source}" if source else ""
+    return ConfigError(f"invalid sweep spec{where}:\n  " + "\n  ".join(lines))
 
 
 def parse_spec(data: Any, source: str = "") -> SweepSpec:
