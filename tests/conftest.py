@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -82,3 +86,21 @@ def real_data_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return REAL_DATA
+
+
+@contextlib.contextmanager
+def run_locked_elsewhere(run_dir: Path) -> Iterator[subprocess.Popen]:
+    """Another process holds ``run_dir``'s lock, as a second lenet would while training it
+    (a lock held in this process would not count: lenet's lock is re-entrant in-process)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, f'pid {os.getpid()} (test)'.encode()); "
+              "print('locked', flush=True); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(run_dir / ".lock")], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"locked\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]

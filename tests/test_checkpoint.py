@@ -405,6 +405,53 @@ def test_sigint_then_sigkill_then_resume_is_bitwise_the_uninterrupted_run(sub_da
     assert f"resuming {run} at epoch 2, step {status['step'] + 1}" in log and f"resuming {run} at epoch 3" in log
 
 
+def test_a_run_in_training_is_locked_and_a_sigkill_leaves_no_stale_lock(sub_data, uninterrupted, tmp_path, capsys):
+    run = tmp_path / "twin"
+    proc, err = start_lenet(train_args(sub_data, tmp_path, "twin"), tmp_path, "first")
+    try:
+        wait_inside_epoch(proc, err, 2)
+        checkpoint = (run / "checkpoint.pt").read_bytes()
+        # While it trains, neither a resume nor an --exist-ok restart may write that run.
+        resumed = main(["train", "--resume", str(run)])
+        restarted = main([*train_args(sub_data, tmp_path, "twin"), "--exist-ok"])
+        wait_inside_epoch(proc, err, 2)  # still alive and training
+        assert (run / "checkpoint.pt").read_bytes() == checkpoint
+        proc.send_signal(signal.SIGKILL)
+        assert finish(proc, err) == -signal.SIGKILL
+    finally:
+        stop(proc)
+    stderr = capsys.readouterr().err
+    assert (resumed, restarted) == (1, 1), stderr
+    busy = f"{run} is being trained by another lenet process (pid {proc.pid} on "
+    assert stderr.count(busy) == 2 and f"continue with `lenet train --resume {run}`" in stderr, stderr
+    assert "Traceback" not in stderr
+    # The kernel dropped the killed process's lock: no stale lock file blocks the resume,
+    # which ends as the run that was never stopped.
+    assert main(["train", "--resume", str(run)]) == 0
+    assert_resumed_exactly(run, uninterrupted)
+
+
+def test_temporary_files_of_a_killed_write_are_removed_on_resume(finished_run, capsys):
+    checkpoint = (finished_run / "checkpoint.pt").read_bytes()
+    for name in (".checkpoint.pt.k1ll3d00.tmp", ".metrics.jsonl.x7y8z9ab.tmp"):
+        (finished_run / name).write_bytes(b"the first half of a file")  # what a SIGKILL mid-write leaves
+    assert main(["train", "--resume", str(finished_run)]) == 0
+    assert stray_temp_files(finished_run) == []
+    log = (finished_run / "train.log").read_text()
+    assert ("removed 2 unfinished temporary file(s) that a killed process left: "
+            ".checkpoint.pt.k1ll3d00.tmp, .metrics.jsonl.x7y8z9ab.tmp") in log
+    assert (finished_run / "checkpoint.pt").read_bytes() == checkpoint
+
+
+def test_a_folder_a_run_died_in_before_its_first_write_is_not_an_existing_run(data_dir, capsys):
+    left = Path("runs/early")
+    left.mkdir(parents=True)
+    (left / ".lock").write_text("pid 1 on elsewhere\n")
+    (left / ".config.yaml.a1b2c3d4.tmp").write_text("half")
+    assert main(["train", "--preset", "d2l", "--data-dir", str(data_dir), "--name", "early", "--dry-run"]) == 0
+    assert (left / "model.safetensors").is_file() and stray_temp_files(left) == []
+
+
 # --------------------------------------------------------------------------- resume: the odd cases
 
 

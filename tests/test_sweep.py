@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run_locked_elsewhere
 from lenet import sweep
 from lenet.cli import main
 from lenet.errors import ConfigError
@@ -198,6 +199,29 @@ def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, tiny
     assert code == 1 and train_calls == [] and "failed earlier: training diverged" in out
     code, out, _ = run(capsys, "sweep", path, "--retry-failed")
     assert code == 1 and train_calls == [("new", "boom-s0")]
+
+
+def test_a_run_another_process_is_training_is_left_to_it_not_failed_or_cleared(
+        capsys, tmp_path, tiny_data_dir, train_calls):
+    path = tiny_spec(tmp_path, tiny_data_dir, name="b", grid={"model.pool": ["avg", "max"]})
+    busy = Path("runs/b/pool=max-s0")
+    busy.mkdir(parents=True)
+    status = busy / "status.json"
+    status.write_text('{"status": "running", "epoch": 1}')  # what the other process wrote first
+    with run_locked_elsewhere(busy) as other:
+        code, out, err = run(capsys, "sweep", path)
+    assert code == 1  # not complete: the summary lacks that run
+    assert "[1/2] pool=avg s0: test acc" in out
+    assert "[2/2] pool=max s0: skipped: another lenet process is training it now" in out
+    assert "1 finished, 0 failed, 1 being trained by another process" in out
+    assert "1 run(s) are being trained by another lenet process" in err and "Traceback" not in err
+    assert status.read_text() == '{"status": "running", "epoch": 1}'  # neither cleared nor marked failed
+    assert other.returncode == -9  # it held the lock to the end (killed only on leaving the block)
+
+    train_calls.clear()  # the other process is gone (its lock with it): the run is trained now
+    code, out, _ = run(capsys, "sweep", path)
+    assert code == 0 and train_calls == [("new", "pool=max-s0")]
+    assert "[2/2] pool=max s0: test acc" in out
 
 
 def test_jobs_2_gives_the_same_results_as_jobs_1(capsys, tmp_path, tiny_data_dir):

@@ -48,6 +48,10 @@ class RunError(LenetError):
     exit_code = EXIT_FAILURE
 
 
+class RunBusy(RunError):
+    """Another lenet process holds the run directory's lock (it is training it now)."""
+
+
 class Interrupted(LenetError):
     """The user pressed Ctrl-C (or sent SIGINT); state was saved first."""
 

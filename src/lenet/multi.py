@@ -17,10 +17,12 @@ an interrupted group restarts its unfinished runs from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -31,7 +33,7 @@ from .checkpoint import MODEL_FILE, save_model
 from .config import RunConfig
 from .data import load_dataset, stratified_indices
 from .models import LeNet
-from .runs import (RunLog, create_run_dir, default_run_name, environment_record, save_config, write_json,
+from .runs import (RunLog, create_run_dir, default_run_name, environment_record, run_lock, save_config, write_json,
                    write_metrics)
 from .train import Normalizer, TrainResult, format_epoch, lr_factor, resolve_device
 
@@ -129,10 +131,18 @@ def train_many(cfgs: Sequence[RunConfig], exist_ok: bool = False, quiet: bool = 
     if len(keys) != 1 or None in keys:
         raise ValueError("train_many needs runs that differ only in " + ", ".join(sorted(VARYING)))
     cfgs = list(cfgs)
-    K = len(cfgs)
     first = cfgs[0]
     device = resolve_device(first.device)
     run_dirs = [create_run_dir(c.out, c.name or default_run_name(c), exist_ok) for c in cfgs]
+    with contextlib.ExitStack() as locks:
+        for d in run_dirs:  # one writer per run, as in train()
+            locks.enter_context(run_lock(d))
+        return _train_many_locked(cfgs, run_dirs, device, quiet)
+
+
+def _train_many_locked(cfgs: list[RunConfig], run_dirs: list[Path], device: torch.device,
+                       quiet: bool) -> list[TrainResult]:
+    K, first = len(cfgs), cfgs[0]
     cfgs = [c.model_copy(update={"name": d.name}) for c, d in zip(cfgs, run_dirs)]
     logs = [RunLog(d, quiet=True) for d in run_dirs]
     say = RunLog(None, quiet=quiet)

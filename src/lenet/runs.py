@@ -9,30 +9,40 @@ at any moment leaves the old version or the new one, never a torn file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import yaml
 
 from . import __version__
 from .config import RunConfig, validate
-from .errors import RunError
+from .errors import RunBusy, RunError
+
+try:  # POSIX; on Windows runs are not locked (see run_lock)
+    import fcntl
+except ImportError:  # pragma: no cover - exercised only on Windows
+    fcntl = None  # type: ignore[assignment]
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
     "test_accuracy", "lr", "epoch_seconds", "examples_per_second",
 ]
 
+
+LOCK_FILE = ".lock"
+TEMP_PATTERN = ".*.tmp"  # atomic_write_bytes' temporary names: .<file>.<random>.tmp
 
 # mkstemp creates 0600 files; run files should get what open() gives (0666 less the
 # umask), or a run directory cannot be shared. The umask can only be read by setting it.
@@ -79,6 +89,80 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- one writer per run
+
+_HELD: dict[Path, list[int]] = {}  # resolved run dir -> [lock fd, depth]: re-entrant in a process
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while training or resuming the run in it.
+
+    A second lenet process that would write the same run (two `--resume`s, two sweeps
+    over one folder) gets RunBusy at once instead of interleaving checkpoints. The lock
+    is flock(2), which the kernel drops when its holder dies, SIGKILL included, so a
+    killed run never leaves a stale lock behind as a pid file would. Re-entrant within
+    a process (a sweep holds it while it clears a run, then train() takes it again).
+    A folder that does not exist is not locked: the caller reports it.
+    """
+    key = Path(run_dir).resolve()
+    if fcntl is None or not key.is_dir():
+        yield
+        return
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    try:
+        fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as exc:
+        raise RunError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunBusy(f"{run_dir} is being trained by another lenet process ({holder}); wait for it to "
+                      f"finish, or stop it and continue with `lenet train --resume {run_dir}`") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {platform.node()}, since {datetime.now():%Y-%m-%d %H:%M:%S}\n".encode())
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+def remove_stray_temp_files(run_dir: Path) -> list[str]:
+    """Delete the temporary files of atomic writes that a killed process never renamed.
+
+    They are never read (the file they were to replace is intact), only litter; call
+    this while holding run_lock, so no live writer of this run owns one.
+    """
+    removed = []
+    for path in sorted(Path(run_dir).glob(TEMP_PATTERN)):
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a run directory for a fresh start, keeping its lock file (held by the caller)."""
+    for path in Path(run_dir).iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -180,7 +264,10 @@ def default_run_name(cfg: RunConfig) -> str:
 def create_run_dir(out: Path, name: str, exist_ok: bool = False) -> Path:
     """A new run directory; an existing one is an error unless ``exist_ok``."""
     run_dir = Path(out) / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
+    # A folder holding only a lock or temp files (a run killed before its first write) is empty.
+    leftovers = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.match(TEMP_PATTERN)] \
+        if run_dir.is_dir() else []
+    if leftovers and not exist_ok:
         raise RunError(
             f"run directory {run_dir} already exists; choose another --name, "
             f"continue it with `lenet train --resume {run_dir}`, or pass --exist-ok to overwrite"

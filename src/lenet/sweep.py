@@ -26,6 +26,7 @@ the run directories, so a summary is never out of date with the runs it describe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import io
@@ -34,7 +35,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,8 +46,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import PRESETS, RunConfig, build_config, load_file
-from .errors import ConfigError, DivergedError, Interrupted, LenetError, RunError
-from .runs import atomic_write_text, read_json_or_empty, write_json
+from .errors import ConfigError, DivergedError, Interrupted, LenetError, RunBusy, RunError
+from .runs import atomic_write_text, clear_run_dir, read_json_or_empty, run_lock, write_json
 from .train import train
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
@@ -358,7 +358,7 @@ class RunOutcome:
     variant: str
     seed: int
     run_dir: str
-    status: str  # finished | failed | interrupted | pending
+    status: str  # finished | failed | interrupted | pending | busy (another process has it)
     action: str  # what this sweep did: skipped | trained | resumed | recorded
     reason: str | None = None
     test_accuracy: float | None = None
@@ -412,13 +412,18 @@ def execute_run(config: dict[str, Any], run_dir: str, state: str) -> dict[str, A
     path = Path(run_dir)
     outcome = {"run_dir": run_dir, "status": "finished", "reason": None, "test_accuracy": None}
     try:
-        if state == "resume":
-            result = train(None, resume_dir=path, quiet=True)  # type: ignore[arg-type]
-        else:
-            if path.exists():
-                shutil.rmtree(path)  # a run killed before its first checkpoint, or a retry
-            result = train(cfg, quiet=True)
+        # Locked before anything is cleared: another sweep over the same folder may be
+        # training this very run, and its files must not be deleted under it.
+        with run_lock(path):
+            if state == "resume":
+                result = train(None, resume_dir=path, quiet=True)  # type: ignore[arg-type]
+            else:
+                if path.exists():
+                    clear_run_dir(path)  # a run killed before its first checkpoint, or a retry
+                result = train(cfg, exist_ok=True, quiet=True)
         outcome["test_accuracy"] = result.test_accuracy
+    except RunBusy as exc:
+        outcome.update(status="busy", reason=str(exc))  # the other process finishes it; not a failure
     except DivergedError as exc:
         outcome.update(status="failed", reason=str(exc))
         status = read_status(path)
@@ -444,10 +449,17 @@ def execute_together(configs: list[dict[str, Any]], run_dirs: list[str]) -> list
     from .multi import train_many
 
     tic = time.perf_counter()
-    for run_dir in run_dirs:
-        if Path(run_dir).exists():
-            shutil.rmtree(run_dir)  # killed before finishing: a group restarts its runs
-    results = train_many([RunConfig.model_validate(c) for c in configs], quiet=True)
+    with contextlib.ExitStack() as locks:
+        try:
+            for run_dir in run_dirs:
+                locks.enter_context(run_lock(Path(run_dir)))
+        except RunBusy as exc:  # another sweep is on one of them: leave the whole group to it
+            return [{"run_dir": d, "status": "busy", "reason": str(exc), "test_accuracy": None, "seconds": 0.0}
+                    for d in run_dirs]
+        for run_dir in run_dirs:
+            if Path(run_dir).exists():
+                clear_run_dir(Path(run_dir))  # killed before finishing: a group restarts its runs
+        results = train_many([RunConfig.model_validate(c) for c in configs], exist_ok=True, quiet=True)
     seconds = (time.perf_counter() - tic) / len(results)
     outcomes = []
     for run_dir, result in zip(run_dirs, results):
@@ -534,6 +546,8 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, retry_failed: bool = False,
         outcomes[run.run_dir.name] = outcome
         if outcome.status == "finished":
             what = f"test acc {outcome.test_accuracy:.4f}"
+        elif outcome.status == "busy":
+            what = "skipped: another lenet process is training it now"
         else:
             what = f"FAILED: {_short(outcome.reason)}"
         resumed = ", resumed" if action == "resumed" else ""

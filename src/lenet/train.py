@@ -34,7 +34,7 @@ from .data import Dataset, Split, load_dataset, stratified_split
 from .errors import DivergedError, Interrupted, RunError, UsageError
 from .models import LeNet, count_parameters
 from .runs import (RunLog, create_run_dir, default_run_name, environment_record, load_run_config,
-                   save_config, write_json, write_metrics)
+                   remove_stray_temp_files, run_lock, save_config, write_json, write_metrics)
 
 # How often (steps) a CUDA run looks for a NaN loss: each look is a host sync, and the
 # step that went bad is recorded on the device, so the message still names it exactly.
@@ -313,16 +313,31 @@ def _progress_bar(cfg: RunConfig, total: int, epoch: int, epochs: int):
 
 def train(cfg: RunConfig, exist_ok: bool = False, resume_dir: Path | None = None,
           quiet: bool = False, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train ``cfg`` into a new run directory, or continue ``resume_dir`` exactly."""
+    """Train ``cfg`` into a new run directory, or continue ``resume_dir`` exactly.
+
+    The run directory is locked while this runs (runs.run_lock): a second process
+    that would write the same run stops with RunBusy instead.
+    """
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        cfg = load_run_config(run_dir)
-        saved = ckpt.load_checkpoint(run_dir)
     else:
         run_dir = create_run_dir(Path(cfg.out), cfg.name or default_run_name(cfg), exist_ok)
+    with run_lock(run_dir):
+        return _train_locked(cfg, run_dir, resume_dir is not None, quiet, on_epoch)
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool,
+                  on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+    if resume:
+        cfg = load_run_config(run_dir)
+        saved = ckpt.load_checkpoint(run_dir)  # read under the lock: no other writer now
+    else:
         cfg = cfg.model_copy(update={"name": run_dir.name})
         saved = None
     log = RunLog(run_dir, quiet=quiet)
+    stray = remove_stray_temp_files(run_dir)
+    if stray:
+        log(f"removed {len(stray)} unfinished temporary file(s) that a killed process left: {', '.join(stray)}")
 
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = resolve_device(cfg.device)

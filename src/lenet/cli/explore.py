@@ -87,14 +87,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcomes = sweep.run_sweep(plan, jobs=args.jobs, retry_failed=args.retry_failed, together=args.together,
                                log=lambda line: print(line, flush=True))
     failed = [o for o in outcomes if o.status == "failed"]
-    print(f"sweep {plan.name}: {len(outcomes) - len(failed)} finished, {len(failed)} failed "
-          f"in {time.perf_counter() - tic:.0f} s; wrote {plan.sweep_dir}/summary.md, summary.csv, "
+    busy = [o for o in outcomes if o.status == "busy"]
+    finished = len(outcomes) - len(failed) - len(busy)
+    print(f"sweep {plan.name}: {finished} finished, {len(failed)} failed"
+          + (f", {len(busy)} being trained by another process" if busy else "")
+          + f" in {time.perf_counter() - tic:.0f} s; wrote {plan.sweep_dir}/summary.md, summary.csv, "
           "accuracy_bars.png, curves.png")
+    if busy:
+        print(f"lenet sweep: {len(busy)} run(s) are being trained by another lenet process; run the same "
+              "command again once it has finished to complete the summary", file=sys.stderr)
     if failed:
         print(f"lenet sweep: {len(failed)} run(s) failed; reasons in {plan.sweep_dir}/summary.md "
               "(re-run with --retry-failed to train them again)", file=sys.stderr)
         return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_FAILURE if busy else EXIT_OK  # not complete yet: the summary lacks those runs
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
