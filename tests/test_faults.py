@@ -128,8 +128,10 @@ def test_a_damaged_data_file_is_one_clear_line_naming_it(tiny_data_dir, capsys, 
     assert len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
     assert f"{path}:" in err or f"{path} holds" in err, f"the message should name {path}: {err}"
-    # Nothing of a run was written, so the same --name works once the file is fixed.
-    assert not any(Path("runs/run").iterdir())
+    # Nothing of a run was written (only the lock a later run takes again), so the same
+    # --name works once the file is fixed.
+    assert [p.name for p in Path("runs/run").iterdir()] == [lenet.runs.LOCK_FILE]
+    assert lenet.runs.create_run_dir(Path("runs"), "run") == Path("runs/run")
 
 
 def test_a_missing_data_file_says_where_it_looked_and_how_to_get_it(tiny_data_dir, capsys, monkeypatch):
