@@ -81,7 +81,9 @@ def real_data_dir() -> Path:
     where their absence fails the test instead of hiding it.
     """
     if not (REAL_DATA / "fashion-mnist").is_dir():
-        message = f"real datasets not found at {REAL_DATA}"
+        message = (f"real datasets not found at {REAL_DATA}; to run these tests, point "
+                   "LENET_DATA_DIR at a folder with fashion-mnist/ and mnist/, e.g. "
+                   "`lenet download all` then LENET_DATA_DIR=~/.cache/lenet/datasets")
         if os.environ.get("LENET_REQUIRE_REAL_DATA"):
             pytest.fail(message)
         pytest.skip(message)
