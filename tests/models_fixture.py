@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lenet.checkpoint import MODEL_FILE, save_model
-from lenet.config import build_config
+from lenet.runconfig import build_config
 from lenet.data import get_spec
 from lenet.models import LeNet
 
@@ -43,7 +43,7 @@ def trained_model(dataset: str, base: Path) -> Path:
     """The run directory of keras-v2 trained on real ``dataset`` (trained on first use)."""
     if dataset in _trained:
         return _trained[dataset]
-    from lenet.train import train
+    from lenet.training import train
 
     data_dir = require_real_data()
     keep = os.environ.get("LENET_TEST_MODELS")
@@ -58,7 +58,7 @@ def trained_model(dataset: str, base: Path) -> Path:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            train(cfg, exist_ok=True, quiet=True)
+            train(cfg, out=out, exist_ok=True)
         finally:
             torch.set_num_threads(threads)
     _trained[dataset] = out / name

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lenet.config import PRESETS, build_config, parse_override
-from lenet.errors import ConfigError, UsageError
+from lenet.runconfig import PRESETS, build_config, parse_override
+from lenet.errors import ConfigError
 
 
 def test_d2l_preset_is_the_chapters_recipe():
@@ -100,9 +100,10 @@ def test_syntax_errors_name_the_file_and_line(tmp_path):
 
 
 def test_unknown_preset_and_model():
+    assert build_config("D2L").preset == "d2l"  # preset names match whatever the case
     with pytest.raises(ConfigError, match="did you mean 'd2l'"):
-        build_config("d2L")
-    with pytest.raises(UsageError, match="unknown model"):
+        build_config("d2x")
+    with pytest.raises(ConfigError, match="unknown model 'resnet50'; `lenet models` lists"):
         build_config("d2l", flags={"model.name": "resnet50"})
 
 

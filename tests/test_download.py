@@ -25,14 +25,8 @@ from conftest import write_tiny_dataset
 
 import lenet.data
 import lenet.download
-from lenet.data import (
-    DATASETS,
-    DatasetSpec,
-    FileSpec,
-    load_dataset,
-    locate,
-    user_cache_dir,
-)
+from lenet.catalog import DATASETS, DatasetSpec, FileSpec
+from lenet.data import load_dataset, locate, user_cache_dir
 from lenet.download import download_dataset
 from lenet.errors import DataError
 from lenet.idx import decompressed_bytes, read_idx

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 
 from lenet.cli import main
-from lenet.evaluate import evaluate_model
+from lenet.evaluation import evaluate
 
 
 def test_eval_writes_confused_pairs_and_misclassified_grid(capsys, tiny_data_dir):
@@ -22,7 +22,7 @@ def test_eval_writes_confused_pairs_and_misclassified_grid(capsys, tiny_data_dir
     assert "most confused" in out and "misclassified.png" in out
 
     run = Path("runs/r")
-    ev = evaluate_model(run, str(tiny_data_dir), "cpu")
+    ev = evaluate(run, data_dir=str(tiny_data_dir), device="cpu")
     pairs = list(csv.DictReader(Path(run / "most_confused.csv").read_text().splitlines()))
     expected = ev.most_confused(10)
     assert [(p["true"], p["predicted"], int(p["count"])) for p in pairs] == expected

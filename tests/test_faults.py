@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 import lenet.data
 import lenet.runs
-import lenet.train
+import lenet.files
+import lenet.optim
 from conftest import write_tiny_dataset
 from lenet.checkpoint import load_checkpoint
 from lenet.cli import main
@@ -235,7 +236,7 @@ def test_a_huge_learning_rate_stops_at_the_bad_step_with_advice(tiny_data_dir, c
 def test_divergence_after_a_good_epoch_keeps_that_epoch_loadable(tiny_data_dir, capsys, monkeypatch):
     # A schedule that turns lr 0.1 into 1e5 after the first epoch (9 steps): epoch 1
     # learns, epoch 2 blows up, as a run whose warm-up goes too high would.
-    monkeypatch.setattr(lenet.train, "lr_factor", lambda cfg, step, steps_per_epoch:
+    monkeypatch.setattr(lenet.optim, "lr_factor", lambda cfg, step, steps_per_epoch:
                         1.0 if step < steps_per_epoch else 1e6)
     args = train_args(tiny_data_dir, "--optimizer", "sgd", "--lr", "0.1", "--set", "model.dropout=0")
     code, out, err = run_cli(capsys, args)
@@ -302,7 +303,7 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_resume_finishes_exact
         return real_replace(src, dst)
 
     with pytest.MonkeyPatch.context() as patch:  # the disk is full until this block ends
-        patch.setattr(lenet.runs.os, "replace", disk_full_at_second_checkpoint)
+        patch.setattr(lenet.files.os, "replace", disk_full_at_second_checkpoint)
         code, _, err = run_cli(capsys, train_args(tiny_data_dir))
     assert_clean_failure(err, code, 1)
     run = Path("runs/run")

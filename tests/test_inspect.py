@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from lenet.cli import main
-from lenet.config import ModelConfig
+from lenet.models import ModelConfig
 from lenet.inspect import feature_maps, pick_test_examples, plot_activations, plot_filters
 from lenet.models import LeNet
-from lenet.train import Normalizer
+from lenet.data import Normalizer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NORMALIZE = Normalizer("unit", 0.0, 1.0)

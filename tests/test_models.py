@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lenet.config import ModelConfig, build_config
+from lenet.models import ModelConfig
+from lenet.runconfig import build_config
 from lenet.errors import ConfigError, UsageError
 from lenet.models import (LeNet, count_parameters, create_model, list_models, model_config, summarize)
 

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import run_locked_elsewhere
 from lenet import sweep
+from lenet.sweep import execute
 from lenet.cli import main
 from lenet.errors import ConfigError
 
@@ -29,16 +30,20 @@ def write_spec(path: Path, **spec) -> Path:
 
 @pytest.fixture
 def train_calls(monkeypatch):
-    """Every train() the sweep makes, as ("new", run name) or ("resume", dir name)."""
+    """Every run the sweep trains, as ("new", run name) or ("resume", dir name)."""
     calls = []
-    real = sweep.train
+    real_train, real_resume = execute.train, execute.resume
 
-    def counting(cfg, **kwargs):
-        resume = kwargs.get("resume_dir")
-        calls.append(("resume", Path(resume).name) if resume else ("new", cfg.name))
-        return real(cfg, **kwargs)
+    def counting_train(cfg, **kwargs):
+        calls.append(("new", cfg.name))
+        return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", counting)
+    def counting_resume(run_dir, **kwargs):
+        calls.append(("resume", Path(run_dir).name))
+        return real_resume(run_dir, **kwargs)
+
+    monkeypatch.setattr(execute, "train", counting_train)
+    monkeypatch.setattr(execute, "resume", counting_resume)
     return calls
 
 
@@ -101,7 +106,7 @@ def test_the_exercises_spec_is_valid_and_covers_the_exercises():
         ({"name": "x", "grid": {"model.pool": []}}, "grid axis 'model.pool' is empty"),
         ({"name": "x", "grid": {"model.pol": ["max"]}}, "did you mean 'model.pool'"),
         ({"name": "x", "variants": [{"name": "neg", "set": {"optim.lr": -1}}]}, "variant 'neg'"),
-        ({"name": "x", "variants": [{"name": "a", "sett": {}}]}, "did you mean 'set'"),
+        ({"name": "x", "variants": [{"name": "a", "sett": {}}]}, "did you mean 'variants.0.set'"),
         ({"name": "x"}, "give `grid:`"),
         ({"name": "x", "variants": [{"name": "a/b"}]}, "variants.0.name"),
         ({"name": "x", "variants": [{"name": "s", "set": {"seed": 3}}]}, "set by the sweep itself"),
@@ -140,26 +145,27 @@ def tiny_spec(tmp_path, data_dir, name="t", epochs=1, **extra):
 
 def test_an_interrupted_sweep_finishes_only_what_is_missing(capsys, tmp_path, tiny_data_dir, monkeypatch):
     path = tiny_spec(tmp_path, tiny_data_dir, epochs=2, grid={"model.pool": ["avg", "max"]})
-    real = sweep.train
+    real_train, real_resume = execute.train, execute.resume
 
     def killed_after_first_epoch_of_max(cfg, **kwargs):
-        if cfg is not None and cfg.name == "pool=max-s0":
+        if cfg.name == "pool=max-s0":
             def stop(row):
                 raise KeyboardInterrupt  # as if the machine went down after epoch 1's checkpoint
             kwargs["on_epoch"] = stop
-        return real(cfg, **kwargs)
+        return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", killed_after_first_epoch_of_max)
+    monkeypatch.setattr(execute, "train", killed_after_first_epoch_of_max)
     code, out, _ = run(capsys, "sweep", path)
     assert code == 130
     assert "[1/2] pool=avg s0: test acc" in out
     avg_model = Path("runs/t/pool=avg-s0/model.safetensors").stat().st_mtime_ns
 
     calls = []
-    monkeypatch.setattr(sweep, "train", lambda cfg, **kw: calls.append(kw.get("resume_dir")) or real(cfg, **kw))
+    monkeypatch.setattr(execute, "train", lambda cfg, **kw: calls.append(("new", cfg.name)) or real_train(cfg, **kw))
+    monkeypatch.setattr(execute, "resume", lambda d, **kw: calls.append(("resume", Path(d).name)) or real_resume(d, **kw))
     code, out, _ = run(capsys, "sweep", path)
     assert code == 0
-    assert [Path(c).name for c in calls] == ["pool=max-s0"]  # resumed, the finished run skipped
+    assert calls == [("resume", "pool=max-s0")]  # resumed, the finished run skipped
     assert "pool=avg s0: test acc" in out and "done before, skipped" in out and "resumed" in out
     assert Path("runs/t/pool=avg-s0/model.safetensors").stat().st_mtime_ns == avg_model
     rows = [json.loads(x) for x in Path("runs/t/pool=max-s0/metrics.jsonl").read_text().splitlines()]
@@ -173,7 +179,7 @@ def test_an_interrupted_sweep_finishes_only_what_is_missing(capsys, tmp_path, ti
     shutil.rmtree("runs/t/pool=avg-s0")
     calls.clear()
     assert run(capsys, "sweep", path)[0] == 0
-    assert calls == [None]
+    assert calls == [("new", "pool=avg-s0")]
 
 
 def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, tiny_data_dir, train_calls):

@@ -10,9 +10,11 @@ import torch
 import yaml
 
 from lenet.checkpoint import load_checkpoint, load_model
-from lenet.config import build_config
+from lenet.runconfig import build_config
 from lenet.errors import DivergedError, RunError
-from lenet.train import Normalizer, lr_factor, train
+from lenet.data import Normalizer
+from lenet.optim import lr_factor
+from lenet.training import resume, train
 
 
 def tiny_config(data_dir, *overrides, preset="keras-v2", name="run", epochs=3):
@@ -21,7 +23,7 @@ def tiny_config(data_dir, *overrides, preset="keras-v2", name="run", epochs=3):
 
 
 def test_training_learns_and_writes_a_complete_run_directory(tiny_data_dir):
-    result = train(tiny_config(tiny_data_dir), quiet=True)
+    result = train(tiny_config(tiny_data_dir), out="runs")
     run = result.run_dir
     for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "model.safetensors", "curves.png",
                  "environment.json", "checkpoint.pt", "status.json", "train.log"):
@@ -43,15 +45,15 @@ def test_training_learns_and_writes_a_complete_run_directory(tiny_data_dir):
 
 
 def test_validation_split_is_taken_from_train_never_test(tiny_data_dir):
-    result = train(tiny_config(tiny_data_dir, "data.val_split=0.2", epochs=1), quiet=True)
+    result = train(tiny_config(tiny_data_dir, "data.val_split=0.2", epochs=1), out="runs")
     log = (result.run_dir / "train.log").read_text()
     assert "480 train / 120 val / 200 test" in log
 
 
 def test_same_seed_same_metrics_different_seed_different(tiny_data_dir):
-    a = train(tiny_config(tiny_data_dir, name="a", epochs=2), quiet=True).metrics
-    b = train(tiny_config(tiny_data_dir, name="b", epochs=2), quiet=True).metrics
-    c = train(tiny_config(tiny_data_dir, "seed=1", name="c", epochs=2), quiet=True).metrics
+    a = train(tiny_config(tiny_data_dir, name="a", epochs=2), out="runs").history
+    b = train(tiny_config(tiny_data_dir, name="b", epochs=2), out="runs").history
+    c = train(tiny_config(tiny_data_dir, "seed=1", name="c", epochs=2), out="runs").history
     def strip(rows):
         return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "examples_per_second")} for r in rows]
 
@@ -61,39 +63,39 @@ def test_same_seed_same_metrics_different_seed_different(tiny_data_dir):
 
 def test_existing_run_directory_is_never_overwritten(tiny_data_dir):
     cfg = tiny_config(tiny_data_dir, epochs=1)
-    first = train(cfg, quiet=True)
+    first = train(cfg, out="runs")
     before = (first.run_dir / "model.safetensors").read_bytes()
     with pytest.raises(RunError, match="already exists"):
-        train(cfg, quiet=True)
+        train(cfg, out="runs")
     assert (first.run_dir / "model.safetensors").read_bytes() == before
-    train(cfg.model_copy(update={"seed": 3}), exist_ok=True, quiet=True)
+    train(cfg.model_copy(update={"seed": 3}), exist_ok=True, out="runs")
     assert (first.run_dir / "model.safetensors").read_bytes() != before
 
 
 def test_dry_run_takes_one_batch(tiny_data_dir):
-    result = train(tiny_config(tiny_data_dir, "train.dry_run=true", "train.batch_size=32"), quiet=True)
-    assert len(result.metrics) == 1
-    assert result.metrics[0]["examples_per_second"] * result.metrics[0]["epoch_seconds"] == pytest.approx(32, rel=0.01)
+    result = train(tiny_config(tiny_data_dir, "train.dry_run=true", "train.batch_size=32"), out="runs")
+    assert len(result.history) == 1
+    assert result.history[0]["examples_per_second"] * result.history[0]["epoch_seconds"] == pytest.approx(32, rel=0.01)
 
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_data_dir):
     # SGD at lr 100 on ReLU blows the loss up to inf/NaN within a few steps.
     cfg = tiny_config(tiny_data_dir, "optim.optimizer=sgd", "optim.lr=100", "model.dropout=0", epochs=2)
     with pytest.raises(DivergedError, match=r"at step \d+.*lower learning rate"):
-        train(cfg, quiet=True)
+        train(cfg, out="runs")
     status = json.loads((cfg_run := tiny_data_dir.parent / "runs" / "run").joinpath("status.json").read_text())
     assert status["status"] == "diverged"
     assert not (cfg_run / "model.safetensors").exists()
 
 
 def test_resume_from_a_checkpoint_gives_identical_weights(tiny_data_dir):
-    full = train(tiny_config(tiny_data_dir, name="full", epochs=3), quiet=True)
+    full = train(tiny_config(tiny_data_dir, name="full", epochs=3), out="runs")
     # Stop after epoch 2 the way a killed process would: after its checkpoint, before the rest.
     with pytest.raises(_Stop):
-        train(tiny_config(tiny_data_dir, name="part", epochs=3), quiet=True, on_epoch=_stop_after_epoch_2)
+        train(tiny_config(tiny_data_dir, name="part", epochs=3), out="runs", on_epoch=_stop_after_epoch_2)
     part_dir = tiny_data_dir.parent / "runs" / "part"
     assert load_checkpoint(part_dir)["epoch"] == 2
-    resumed = train(None, resume_dir=part_dir, quiet=True)  # type: ignore[arg-type]
+    resumed = resume(part_dir)
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     lines = (part_dir / "metrics.jsonl").read_text().splitlines()
@@ -140,18 +142,18 @@ def test_normalizer_modes():
 def test_d2l_recipe_reaches_the_chapters_accuracy(real_data_dir):
     # The chapter's published runs end at 0.78-0.81 test accuracy after 10 epochs.
     cfg = build_config("d2l", overrides=[f"data.data_dir={real_data_dir}", "device=cpu", "name=d2l"])
-    result = train(cfg, quiet=True)
-    assert len(result.metrics) == 10
+    result = train(cfg, out="runs")
+    assert len(result.history) == 10
     assert 0.76 <= result.test_accuracy <= 0.86
-    assert result.metrics[-1]["train_loss"] < 0.6
+    assert result.history[-1]["train_loss"] < 0.6
 
 
 @pytest.mark.slow
 def test_keras_v2_recipe_reaches_088(real_data_dir):
     cfg = build_config("keras-v2", overrides=[f"data.data_dir={real_data_dir}", "device=cpu", "name=v2"])
-    result = train(cfg, quiet=True)
+    result = train(cfg, out="runs")
     assert result.test_accuracy >= 0.88
-    assert result.metrics[-1]["val_accuracy"] >= 0.87  # held out from train, stratified
+    assert result.history[-1]["val_accuracy"] >= 0.87  # held out from train, stratified
 
 
 # --------------------------------------------------------------------------- speed switches
@@ -169,17 +171,17 @@ def plain_reference(tmp_path_factory):
     write_tiny_dataset(root / "fashion-mnist", n_train=1200, seed=0)
     out = tmp_path_factory.mktemp("switch-runs")
     cfg = tiny_config(root, "model.dropout=0", f"out={out}", name="plain", epochs=3)
-    return root, out, train(cfg, quiet=True)
+    return root, out, train(cfg, out=cfg.out)
 
 
 @pytest.mark.parametrize("switch", ["amp", "channels_last", "compile"])
 def test_speed_switch_reaches_the_plain_accuracy(plain_reference, switch):
     root, out, plain = plain_reference
     cfg = tiny_config(root, "model.dropout=0", f"out={out}", f"train.{switch}=true", name=switch, epochs=3)
-    fast = train(cfg, quiet=True)
+    fast = train(cfg, out=cfg.out)
     # Same seed, same data order: only rounding (bf16, other kernels) may differ.
     assert fast.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.04)
-    assert fast.metrics[-1]["train_loss"] == pytest.approx(plain.metrics[-1]["train_loss"], rel=0.15)
+    assert fast.history[-1]["train_loss"] == pytest.approx(plain.history[-1]["train_loss"], rel=0.15)
     # the saved weights load into a plain model (no torch.compile prefixes)
     model, _, _ = load_model(fast.run_dir)
     assert set(model.state_dict()) == set(plain.model.state_dict())
@@ -191,7 +193,7 @@ def test_cuda_graphs_need_cuda(tiny_data_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; test_cuda_graphs_on_gpu covers it")
     with pytest.raises(UsageError, match="needs a CUDA device"):
-        train(tiny_config(tiny_data_dir, "train.cuda_graphs=true", "device=cpu"), quiet=True)
+        train(tiny_config(tiny_data_dir, "train.cuda_graphs=true", "device=cpu"), out="runs")
 
 
 @pytest.mark.gpu
@@ -199,6 +201,6 @@ def test_cuda_graphs_need_cuda(tiny_data_dir):
 @pytest.mark.parametrize("switches", [["train.cuda_graphs=true"], ["train.amp=true", "train.channels_last=true"],
                                       ["train.compile=true"]])
 def test_gpu_switches_reach_the_plain_accuracy(tiny_data_dir, switches):
-    plain = train(tiny_config(tiny_data_dir, "model.dropout=0", "device=cuda", name="gplain"), quiet=True)
-    fast = train(tiny_config(tiny_data_dir, "model.dropout=0", "device=cuda", *switches, name="gfast"), quiet=True)
+    plain = train(tiny_config(tiny_data_dir, "model.dropout=0", "device=cuda", name="gplain"), out="runs")
+    fast = train(tiny_config(tiny_data_dir, "model.dropout=0", "device=cuda", *switches, name="gfast"), out="runs")
     assert fast.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.04)

@@ -4,7 +4,9 @@
   scheduler, epoch and step, metrics so far, every random state). Loaded only with
   ``torch.load(weights_only=True)``, so a checkpoint cannot run code when loaded.
 - model.safetensors: the weights, with the resolved config, class names, dataset
-  and accuracy in the metadata. Nothing else is needed to use the model.
+  and accuracy in the metadata. Nothing else is needed to use the model:
+  ``load_trained`` gives the model with its preprocessing, for every command that
+  uses a trained model (evaluate, predict, export, inspect, serve).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import RunConfig, validate
 from .errors import ConfigError, RunError
-from .runs import atomic_write_bytes
+from .files import atomic_write_bytes
+from .runconfig import RunConfig, validate
 
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"
@@ -157,3 +160,45 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     model.to(device).eval()
     meta = {k: (json.loads(v) if k not in ("format", "config", "dataset") else v) for k, v in metadata.items()}
     return model, cfg, meta
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and what using it needs: its config, the preprocessing it was
+    trained with, its class names and the metadata of its file."""
+
+    model: torch.nn.Module  # in eval mode, on ``device``
+    config: RunConfig
+    meta: dict[str, Any]
+    path: Path
+    device: torch.device
+    normalize: Any  # data.Normalizer: uint8 pixels -> the float input the model trained on
+    class_names: list[str]
+
+    @property
+    def dataset(self) -> str:
+        return self.config.data.dataset
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.meta.get("test_accuracy")
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+        """Logits (N, classes) on the CPU for uint8 images (N, 1, 28, 28), in big batches."""
+        self.model.eval()
+        outputs = [self.model(self.normalize(images[s:s + batch_size].to(self.device))).float().cpu()
+                   for s in range(0, len(images), batch_size)]
+        return torch.cat(outputs) if outputs else torch.empty(0, len(self.class_names))
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """A run directory or .safetensors file, ready to use (see TrainedModel)."""
+    from .data import Normalizer, get_spec
+    from .runtime import resolve_device
+
+    torch_device = resolve_device(device)
+    model_path = resolve_model_path(path)
+    model, cfg, meta = load_model(model_path, torch_device)
+    names = meta.get("class_names") or get_spec(cfg.data.dataset).class_names
+    return TrainedModel(model, cfg, meta, model_path, torch_device, Normalizer.for_config(cfg), list(names))

@@ -1,143 +1,27 @@
-"""Datasets: where they are, how they are checked, and how they sit in memory.
+"""Datasets: where they are, how they are checked, how they sit in memory, and how
+their pixels become the network's input.
 
 The whole dataset is held as uint8 tensors (N, 1, 28, 28) and batches are taken
 by indexing with a permutation: no per-sample Python, no DataLoader. 60,000
-Fashion-MNIST images are 47 MB as uint8, so this fits anywhere we run.
+Fashion-MNIST images are 47 MB as uint8, so this fits anywhere we run. The
+``Normalizer`` turns uint8 batches into float input, the same way in training,
+evaluation, prediction and export. What the datasets are (files, checksums,
+classes) is in ``catalog``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import DataError
+from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_spec  # noqa: F401 (re-exported)
+from .errors import DataError, UsageError
 from .idx import read_idx
-
-DEBIAN_DATASETS = Path("/usr/share/datasets")  # where Debian's dataset-fashion-mnist installs
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One IDX file of a dataset and the checksums that identify it."""
-
-    filename: str  # the official .gz name
-    size: int  # decompressed bytes
-    sha256: str  # of the decompressed bytes: independent of gzip settings and mirror
-    md5_gz: str  # of the official .gz download, as the authors publish it
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    class_names: tuple[str, ...]
-    files: dict[str, FileSpec]  # keys: train_images, train_labels, test_images, test_labels
-    mirrors: tuple[str, ...]
-    aliases: dict[str, str] = field(default_factory=dict)  # lower-case alias -> class name
-    # Per-pixel mean and std of the training images on a [0, 1] scale, for
-    # normalize="standard"; computed from the training set (see test_data.py).
-    mean: float = 0.0
-    std: float = 1.0
-
-
-# Checksums: ../shared/datasets/README.md (decompressed SHA-256) and the authors'
-# published MD5 sums of the .gz files.
-DATASETS: dict[str, DatasetSpec] = {
-    "fashion-mnist": DatasetSpec(
-        name="fashion-mnist",
-        class_names=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-        ),
-        files={
-            "train_images": FileSpec(
-                "train-images-idx3-ubyte.gz", 47040016,
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            "train_labels": FileSpec(
-                "train-labels-idx1-ubyte.gz", 60008,
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                "25c81989df183df01b3e8a0aad5dffbe"),
-            "test_images": FileSpec(
-                "t10k-images-idx3-ubyte.gz", 7840016,
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                "bef4ecab320f06d8554ea6380940ec79"),
-            "test_labels": FileSpec(
-                "t10k-labels-idx1-ubyte.gz", 10008,
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-                "bb300cfdad3c16e7a12a480ee83cd310"),
-        },
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        aliases={
-            "t-shirt": "T-shirt/top", "tshirt": "T-shirt/top", "top": "T-shirt/top",
-            "trousers": "Trouser", "pants": "Trouser",
-            "sweater": "Pullover", "jumper": "Pullover",
-            "jacket": "Coat", "sneakers": "Sneaker", "boot": "Ankle boot",
-            "handbag": "Bag", "sandals": "Sandal",
-        },
-        mean=0.2860,
-        std=0.3530,
-    ),
-    "mnist": DatasetSpec(
-        name="mnist",
-        class_names=tuple(str(d) for d in range(10)),
-        files={
-            "train_images": FileSpec(
-                "train-images-idx3-ubyte.gz", 47040016,
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            "train_labels": FileSpec(
-                "train-labels-idx1-ubyte.gz", 60008,
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-                "d53e105ee54ea40749a09fcbcd1e9432"),
-            "test_images": FileSpec(
-                "t10k-images-idx3-ubyte.gz", 7840016,
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                "9fb629c4189551a2d022fa330f9573f3"),
-            "test_labels": FileSpec(
-                "t10k-labels-idx1-ubyte.gz", 10008,
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-                "ec29112dd5afa0611ce80d1b7f02629c"),
-        },
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-        aliases={"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-                 "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9"},
-        mean=0.1307,
-        std=0.3081,
-    ),
-}
-
-
-def get_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
-
-
-def class_index(spec: DatasetSpec, name_or_index: str | int) -> int:
-    """A class by index, name (case-insensitive) or alias ("sweater" -> Pullover)."""
-    from .errors import UsageError
-
-    text = str(name_or_index).strip()
-    lowered = {n.lower(): i for i, n in enumerate(spec.class_names)}
-    if text.lower() in lowered:
-        return lowered[text.lower()]
-    if text.lower() in spec.aliases:
-        return spec.class_names.index(spec.aliases[text.lower()])
-    if text.isdigit() and int(text) < len(spec.class_names):
-        return int(text)
-    raise UsageError(
-        f"unknown class {text!r} for {spec.name}; classes: {', '.join(spec.class_names)}"
-        + (f"; aliases: {', '.join(sorted(spec.aliases))}" if spec.aliases else "")
-    )
-
 
 # --------------------------------------------------------------------------- locating
 
@@ -303,3 +187,108 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
     """(train, val) Splits; see stratified_indices."""
     ti, vi = stratified_indices(split.labels, fraction, seed)
     return Split(split.images[ti], split.labels[ti]), Split(split.images[vi], split.labels[vi])
+
+
+# --------------------------------------------------------------------------- model input
+
+
+class Normalizer:
+    """uint8 (..., 1, 28, 28) -> float32 as in training: [0, 1], or standardised;
+    in channels-last layout when the model is (--channels-last)."""
+
+    def __init__(self, mode: str, mean: float, std: float, channels_last: bool = False):
+        self.scale = 1.0 / 255.0
+        self.shift = 0.0
+        if mode == "standard":
+            self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    @classmethod
+    def for_config(cls, cfg, channels_last: bool = False) -> "Normalizer":
+        """The normaliser a run config trained with (``cfg``: a RunConfig)."""
+        spec = get_spec(cfg.data.dataset)
+        return cls(cfg.data.normalize, spec.mean, spec.std, channels_last)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() * self.scale
+        x = x - self.shift if self.shift else x
+        return x.contiguous(memory_format=self.memory_format)
+
+
+# --------------------------------------------------------------------------- on the device
+
+
+@dataclass
+class DeviceData:
+    """A dataset on the device, and which of its training rows each split uses.
+
+    ``train_index``/``val_index``: rows of ``dataset.train`` ((N,), or (K, N) for K
+    models that each hold out their own validation split); None = every row, no split.
+    """
+
+    dataset: Dataset
+    train_index: torch.Tensor | None = None
+    val_index: torch.Tensor | None = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.dataset.train) if self.train_index is None else self.train_index.shape[-1]
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.val_index is None else self.val_index.shape[-1]
+
+    def order(self, permutation: torch.Tensor) -> torch.Tensor:
+        """Training rows in the order a permutation of 0..n_train-1 ((N,) or (K, N)) visits them."""
+        return permutation if self.train_index is None else torch.gather(self.train_index, -1, permutation)
+
+
+def as_dataset(data: Any, cfg: Any) -> Dataset:
+    """A Dataset from what a caller passes to train(): a Dataset, or a mapping
+    {"train": (images, labels), "test": (images, labels)} of arrays or tensors in the
+    IDX shapes (uint8 images (N, 28, 28) or (N, 1, 28, 28), integer labels (N,))."""
+    if data is None:
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    elif isinstance(data, Dataset):
+        dataset = data
+    elif isinstance(data, dict) and {"train", "test"} <= set(data):
+        spec = get_spec(cfg.data.dataset)
+        dataset = Dataset(spec, _split(data["train"], "train", cfg), _split(data["test"], "test", cfg))
+    else:
+        raise UsageError("data= takes a lenet Dataset (lenet.load_dataset) or "
+                         '{"train": (images, labels), "test": (images, labels)}')
+    for name, split in (("training", dataset.train), ("test", dataset.test)):
+        if len(split) == 0:
+            raise DataError(f"the {name} set is empty: there is nothing to "
+                            f"{'train on' if name == 'training' else 'measure accuracy on'}")
+    return dataset
+
+
+def _split(pair: Any, name: str, cfg: Any) -> Split:
+    try:
+        images, labels = (torch.as_tensor(a) for a in pair)
+    except (TypeError, ValueError):
+        raise UsageError(f'data["{name}"] must be (images, labels)') from None
+    size = cfg.model.input_size
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (cfg.model.in_channels, size, size):
+        raise UsageError(f'data["{name}"]: images must be uint8 (N, {size}, {size}) or (N, 1, {size}, {size}); '
+                         f"got {images.dtype} {tuple(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point():
+        raise UsageError(f'data["{name}"]: labels must be integers (N,) = ({len(images)},); '
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < cfg.model.num_classes:
+        raise UsageError(f'data["{name}"]: labels must be in 0..{cfg.model.num_classes - 1}')
+    return Split(images.contiguous(), labels.long())
+
+
+def prepare_data(cfg: Any, device: torch.device, data: Any = None) -> DeviceData:
+    """The run's data on ``device`` (``cfg``: a RunConfig), with its validation rows held out."""
+    dataset = as_dataset(data, cfg)
+    on_device = Dataset(dataset.spec, dataset.train.to(device), dataset.test.to(device))
+    if cfg.data.val_split == 0:
+        return DeviceData(on_device)
+    # The split is a pure function of the seed, so a resumed run gets the same one.
+    train_index, val_index = stratified_indices(dataset.train.labels, cfg.data.val_split, cfg.seed)
+    return DeviceData(on_device, train_index.to(device), val_index.to(device))

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import __version__
-from .data import DEBIAN_DATASETS, DatasetSpec, FileSpec
+from .catalog import DEBIAN_DATASETS, DatasetSpec, FileSpec
 from .errors import DataError
-from .runs import fsync_dir
+from .files import fsync_dir
 from .idx import decompressed_bytes, parse_idx
 
 CHUNK_BYTES = 1 << 20  # 1 MiB reads: few syscalls, little memory

@@ -46,12 +46,11 @@ class OnnxCheck:
 
 def onnx_metadata(cfg: Any, meta: dict[str, Any]) -> dict[str, str]:
     """The lenet.* metadata_props of an exported model (ONNX metadata values are strings)."""
-    from .data import get_spec
+    from .data import Normalizer, get_spec
     from .predict import FRAMINGS, MASS_CENTRE
-    from .train import Normalizer
 
     spec = get_spec(cfg.data.dataset)
-    normalize = Normalizer(cfg.data.normalize, spec.mean, spec.std)
+    normalize = Normalizer.for_config(cfg)
     framing = FRAMINGS[cfg.data.dataset]
     size = cfg.model.input_size
     return {
@@ -160,20 +159,15 @@ def onnx_logits(onnx_path: str | Path, images: np.ndarray, scale: float, shift: 
 def check_onnx(onnx_path: str | Path, model_path: str | Path, images: np.ndarray,
                source: str = "test set") -> OnnxCheck:
     """Compare onnxruntime with PyTorch on uint8 images (N, 1, 28, 28) or (N, 28, 28)."""
-    from .checkpoint import load_model
-    from .data import get_spec
-    from .train import Normalizer
+    from .checkpoint import load_trained
 
-    model, cfg, _ = load_model(model_path, "cpu")
-    spec = get_spec(cfg.data.dataset)
-    normalize = Normalizer(cfg.data.normalize, spec.mean, spec.std)
+    trained = load_trained(model_path, "cpu")
     images = np.asarray(images, dtype=np.uint8)
     if images.ndim == 3:
         images = images[:, None]
     meta = read_metadata(onnx_path)
     ort_logits = onnx_logits(onnx_path, images, meta["input_scale"], meta["input_shift"])
-    with torch.no_grad():
-        torch_logits = model(normalize(torch.from_numpy(images))).numpy()
+    torch_logits = trained.logits(torch.from_numpy(images)).numpy()
     diff = float(np.abs(ort_logits - torch_logits).max()) if len(images) else 0.0
     agree = int((ort_logits.argmax(1) == torch_logits.argmax(1)).sum())
     return OnnxCheck(len(images), source, agree, diff)

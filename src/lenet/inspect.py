@@ -267,15 +267,13 @@ def write_activations(run: str | Path, classes: Sequence[str] | None = None, per
     ``per_class`` test images of each of ``classes`` (names, aliases or indices;
     default all classes).
     """
-    from .checkpoint import load_model, resolve_model_path
+    from .checkpoint import load_trained
     from .data import class_index, get_spec, load_dataset
-    from .train import Normalizer
 
-    model_path = resolve_model_path(run)
-    model, cfg, meta = load_model(model_path)
+    trained = load_trained(run)
+    model_path, model, cfg, normalize = trained.path, trained.model, trained.config, trained.normalize
     spec = get_spec(cfg.data.dataset)
-    class_names = tuple(meta.get("class_names") or spec.class_names)
-    normalize = Normalizer(cfg.data.normalize, spec.mean, spec.std)
+    class_names = tuple(trained.class_names)
     out = Path(out) if out else model_path.parent / "activations"
 
     if images:

@@ -10,13 +10,94 @@ from __future__ import annotations
 import fnmatch
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from .config import ModelConfig
 from .errors import ConfigError, UsageError
+
+Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu", "elu"]
+Pooling = Literal["avg", "max", "none"]
+Init = Literal["xavier", "xavier_normal", "kaiming", "normal", "default"]
+
+
+class Strict(BaseModel):
+    """A config section: unknown keys are errors, and so are bad values set later."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """A LeNet-family architecture: conv blocks, then dense layers.
+
+    Each conv block is conv -> [batch norm] -> activation -> [pool]. Lists give one
+    value per conv block; a single number applies to every block.
+    """
+
+    name: str = Field("lenet5", description="registry name this architecture came from (for display)")
+    in_channels: int = Field(1, ge=1)
+    input_size: int = Field(28, ge=1, description="input height = width, pixels")
+    num_classes: int = Field(10, ge=2)
+    conv_channels: list[int] = Field(default_factory=lambda: [6, 16], min_length=1)
+    kernel_size: list[int] = Field(default_factory=lambda: [5, 5])
+    padding: list[int | Literal["same"]] = Field(default_factory=lambda: [2, 0])
+    activation: Activation = "sigmoid"
+    pool: Pooling = "avg"
+    pool_size: int = Field(2, ge=1)
+    pool_stride: int | None = Field(None, ge=1, description="defaults to pool_size")
+    dense: list[int] = Field(default_factory=lambda: [120, 84], description="hidden dense widths")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout_where: Literal["first", "all"] = Field(
+        "first", description="dropout after the first hidden dense layer (Keras V2) or after each"
+    )
+    batch_norm: bool = False
+    init: Init = "xavier"
+
+    @field_validator("conv_channels", "dense")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"every width must be >= 1, got {value}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_variant_then_broadcast(cls, data: Any) -> Any:
+        # A registered name supplies its variant's fields, under anything given
+        # explicitly: ModelConfig(name="lenet5-bn") has batch norm however it is built
+        # (a preset, a file, --model, or ModelConfig/RunConfig in Python).
+        # A single kernel size or padding applies to every conv block, so a sweep can
+        # say "kernel_size: [3, 5, 7]" without knowing how many blocks there are.
+        # Left out, they follow LeNet's pattern for any number of blocks: 5x5 kernels,
+        # padding 2 on the first block only.
+        if isinstance(data, dict):
+            data = {**registered_fields(data.get("name", "lenet5")), **data}
+            n = len(data.get("conv_channels", [6, 16]) or [])
+            data.setdefault("kernel_size", [5] * n)
+            data.setdefault("padding", [2] + [0] * (n - 1))
+            for key in ("kernel_size", "padding"):
+                if not isinstance(data[key], (list, tuple)):
+                    data[key] = [data[key]] * n
+        return data
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "ModelConfig":
+        n = len(self.conv_channels)
+        for key in ("kernel_size", "padding"):
+            values = getattr(self, key)
+            if len(values) != n:
+                raise ValueError(
+                    f"{key} has {len(values)} values but there are {n} conv blocks "
+                    f"(conv_channels={self.conv_channels}); give one per block or a single number"
+                )
+        if any(k < 1 for k in self.kernel_size):
+            raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
+        if any(p != "same" and p < 0 for p in self.padding):
+            raise ValueError(f"padding must be >= 0 or 'same', got {self.padding}")
+        return self
+
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -175,17 +256,22 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in MODEL_REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def registered_fields(name: str) -> dict[str, Any]:
+class UnknownModel(UsageError, ValueError):
+    """A model name not in the registry: a UsageError for callers, and a ValueError
+    inside pydantic validation, which turns it into a config error naming the field."""
+
+
+def registered_fields(name: Any) -> dict[str, Any]:
     """Only the fields variant ``name`` sets; the rest keep ModelConfig's defaults."""
-    if name not in MODEL_REGISTRY:
-        raise UsageError(f"unknown model {name!r}; `lenet models` lists: {', '.join(list_models())}")
+    if not isinstance(name, str) or name not in MODEL_REGISTRY:
+        raise UnknownModel(f"unknown model {name!r}; `lenet models` lists: {', '.join(list_models())}")
     return {"name": name, **MODEL_REGISTRY[name]()}
 
 
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The registered variant ``name`` with ``overrides`` applied (None = keep)."""
-    fields = registered_fields(name)
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    registered_fields(name)  # an unknown name is a UsageError here, before validation
+    fields = {"name": name, **{k: v for k, v in overrides.items() if v is not None}}
     return ModelConfig.model_validate(fields)
 
 

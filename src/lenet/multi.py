@@ -7,12 +7,19 @@ share every tensor shape, so we stack their parameters along a new leading
 dimension (torch.func.stack_module_state) and run one vmapped forward and
 backward for all K of them: (K, B, 1, 28, 28) in, (K, B, classes) out.
 
-Each run keeps its own identity: model k is initialised from its own seed exactly
-as `train` would, sees its own shuffling order (and its own validation split),
-and gets its own optimiser hyper-parameters, so its result equals a separate run
-up to floating-point rounding. Each run gets the same run directory files as
-`train` writes (config, metrics, curves, model, status), except checkpoint.pt:
-an interrupted group restarts its unfinished runs from scratch.
+The epoch, the evaluation, the metrics row and the run files are the single-run
+loop's own (``loop.train_one_epoch``, ``loop.evaluate``, ``loop.epoch_row``,
+``Recorder``): only the step differs. Each run keeps its identity: model k is
+initialised from its own seed exactly as ``train`` would, sees its own shuffling
+order and validation split, and gets its own optimiser hyper-parameters, so its
+result equals a separate run up to floating-point rounding. Each run's checkpoint.pt
+is a single run's checkpoint (its weights, its optimiser state in torch.optim's
+format, its random states), so an interrupted group resumes together
+(``resume_many``) or each run alone (``lenet train --resume``).
+
+Speed switches: ``--amp`` and ``--deterministic`` apply as in a single run;
+``--channels-last``, ``--compile`` and ``--cuda-graphs`` do not fit a vmapped step
+and are refused (a sweep trains such runs one by one instead).
 """
 
 from __future__ import annotations
@@ -29,13 +36,18 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .checkpoint import MODEL_FILE, save_model
-from .config import RunConfig
-from .data import load_dataset, stratified_indices
-from .models import LeNet
-from .runs import (RunLog, create_run_dir, default_run_name, environment_record, run_lock, save_config, write_json,
-                   write_metrics)
-from .train import Normalizer, TrainResult, format_epoch, lr_factor, resolve_device
+from . import checkpoint as ckpt
+from .data import DeviceData, Normalizer, prepare_data, stratified_indices
+from .errors import Interrupted, UsageError
+from .loop import (EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit, checkpoint_state, epoch_row,
+                   evaluate, format_epoch, partial_epoch, position, train_one_epoch)
+from .models import LeNet, count_parameters
+from .optim import learning_rate, make_optimizer
+from .recorder import DIVERGED, FINISHED, RUNNING, Recorder
+from .runconfig import RunConfig, flatten
+from .runs import create_run_dir, default_run_name, run_lock
+from .runtime import autocast, resolve_device, seed_everything, synchronize
+from .training import Run
 
 # Fields that may differ between runs trained together: none changes a tensor shape
 # or the computation graph, only values (initial weights, data order, update sizes).
@@ -44,23 +56,17 @@ VARYING = {
     "optim.lr", "optim.momentum", "optim.weight_decay", "optim.schedule", "optim.step_epochs",
     "optim.gamma", "optim.warmup_fraction", "model.init", "model.name",
 }
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+# Switches a vmapped step cannot honour: torch.compile and CUDA graphs capture one
+# model's graph, and channels-last has no layout for the (K, B, C, H, W) batch.
+REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs")
 
 
 def group_key(cfg: RunConfig) -> str | None:
     """Runs with equal keys can train together; None for runs that cannot batch at all."""
-    if cfg.model.batch_norm or cfg.train.dry_run:
-        return None  # BN's running statistics are updated in place, which vmap cannot batch
-    flat = _flatten(cfg.to_dict())
+    if cfg.model.batch_norm or cfg.train.dry_run or any(getattr(cfg.train, s) for s in REFUSED_SWITCHES):
+        # BN's running statistics are updated in place, which vmap cannot batch.
+        return None
+    flat = flatten(cfg.to_dict())
     return json.dumps({k: v for k, v in flat.items() if k not in VARYING}, sort_keys=True)
 
 
@@ -77,6 +83,49 @@ def groups(cfgs: Sequence[RunConfig]) -> list[list[int]]:
     return list(by_key.values()) + out
 
 
+def _check_group(cfgs: Sequence[RunConfig]) -> None:
+    for cfg in cfgs:
+        on = [s for s in REFUSED_SWITCHES if getattr(cfg.train, s)]
+        if on:
+            raise UsageError(f"--{on[0].replace('_', '-')} does not work for runs trained together (one vmapped "
+                             "step for all); train such runs one by one (lenet sweep --separately)")
+    keys = {group_key(c) for c in cfgs}
+    if len(keys) != 1 or None in keys:
+        raise UsageError("runs trained together must differ only in " + ", ".join(sorted(VARYING))
+                         + " and use no batch norm and no dry run")
+
+
+# --------------------------------------------------------------------------- K models as one
+
+
+class StackedModels(nn.Module):
+    """K same-shaped LeNets as one module: parameters stacked along a leading K
+    dimension, one vmapped forward. Input (B, C, H, W) goes to every model;
+    (K, B, C, H, W) gives each model its own batch. Output (K, B, classes)."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.k = len(models)
+        self.stacked_params, self.stacked_buffers = stack_module_state(list(models))  # dicts of (K, ...) leaves
+        self.base = copy.deepcopy(models[0]).to("meta")  # the structure; its train/eval mode drives dropout
+
+        def forward_one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.base, (p, b), (x,))
+
+        # randomness="different": each model draws its own dropout masks.
+        self._per_model = vmap(forward_one, in_dims=(0, 0, 0), randomness="different")
+        self._shared = vmap(forward_one, in_dims=(0, 0, None), randomness="different")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        run = self._per_model if x.dim() == 5 else self._shared
+        return run(self.stacked_params, self.stacked_buffers, x)
+
+    def state_dict_of(self, k: int) -> dict[str, torch.Tensor]:
+        """Model k's weights, as LeNet.state_dict() names them."""
+        return {**{n: t[k].detach().clone() for n, t in self.stacked_params.items()},
+                **{n: t[k].clone() for n, t in self.stacked_buffers.items()}}
+
+
 def _per_model(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """(K,) hyper-parameters shaped (K, 1, 1, ...) to broadcast over a stacked tensor."""
     t = torch.tensor(values, dtype=like.dtype, device=like.device)
@@ -86,11 +135,13 @@ def _per_model(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
 class StackedOptimizer:
     """SGD (momentum, Nesterov, L2) or Adam/AdamW over stacked parameters, with each
     model's own lr, momentum and weight decay; the same arithmetic as torch.optim's
-    single-tensor implementations, so model k follows its separate run."""
+    single-tensor implementations, so model k follows its separate run. Its state
+    converts to and from each model's torch.optim state_dict (torch_state, load)."""
 
     def __init__(self, params: dict[str, torch.Tensor], cfgs: Sequence[RunConfig]):
         self.kind = cfgs[0].optim.optimizer
         self.nesterov = cfgs[0].optim.nesterov
+        self.cfgs = list(cfgs)
         self.params = params
         self.momentum = [c.optim.momentum for c in cfgs]
         self.weight_decay = [c.optim.weight_decay for c in cfgs]
@@ -124,152 +175,251 @@ class StackedOptimizer:
             denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(self.eps)
             p.sub_((lr / bias1) * exp_avg / denom)
 
+    def torch_state(self, k: int, model: nn.Module) -> dict[str, Any]:
+        """Model k's optimiser state as its own torch.optim optimiser would save it."""
+        optimizer = make_optimizer(model, self.cfgs[k])
+        for (name, _), param in zip(self.params.items(), model.parameters()):
+            state = self.state.get(name)
+            if not state:
+                continue
+            if self.kind == "sgd":
+                if self.momentum[k] != 0:  # torch keeps no buffer without momentum
+                    optimizer.state[param] = {"momentum_buffer": state["momentum"][k].clone()}
+            else:
+                optimizer.state[param] = {"step": torch.tensor(float(self.steps)),
+                                          "exp_avg": state["exp_avg"][k].clone(),
+                                          "exp_avg_sq": state["exp_avg_sq"][k].clone()}
+        return optimizer.state_dict()
 
-def train_many(cfgs: Sequence[RunConfig], exist_ok: bool = False, quiet: bool = False) -> list[TrainResult]:
-    """Train runs that share a group_key together; one TrainResult per run, in order."""
-    keys = {group_key(c) for c in cfgs}
-    if len(keys) != 1 or None in keys:
-        raise ValueError("train_many needs runs that differ only in " + ", ".join(sorted(VARYING)))
+    def load(self, saved: Sequence[dict[str, Any]], models: Sequence[nn.Module]) -> None:
+        """The stacked state from each model's torch.optim state_dict (a checkpoint's)."""
+        per_model = []
+        for cfg, model, state_dict in zip(self.cfgs, models, saved):
+            optimizer = make_optimizer(model, cfg)
+            optimizer.load_state_dict(state_dict)
+            per_model.append([optimizer.state.get(p, {}) for p in model.parameters()])
+        keys = {"sgd": ("momentum_buffer",)}.get(self.kind, ("exp_avg", "exp_avg_sq"))
+        for i, (name, p) in enumerate(self.params.items()):
+            if not any(states[i] for states in per_model):
+                continue  # no step taken yet (or SGD without momentum): nothing to restore
+            for key in keys:
+                stacked = torch.stack([states[i].get(key, torch.zeros_like(p[0])).to(p.device)
+                                       for states in per_model])
+                self.state.setdefault(name, {})["momentum" if key == "momentum_buffer" else key] = stacked
+            if self.kind != "sgd":
+                self.steps = int(per_model[0][i]["step"])
+
+
+class GroupLearner:
+    """The step of K models at once; the loop's other half (loop.train_one_epoch)."""
+
+    def __init__(self, models: Sequence[nn.Module], cfgs: Sequence[RunConfig], steps_per_epoch: int):
+        self.cfgs, self.steps_per_epoch, self.amp = list(cfgs), steps_per_epoch, cfgs[0].train.amp
+        self.forward = StackedModels(models)
+        self.optimizer = StackedOptimizer(self.forward.stacked_params, cfgs)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfgs[0].optim.label_smoothing, reduction="none")
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.forward.k
+        with autocast(x.device, self.amp):
+            logits = self.forward(x)  # (K, B, C)
+        losses = self.loss_fn(logits.flatten(0, 1).float(), y.flatten()).view(k, -1).mean(1)  # (K,)
+        params = list(self.forward.stacked_params.values())
+        # Models are independent, so the gradient of the sum is each model's own gradient.
+        grads = torch.autograd.grad(losses.sum(), params)
+        self.optimizer.step(grads, [learning_rate(c, global_step, self.steps_per_epoch) for c in self.cfgs])
+        return losses.detach(), logits.detach()
+
+    def check_finite(self, state: EpochState) -> None:
+        """A model whose loss went bad is recorded at the epoch's end; the others go on."""
+
+
+# --------------------------------------------------------------------------- training a group
+
+
+def train_many(cfgs: Sequence[RunConfig], exist_ok: bool = False, verbose: bool = False) -> list[Run]:
+    """Train runs that share a group_key together, each into ``cfg.out/cfg.name``;
+    one Run per config, in order."""
     cfgs = list(cfgs)
-    first = cfgs[0]
-    device = resolve_device(first.device)
-    run_dirs = [create_run_dir(c.out, c.name or default_run_name(c), exist_ok) for c in cfgs]
+    _check_group(cfgs)
+    run_dirs = [create_run_dir(Path(c.out), c.name or default_run_name(c), exist_ok) for c in cfgs]
     with contextlib.ExitStack() as locks:
         for d in run_dirs:  # one writer per run, as in train()
             locks.enter_context(run_lock(d))
-        return _train_many_locked(cfgs, run_dirs, device, quiet)
+        cfgs = [c.model_copy(update={"name": d.name}) for c, d in zip(cfgs, run_dirs)]
+        return fit_many(cfgs, [Recorder(d) for d in run_dirs], None, verbose)
 
 
-def _train_many_locked(cfgs: list[RunConfig], run_dirs: list[Path], device: torch.device,
-                       quiet: bool) -> list[TrainResult]:
+def resume_many(run_dirs: Sequence[str | Path], verbose: bool = False) -> list[Run]:
+    """Continue runs interrupted while training together, together again. Their
+    checkpoints must be at the same epoch and step (they are, when saved together)."""
+    run_dirs = [Path(d) for d in run_dirs]
+    with contextlib.ExitStack() as locks:
+        for d in run_dirs:
+            locks.enter_context(run_lock(d))
+        recorders = [Recorder(d) for d in run_dirs]
+        states = [r.resume_state() for r in recorders]
+        cfgs, saved = [s[0] for s in states], [s[1] for s in states]
+        _check_group(cfgs)
+        positions = {(int(s.get("epoch", -1)), int(s.get("step", -1))) for s in saved}
+        if len(positions) != 1:
+            raise UsageError("these runs stopped at different points (epoch, step): "
+                             f"{sorted(positions)}; resume each on its own")
+        return fit_many(cfgs, recorders, saved, verbose)
+
+
+def group_data(cfgs: Sequence[RunConfig], device: torch.device) -> DeviceData:
+    """The shared dataset, with each run's own validation split as (K, N) rows."""
+    first = cfgs[0]
+    data = prepare_data(first.model_copy(update={"data": first.data.model_copy(update={"val_split": 0.0})}), device)
+    if first.data.val_split == 0:
+        return data
+    labels = data.dataset.train.labels.cpu()
+    splits = [stratified_indices(labels, first.data.val_split, c.seed) for c in cfgs]  # each run's own seed
+    return DeviceData(data.dataset, torch.stack([s[0] for s in splits]).to(device),
+                      torch.stack([s[1] for s in splits]).to(device))
+
+
+def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, Any]] | None,
+             verbose: bool) -> list[Run]:
+    """loop.train_one_epoch and loop.evaluate over K models; one Recorder per run."""
     K, first = len(cfgs), cfgs[0]
-    cfgs = [c.model_copy(update={"name": d.name}) for c, d in zip(cfgs, run_dirs)]
-    logs = [RunLog(d, quiet=True) for d in run_dirs]
-    say = RunLog(None, quiet=quiet)
-
-    data = load_dataset(first.data.dataset, first.data.data_dir)
-    normalize = Normalizer(first.data.normalize, data.spec.mean, data.spec.std)
-    images, labels = data.train.images.to(device), data.train.labels.to(device)
-    test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
-    # Each run's own split: the stratified split is a function of its seed, as in train().
-    if first.data.val_split > 0:
-        splits = [stratified_indices(data.train.labels, first.data.val_split, c.seed) for c in cfgs]
-        train_index = torch.stack([s[0] for s in splits]).to(device)  # (K, N_train)
-        val_index = torch.stack([s[1] for s in splits]).to(device)  # (K, N_val)
-    else:
-        train_index = torch.arange(len(labels), device=device).expand(K, -1)
-        val_index = None
-
+    seed_everything(first.seed, first.train.deterministic)
+    device = resolve_device(first.device)
+    data = group_data(cfgs, device)
+    steps = math.ceil(data.n_train / first.train.batch_size)
     models = []
     for c in cfgs:
         torch.manual_seed(c.seed)  # the same draw of initial weights as train()'s seed_everything
         models.append(LeNet(c.model).to(device))
-    params, buffers = stack_module_state(models)  # dicts of (K, ...) leaf tensors
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def forward(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, (p, b), (x,))
-
-    # randomness="different": each model draws its own dropout masks.
-    per_model_input = vmap(forward, in_dims=(0, 0, 0), randomness="different")
-    shared_input = vmap(forward, in_dims=(0, 0, None), randomness="different")
-    optimizer = StackedOptimizer(params, cfgs)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=first.optim.label_smoothing, reduction="none")
-
-    n_train, batch_size, epochs = train_index.shape[1], first.train.batch_size, first.train.epochs
-    steps_per_epoch = math.ceil(n_train / batch_size)
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-    metrics: list[list[dict[str, Any]]] = [[] for _ in cfgs]
-    first_bad = torch.full((K,), -1, dtype=torch.long, device=device)
-    for c, d in zip(cfgs, run_dirs):
-        save_config(d, c)
-        write_json(d / "environment.json", {**environment_record(device, c.seed), "trained_with": f"{K} runs at once"})
-    say(f"training {K} runs together on {device} (vmap over stacked parameters)")
-
-    @torch.no_grad()
-    def evaluate(index: torch.Tensor | None, imgs: torch.Tensor, lbls: torch.Tensor) -> tuple[list, list]:
-        base.eval()
-        n = imgs.shape[0] if index is None else index.shape[1]
-        loss_sum = torch.zeros(K, device=device)
-        correct = torch.zeros(K, dtype=torch.long, device=device)
-        for start in range(0, n, first.train.eval_batch_size):
-            if index is None:
-                chunk = slice(start, start + first.train.eval_batch_size)
-                x, y = normalize(imgs[chunk]), lbls[chunk]
-                logits = shared_input(params, buffers, x)  # (K, b, C)
-                y = y.expand(K, -1)
-            else:
-                ex = index[:, start:start + first.train.eval_batch_size]
-                logits = per_model_input(params, buffers, normalize(imgs[ex]))
-                y = lbls[ex]
-            losses = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
-            loss_sum += losses.view(K, -1).sum(1)
-            correct += (logits.argmax(-1) == y).sum(1)
-        return (loss_sum / n).tolist(), (correct.double() / n).tolist()
-
-    for epoch in range(epochs):
-        base.train()
-        # (K, N_train) positions into each run's own training indices, one permutation per run.
-        order = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
-        loss_sum = torch.zeros(K, device=device)
-        correct = torch.zeros(K, dtype=torch.long, device=device)
-        tic = time.perf_counter()
-        for step in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            ex = torch.gather(train_index, 1, order[:, step * batch_size:(step + 1) * batch_size])  # (K, B)
-            x, y = normalize(images[ex]), labels[ex]  # (K, B, 1, 28, 28), (K, B)
-            logits = per_model_input(params, buffers, x)  # (K, B, C)
-            losses = loss_fn(logits.flatten(0, 1), y.flatten()).view(K, -1).mean(1)  # (K,)
-            # Models are independent, so the gradient of the sum is each model's own gradient.
-            grads = torch.autograd.grad(losses.sum(), list(params.values()))
-            optimizer.step(grads, [c.optim.lr * lr_factor(c, global_step, steps_per_epoch) for c in cfgs])
-            with torch.no_grad():
-                bad = ~torch.isfinite(losses)
-                first_bad = torch.where(bad & (first_bad < 0), global_step, first_bad)
-                loss_sum += losses * ex.shape[1]
-                correct += (logits.argmax(-1) == y).sum(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - tic
-        val = evaluate(val_index, images, labels) if val_index is not None else None
-        test = evaluate(None, test_images, test_labels)
-        train_loss, train_correct = (loss_sum / n_train).tolist(), correct.tolist()
-        next_step = (epoch + 1) * steps_per_epoch
-        for k, c in enumerate(cfgs):
-            row = {
-                "epoch": epoch + 1, "train_loss": train_loss[k], "train_accuracy": train_correct[k] / n_train,
-                "val_loss": val[0][k] if val else None, "val_accuracy": val[1][k] if val else None,
-                "test_loss": test[0][k], "test_accuracy": test[1][k],
-                "lr": c.optim.lr * lr_factor(c, next_step - 1, steps_per_epoch),  # the epoch's last step
-                # The shared wall time is split evenly: K runs together took `seconds`.
-                "epoch_seconds": round(seconds / K, 4),
-                "examples_per_second": round(n_train * K / max(seconds, 1e-9), 1),
-            }
-            if int(first_bad[k]) < 0:
-                metrics[k].append(row)
-                write_metrics(run_dirs[k], metrics[k])
-                logs[k](format_epoch(row, epochs))
-        say(f"epoch {epoch + 1}/{epochs}: {K} runs, {seconds:.1f} s, {n_train * K / seconds:,.0f} examples/s in all; "
-            f"test acc {min(test[1]):.4f}..{max(test[1]):.4f}")
-
-    from .viz import plot_curves
-
-    results = []
-    for k, (c, d) in enumerate(zip(cfgs, run_dirs)):
+    histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    at = Position()
+    if saved is None:
+        for c, rec, m in zip(cfgs, recs, models):
+            rec.start(c, device, f"run {rec.run_dir}  ({c.preset or 'custom'} recipe, {c.model.name}, "
+                                 f"{count_parameters(m):,} parameters, trained with {K - 1} other run(s))",
+                      trained_with=f"{K} runs at once")
+        learner = GroupLearner(models, cfgs, steps)
+    else:
+        learner, histories, at = _restore_group(models, cfgs, recs, saved, shuffles, steps, device)
+    normalize = Normalizer.for_config(first)
+    diverged = [False] * K
+    say = Recorder(None, verbose)
+    say.log(f"training {K} runs together on {device} (vmap over stacked parameters)")
+    for rec, h in zip(recs, histories):
+        rec.status(RUNNING, len(h) + 1)
+    with StopFlag(recs[0].run_dir) as stop:
+        for epoch in range(at.epoch, first.train.epochs):
+            if at.shuffle_state is not None:
+                for g, s in zip(shuffles, at.shuffle_state):
+                    g.set_state(s)
+            start_shuffles = [g.get_state() for g in shuffles]
+            # (K, N_train): each run's own permutation of its own training rows
+            order = data.order(torch.stack([torch.randperm(data.n_train, generator=g) for g in shuffles]).to(device))
+            state = at.state or EpochState.zeros((K,), device)
+            s = EpochSettings(first.train.batch_size, steps, normalize, steps, stop)
+            tic = time.perf_counter()
+            train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
+            synchronize(device)
+            seconds = at.seconds + time.perf_counter() - tic
+            if stop.requested:
+                _interrupt_group(learner, cfgs, recs, histories, shuffles, epoch, state, start_shuffles, seconds,
+                                 diverged)
+            bs = first.train.eval_batch_size
+            val = (evaluate(learner.forward, data.dataset.train, normalize, bs, data.val_index, amp=learner.amp)
+                   if data.val_index is not None else None)
+            test = evaluate(learner.forward, data.dataset.test, normalize, bs, amp=learner.amp)
+            bad = state.first_bad_step.tolist()
+            for k, (c, rec) in enumerate(zip(cfgs, recs)):
+                if diverged[k]:
+                    continue
+                if bad[k] >= 0:
+                    diverged[k] = True
+                    reason = (f"training diverged: the loss became NaN or infinite at step {bad[k] + 1}. "
+                              "Try a lower learning rate (--lr).")
+                    rec.status(DIVERGED, epoch + 1, reason=reason)
+                    rec.log(reason)
+                    continue
+                # The group's wall time is shared evenly: K runs together took `seconds`.
+                row = epoch_row(epoch + 1, float(state.loss_sum[k]), int(state.correct[k]), state.seen,
+                                (float(val[0][k]), float(val[1][k])) if val else None,
+                                (float(test[0][k]), float(test[1][k])),
+                                learning_rate(c, (epoch + 1) * steps - 1, steps), seconds / K, state.seen)
+                histories[k].append(row)
+                rec.epoch_done(row, histories[k], format_epoch(row, c.train.epochs),
+                               _checkpoint(learner, k, c, histories[k], shuffles[k], epoch + 1))
+            at = Position()
+            say.log(f"epoch {epoch + 1}/{first.train.epochs}: {K} runs, {seconds:.1f} s, "
+                    f"{data.n_train * K / max(seconds, 1e-9):,.0f} examples/s in all; "
+                    f"test acc {float(test[1].min()):.4f}..{float(test[1].max()):.4f}")
+    runs = []
+    for k, (c, rec) in enumerate(zip(cfgs, recs)):
         model = LeNet(c.model)
-        model.load_state_dict({**{n: t[k].detach().cpu() for n, t in params.items()},
-                               **{n: t[k].cpu() for n, t in buffers.items()}})
-        bad = int(first_bad[k])
-        if bad >= 0:
-            reason = (f"training diverged: the loss became NaN or infinite at step {bad + 1}. "
-                      "Try a lower learning rate (--lr).")
-            write_json(d / "status.json", {"status": "diverged", "reason": reason, "epoch": len(metrics[k]) + 1})
-            logs[k](reason)
-            results.append(TrainResult(d, c, model, metrics[k], status="diverged"))
+        model.load_state_dict({n: t.cpu() for n, t in learner.forward.state_dict_of(k).items()})
+        if not diverged[k]:
+            rec.finish(model, c, data.dataset.class_names, histories[k], trained_with=K)
+        runs.append(Run(c, model, histories[k], rec.run_dir, DIVERGED if diverged[k] else FINISHED,
+                        data.dataset.class_names))
+    return runs
+
+
+def _model_k(learner: GroupLearner, k: int) -> nn.Module:
+    model = LeNet(learner.cfgs[k].model).to(next(iter(learner.forward.stacked_params.values())).device)
+    model.load_state_dict(learner.forward.state_dict_of(k))
+    return model
+
+
+def _checkpoint(learner: GroupLearner, k: int, cfg: RunConfig, history: list[dict[str, Any]],
+                shuffle: torch.Generator, epoch: int, step: int = 0,
+                partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run k's checkpoint, in the single-run format (loop.checkpoint_state)."""
+    model = _model_k(learner, k)
+    return checkpoint_state(model.state_dict(), learner.optimizer.torch_state(k, model), cfg, history, shuffle,
+                            epoch, step, partial)
+
+
+def _interrupt_group(learner: GroupLearner, cfgs: list[RunConfig], recs: list[Recorder],
+                     histories: list[list[dict[str, Any]]], shuffles: list[torch.Generator], epoch: int,
+                     state: EpochState, start_shuffles: list[torch.Tensor], seconds: float,
+                     diverged: list[bool]) -> None:
+    """Ctrl-C: every run of the group saves the epoch in progress, then exit code 130."""
+    for k, (c, rec) in enumerate(zip(cfgs, recs)):
+        if diverged[k]:
             continue
-        plot_curves([(d.name, metrics[k])], d / "curves.png", title=d.name)
-        save_model(d / MODEL_FILE, model, c, data.class_names,
-                   extra={"test_accuracy": metrics[k][-1]["test_accuracy"], "epochs": len(metrics[k])})
-        write_json(d / "status.json", {"status": "finished", "epochs": len(metrics[k]), "trained_with": K})
-        results.append(TrainResult(d, c, model, metrics[k]))
-    return results
+        if state.step == 0:
+            shuffles[k].set_state(start_shuffles[k])
+        partial = partial_epoch(state.loss_sum[k], state.correct[k], state.seen, start_shuffles[k], seconds)
+        rec.interrupted(_checkpoint(learner, k, c, histories[k], shuffles[k], epoch, state.step, partial),
+                        epoch + 1, state.step)
+    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; checkpoints saved. Continue with "
+                      "the same lenet sweep command (or lenet train --resume RUN_DIR for one run)")
+
+
+def _restore_group(models: list[nn.Module], cfgs: list[RunConfig], recs: list[Recorder],
+                   saved: list[dict[str, Any]], shuffles: list[torch.Generator], steps: int,
+                   device: torch.device) -> tuple[GroupLearner, list[list[dict[str, Any]]], Position]:
+    """Weights, optimiser states, random states and the shared position of a group."""
+    histories, positions = [], []
+    for model, rec, state, shuffle in zip(models, recs, saved, shuffles):
+        with checkpoint_misfit(rec.run_dir):
+            model.load_state_dict(state["model"])
+            ckpt.set_rng_state(state["rng"], shuffle)
+            history, at = position(state, "cpu")
+        rec.rewrite_history(history)
+        rec.log(f"resuming {rec.run_dir} at epoch {at.epoch + 1}" + (f", step {at.state.step + 1}" if at.state else "")
+                + f", with {len(models) - 1} other run(s)")
+        histories.append(history)
+        positions.append(at)
+    # One global RNG drives the group's dropout: every run saved the same state.
+    ckpt.set_rng_state(saved[0]["rng"], shuffles[0])
+    learner = GroupLearner(models, cfgs, steps)
+    with checkpoint_misfit(recs[0].run_dir):
+        learner.optimizer.load([s["optimizer"] for s in saved], models)
+    at = positions[0]
+    if at.state is not None:  # stopped mid-epoch: the group's sums, each run's shuffle state
+        at.state = EpochState(torch.stack([p.state.loss_sum for p in positions]).to(device),
+                              torch.stack([p.state.correct for p in positions]).to(device),
+                              at.state.seen, at.state.step, torch.full((len(models),), -1, device=device))
+        at.shuffle_state = [p.shuffle_state for p in positions]
+    return learner, histories, at

@@ -6,7 +6,7 @@
                      -> uint8 (28, 28), light object on a dark background
     Predictor        a trained model + the training Normalizer: pictures -> Prediction
 
-The 28x28 image goes through exactly the training Normalizer (lenet.train.Normalizer
+The 28x28 image goes through exactly the training Normalizer (lenet.data.Normalizer
 on uint8), so a dataset image saved as PNG is predicted as `lenet eval` predicts it.
 """
 
@@ -340,19 +340,18 @@ class Predictor:
     """
 
     def __init__(self, model_path: str | Path, device: str = "cpu"):
-        from .checkpoint import load_model, resolve_model_path
-        from .data import get_spec
-        from .train import Normalizer, resolve_device
+        from .catalog import get_spec
+        from .checkpoint import load_trained
 
-        self.model_path = resolve_model_path(model_path)
-        self.device = resolve_device(device)
-        self.model, self.config, self.meta = load_model(self.model_path, self.device)
+        trained = load_trained(model_path, device)
+        self.model_path, self.device = trained.path, trained.device
+        self.model, self.config, self.meta = trained.model, trained.config, trained.meta
         self.dataset = self.config.data.dataset
-        spec = get_spec(self.dataset)
-        self.class_names: list[str] = list(self.meta.get("class_names") or spec.class_names)
-        self.mean, self.std = spec.mean, spec.std
-        self.normalize = Normalizer(self.config.data.normalize, spec.mean, spec.std)
+        self.class_names: list[str] = trained.class_names
+        self.normalize = trained.normalize
         self.framing = FRAMINGS[self.dataset]
+        spec = get_spec(self.dataset)
+        self.mean, self.std = spec.mean, spec.std  # the dataset's pixel statistics (GET /model)
 
     @property
     def test_accuracy(self) -> float | None:

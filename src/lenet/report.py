@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from .errors import RunError
-from .runs import atomic_write_text, read_json_or_empty, read_metrics
+from .files import atomic_write_text, read_json_or_empty
+from .runs import read_metrics
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
@@ -141,13 +142,8 @@ def run_report(run_dir: Path) -> str:
 
 
 def sweep_report(sweep_dir: Path) -> str:
-    from .sweep import (
-        SUMMARY_COLUMNS,
-        read_status,
-        summarize,
-        summary_rows,
-        write_plots,
-    )
+    from .recorder import read_status
+    from .sweep import SUMMARY_COLUMNS, summarize, summary_rows, write_plots
 
     summaries, info = summarize(sweep_dir)
     if not (sweep_dir / "accuracy_bars.png").is_file():

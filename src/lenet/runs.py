@@ -18,7 +18,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -27,8 +26,10 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, validate
 from .errors import RunBusy, RunError
+from .files import (_UMASK, atomic_write_bytes, atomic_write_text, fsync_dir,  # noqa: F401 (re-exported)
+                    read_json_or_empty, write_json)
+from .runconfig import RunConfig, validate
 
 try:  # POSIX; on Windows runs are not locked (see run_lock)
     import fcntl
@@ -43,53 +44,6 @@ METRIC_COLUMNS = [
 
 LOCK_FILE = ".lock"
 TEMP_PATTERN = ".*.tmp"  # atomic_write_bytes' temporary names: .<file>.<random>.tmp
-
-# mkstemp creates 0600 files; run files should get what open() gives (0666 less the
-# umask), or a run directory cannot be shared. The umask can only be read by setting it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = None
-    try:
-        # Inside the try: a full disk or a read-only folder can fail the create too.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            try:
-                os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
-            except OSError:
-                pass  # a filesystem without Unix modes: the file is still written
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        if isinstance(exc, OSError):
-            raise RunError(f"cannot write {path}: {exc.strerror or exc}; files saved before are intact") from None
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX); best effort where that is impossible."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 # --------------------------------------------------------------------------- one writer per run
 
@@ -165,26 +119,6 @@ def clear_run_dir(run_dir: Path) -> None:
             path.unlink()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_json_or_empty(path: Path) -> dict[str, Any]:
-    """A small JSON file of a run (status, eval) or {} when absent or unreadable:
-    these files describe a run, and a run without them is still a run."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def write_metrics(run_dir: Path, rows: list[Mapping[str, Any]]) -> None:
     """metrics.jsonl and metrics.csv rewritten whole: each epoch appears exactly once,
     even after a resume that repeats an epoch the killed run had half done."""
@@ -198,9 +132,12 @@ def write_metrics(run_dir: Path, rows: list[Mapping[str, Any]]) -> None:
     atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; [] for a run that has none yet when ``missing_ok``."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
+        if missing_ok:
+            return []
         raise RunError(f"{run_dir}: no metrics.jsonl; is this a lenet run directory?")
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -280,24 +217,6 @@ def create_run_dir(out: Path, name: str, exist_ok: bool = False) -> Path:
     except OSError as exc:
         raise RunError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --out") from None
     return run_dir
-
-
-class RunLog:
-    """Lines to the terminal and to train.log (appended, flushed per line)."""
-
-    def __init__(self, run_dir: Path | None, quiet: bool = False):
-        self.path = Path(run_dir) / "train.log" if run_dir else None
-        self.quiet = quiet
-
-    def __call__(self, line: str = "") -> None:
-        if not self.quiet:
-            print(line, flush=True)
-        if self.path is not None:
-            try:
-                with open(self.path, "a") as handle:
-                    handle.write(line + "\n")
-            except OSError:
-                pass  # the log is a convenience: never fail a run over it
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:

@@ -65,9 +65,6 @@ def create_app(model_path: str | Path, *, device: str = "cpu", max_upload_bytes:
     app = FastAPI(title="lenet", docs_url=None, redoc_url=None)
     app.state.predictor = predictor
 
-    def error(status: int, code: str, detail: str) -> JSONResponse:
-        return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -115,46 +112,10 @@ def create_app(model_path: str | Path, *, device: str = "cpu", max_upload_bytes:
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "multipart/form-data":
-            got = media_type or "no content type"
-            return error(415, "unsupported_media_type",
-                         f"send the picture as multipart/form-data in the field 'image' (got {got})")
-        limit = max_upload_bytes + MULTIPART_SLACK
-        too_big = f"upload over the limit of {max_upload_bytes / 2**20:.0f} MB"
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return error(413, "too_large", too_big)
-        body = bytearray()
-        async for chunk in request.stream():  # chunked uploads have no content-length: count
-            body.extend(chunk)
-            if len(body) > limit:
-                return error(413, "too_large", too_big)
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-        except StarletteHTTPException as exc:
-            return error(400, "bad_multipart", f"malformed multipart body: {exc.detail}")
-        try:
-            upload = form.get("image")
-            if upload is None:
-                return error(422, "missing_field", "no field 'image' in the form; send the picture as image=@file")
-            if isinstance(upload, str):
-                return error(422, "not_a_file", "the field 'image' must be a file, not text")
-            upload_type = (upload.content_type or "").split(";")[0].strip().lower()
-            if upload_type not in CONTENT_TYPES:
-                return error(415, "unsupported_media_type",
-                             f"pictures of type {upload_type or 'unknown'} are not accepted; "
-                             f"send one of {', '.join(CONTENT_TYPES)}")
-            data = await upload.read()
-            name = upload.filename or "upload"
-        finally:
-            await form.close()
-        if len(data) > max_upload_bytes:
-            return error(413, "too_large", too_big)
+        picture = await read_picture(request, max_upload_bytes)
+        if isinstance(picture, JSONResponse):
+            return picture
+        data, name = picture
         try:
             prediction = await anyio.to_thread.run_sync(
                 lambda: predictor.predict(data, name=name, max_pixels=max_pixels, max_bytes=max_upload_bytes),
@@ -173,6 +134,60 @@ def create_app(model_path: str | Path, *, device: str = "cpu", max_upload_bytes:
         return JSONResponse(result)
 
     return app
+
+
+
+def error(status: int, code: str, detail: str) -> JSONResponse:
+    """Every failure the API reports: {"error": code, "detail": message}."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def read_picture(request: Request, max_upload_bytes: int) -> tuple[bytes, str] | JSONResponse:
+    """(the picture's bytes, its file name) from a multipart upload, or the 4xx answer.
+
+    The body is read in chunks and cut off at the limit (a chunked upload has no
+    content-length to trust), then parsed as a form with one file at most."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        got = media_type or "no content type"
+        return error(415, "unsupported_media_type",
+                     f"send the picture as multipart/form-data in the field 'image' (got {got})")
+    limit = max_upload_bytes + MULTIPART_SLACK
+    too_big = f"upload over the limit of {max_upload_bytes / 2**20:.0f} MB"
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return error(413, "too_large", too_big)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            return error(413, "too_large", too_big)
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except StarletteHTTPException as exc:
+        return error(400, "bad_multipart", f"malformed multipart body: {exc.detail}")
+    try:
+        upload = form.get("image")
+        if upload is None:
+            return error(422, "missing_field", "no field 'image' in the form; send the picture as image=@file")
+        if isinstance(upload, str):
+            return error(422, "not_a_file", "the field 'image' must be a file, not text")
+        upload_type = (upload.content_type or "").split(";")[0].strip().lower()
+        if upload_type not in CONTENT_TYPES:
+            return error(415, "unsupported_media_type",
+                         f"pictures of type {upload_type or 'unknown'} are not accepted; "
+                         f"send one of {', '.join(CONTENT_TYPES)}")
+        data = await upload.read()
+        name = upload.filename or "upload"
+    finally:
+        await form.close()
+    if len(data) > max_upload_bytes:
+        return error(413, "too_large", too_big)
+    return data, name
 
 
 def run_server(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",

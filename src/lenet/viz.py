@@ -31,6 +31,15 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, drawn as _save draws it (for notebooks and web pages)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
 def _series(metrics: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values) for the epochs where ``key`` holds a finite number.
 
@@ -76,13 +85,16 @@ def plot_curves(runs: Sequence[tuple[str, Sequence[Mapping]]], path: Path,
     skipped. One run: loss and accuracies on one axes. Several: train loss on the
     left, test (solid) and validation (dashed) accuracy on the right, a colour per run.
     """
+    return _save(curves_figure(runs, title), path)
+
+
+def curves_figure(runs: Sequence[tuple[str, Sequence[Mapping]]], title: str | None = None) -> Figure:
+    """The figure plot_curves saves (see there), for showing rather than saving."""
     if not runs:
         raise ValueError("plot_curves needs at least one run")
     if len(runs) == 1:
-        fig = _single_run_figure(*runs[0], title=title)
-    else:
-        fig = _multi_run_figure(runs, title=title)
-    return _save(fig, path)
+        return _single_run_figure(*runs[0], title=title)
+    return _multi_run_figure(runs, title=title)
 
 
 def _single_run_figure(label: str, metrics: Sequence[Mapping], title: str | None) -> Figure:
@@ -144,6 +156,12 @@ def _multi_run_figure(runs: Sequence[tuple[str, Sequence[Mapping]]],
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path,
                    title: str | None = None, normalize: bool = True) -> Path:
+    """confusion_figure, saved as a PNG."""
+    return _save(confusion_figure(matrix, class_names, title, normalize), path)
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str | None = None,
+                     normalize: bool = True) -> Figure:
     """Heatmap of a (true, predicted) count matrix with the count in every cell.
 
     With ``normalize`` the colour is the fraction of each true class (row), so a
@@ -188,7 +206,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path,
     ax.set_ylabel("true label")
     if title is not None:
         ax.set_title(title)
-    return _save(fig, path)
+    return fig
 
 
 def _fit_title(text: str, max_chars: int) -> str:
@@ -200,6 +218,12 @@ def _fit_title(text: str, max_chars: int) -> str:
 
 def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8,
                     title: str | None = None) -> Path:
+    """image_grid_figure, saved as a PNG."""
+    return _save(image_grid_figure(images, titles, columns, title), path)
+
+
+def image_grid_figure(images: np.ndarray, titles: Sequence[str], columns: int = 8,
+                      title: str | None = None) -> Figure:
     """Grayscale images (N, 28, 28) or (N, 1, 28, 28) in a grid, each with a small title.
 
     uint8 images are shown on 0..255; float images on 0..1 when they lie there, else
@@ -223,7 +247,7 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, colum
         ax.set_axis_off()
         if title is not None:
             ax.set_title(title)
-        return _save(fig, path)
+        return fig
 
     if np.issubdtype(pictures.dtype, np.integer):
         vmin, vmax = 0, 255
@@ -248,7 +272,7 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, colum
         ax.set_title(cell_title, fontsize=7)
     if title is not None:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def plot_accuracy_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],

@@ -17,52 +17,23 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError, UsageError
-
-# CLI flag -> dotted config key. Every flag's default is "whatever the preset says".
-TRAIN_FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
-    ("--device", "device", {}, "auto | cpu | cuda | cuda:N | mps (default: auto)"),
-    ("--seed", "seed", {"type": int}, "random seed for init, shuffling and the validation split (default: 0)"),
-    ("--epochs", "train.epochs", {"type": int}, "passes over the training set (d2l: 10)"),
-    ("--batch-size", "train.batch_size", {"type": int}, "examples per step (d2l: 256, keras: 64)"),
-    ("--lr", "optim.lr", {"type": float}, "learning rate (d2l: 0.9, keras: 0.001)"),
-    ("--optimizer", "optim.optimizer", {"choices": ["sgd", "adam", "adamw"]}, "(d2l: sgd, keras: adam)"),
-    ("--momentum", "optim.momentum", {"type": float}, "SGD momentum (default: 0)"),
-    ("--weight-decay", "optim.weight_decay", {"type": float}, "L2 / decoupled weight decay (default: 0)"),
-    ("--schedule", "optim.schedule", {"choices": ["constant", "step", "cosine", "onecycle"]},
-     "learning-rate schedule over all steps (default: constant)"),
-    ("--label-smoothing", "optim.label_smoothing", {"type": float}, "(default: 0)"),
-    ("--val-split", "data.val_split", {"type": float}, "fraction of train held out, stratified (keras: 0.1)"),
-    ("--dataset", "data.dataset", {"choices": ["fashion-mnist", "mnist"]}, "(default: fashion-mnist)"),
-    ("--data-dir", "data.data_dir", {}, "folder holding fashion-mnist/ and mnist/ (default: search)"),
-    ("--model", "model.name", {}, "registered architecture, see `lenet models` (default: from preset)"),
-    ("--name", "name", {}, "run directory name (default: <preset>-<dataset>-<time>)"),
-    ("--out", "out", {}, "folder for run directories (default: runs)"),
-]
-
-
-# Speed switches (train.<name>): off unless given.
-SPEED_FLAGS = {
-    "--compile": "torch.compile the model (first epoch pays the compile time)",
-    "--amp": "bfloat16 autocast on CPU and CUDA",
-    "--channels-last": "channels-last (NHWC) memory layout",
-    "--cuda-graphs": "CUDA only: capture the compiled step as CUDA graphs",
-}
-
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from ..runconfig import FLAGS, PRESETS
+
     p = sub.add_parser("train", help="train a model into runs/<name>/",
                        description="Train from a preset or config file, with flag overrides.")
-    p.add_argument("--preset", help="d2l | keras-v1 | keras-v2 (default: d2l unless --config is given)")
+    p.add_argument("--preset", help=f"{' | '.join(PRESETS)} (default: d2l unless --config is given)")
     p.add_argument("--config", type=Path, help="YAML or TOML file; may name a preset as `preset: d2l`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.pool=max --set model.kernel_size=3")
-    for flag, _key, kwargs, text in TRAIN_FLAGS:
-        p.add_argument(flag, default=None, help=text, **kwargs)
-    p.add_argument("--dry-run", action="store_true", help="one batch of training and evaluation (smoke test)")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
-    for flag, text in SPEED_FLAGS.items():
-        p.add_argument(flag, action="store_true", help=text)
+    for flag in FLAGS:  # the same options lenet.config() takes as keyword arguments
+        if flag.type is bool:
+            p.add_argument(flag.cli, dest=flag.name, action="store_true", help=flag.help)
+        else:
+            p.add_argument(flag.cli, dest=flag.name, default=None, help=flag.help, type=flag.type,
+                           choices=list(flag.choices) if flag.choices else None)
     p.add_argument("--exist-ok", action="store_true", help="write into an existing run directory")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -70,64 +41,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from ..config import build_config
-    from ..train import train
+    from ..api import config
+    from ..runconfig import FLAGS
+    from ..training import resume, train
 
     if args.resume is not None:
-        train(None, resume_dir=args.resume)  # type: ignore[arg-type]
+        resume(args.resume, verbose=True)
         return EXIT_OK
-    flags = {key: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, key, _, _ in TRAIN_FLAGS}
-    flags["train.dry_run"] = True if args.dry_run else None
-    flags["train.deterministic"] = True if args.deterministic else None
-    for flag in SPEED_FLAGS:
-        name = flag.lstrip("-").replace("-", "_")
-        flags[f"train.{name}"] = True if getattr(args, name) else None
-    if flags.get("model.name"):
-        from ..models import model_config
-
-        flags["model.name"] = model_config(flags["model.name"]).name  # unknown names fail here
+    options = {flag.name: getattr(args, flag.name) for flag in FLAGS}
     preset = args.preset or (None if args.config else "d2l")
-    cfg = build_config(preset, args.config, args.overrides, flags)
+    cfg = config(preset, file=args.config, set=_parse_sets(args.overrides), **options)
     if args.print_config:
+        import yaml
+
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return EXIT_OK
-    train(cfg, exist_ok=args.exist_ok)
+    train(cfg, out=cfg.out, exist_ok=args.exist_ok, verbose=True)
     return EXIT_OK
 
 
-def _load_architecture(target: str):
-    """A ModelConfig from a registered model name, a preset, a run dir, a model file or a config file."""
-    from ..config import PRESETS, build_config
-    from ..models import MODEL_REGISTRY, model_config
+def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
+    """--set KEY=VALUE texts as {dotted key: value} (values parsed as YAML scalars and lists)."""
+    from ..runconfig import parse_override
 
-    path = Path(target)
-    if target in MODEL_REGISTRY:
-        return model_config(target), target
-    if target in PRESETS:
-        return build_config(target).model, f"preset {target}"
-    if path.is_dir() or path.suffix == ".safetensors":
-        from ..checkpoint import load_model
-
-        _, cfg, _ = load_model(path)
-        return cfg.model, str(path)
-    if path.is_file():
-        return build_config(None, path).model, str(path)
-    raise UsageError(f"{target!r} is neither a model (`lenet models`), a preset "
-                     f"({', '.join(PRESETS)}), a run directory nor a config file")
+    return dict(parse_override(text) for text in texts)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from ..models import LeNet, format_summary, summarize
+    from ..api import summary
 
-    cfg, title = _load_architecture(args.target)
-    shape = (1, cfg.in_channels, cfg.input_size, cfg.input_size)
-    rows = summarize(LeNet(cfg), shape)
-    if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
-    else:
-        print(format_summary(rows, f"{title}: input {'x'.join(map(str, shape))}"))
+    table = summary(args.target)
+    print(json.dumps(table.to_list(), indent=2) if args.json else table)
     return EXIT_OK
 
 
@@ -140,54 +84,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import csv
-    import io
-
-    import numpy as np
-
-    misclassified_shown = 32  # the most confident mistakes: 4 rows of 8
-    confused_pairs_written = 10
-
-    from ..checkpoint import load_model, resolve_model_path
-    from ..data import load_dataset
-    from ..evaluate import evaluate_model, format_evaluation
-    from ..runs import atomic_write_text, write_json
-    from ..viz import plot_confusion, plot_image_grid
+    from ..checkpoint import resolve_model_path
+    from ..evaluation import evaluate
 
     model_path = resolve_model_path(args.target)
-    out = Path(args.out) if args.out else model_path.parent
-    out.mkdir(parents=True, exist_ok=True)
-    _, cfg, _ = load_model(model_path)
-    data = load_dataset(cfg.data.dataset, args.data_dir or cfg.data.data_dir)
-    ev = evaluate_model(model_path, args.data_dir, args.device, dataset=data)
-    plot_confusion(ev.confusion, ev.class_names, out / "confusion.png",
-                   title=f"{model_path.parent.name}: test accuracy {ev.accuracy:.4f}")
-    write_json(out / "eval.json", ev.to_dict())
-
-    # Most-confused pairs, with each count as a share of its true class.
-    totals = ev.confusion.sum(1)
-    rows = [["true", "predicted", "count", "share_of_true_class"]]
-    for true, predicted, count in ev.most_confused(confused_pairs_written):
-        rows.append([true, predicted, count, f"{count / max(1, totals[ev.class_names.index(true)]):.4f}"])
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
-    atomic_write_text(out / "most_confused.csv", buffer.getvalue())
-
-    # The most confident mistakes first: those say most about what the model believes.
-    predictions = ev.predictions
-    wrong = np.flatnonzero(predictions != ev.labels)
-    confidence = ev.probabilities[wrong, predictions[wrong]]
-    shown = wrong[np.argsort(-confidence, kind="stable")][:misclassified_shown]
-    titles = [f"true: {ev.class_names[ev.labels[i]]} / pred: {ev.class_names[predictions[i]]} "
-              f"(p={ev.probabilities[i, predictions[i]]:.2f})" for i in shown]
-    plot_image_grid(data.test.images[shown].numpy(), titles, out / "misclassified.png", columns=8,
-                    title=f"{model_path.parent.name}: {len(shown)} most confident of {len(wrong):,} mistakes")
+    report = evaluate(model_path, data_dir=args.data_dir, device=args.device)
+    written = report.save(Path(args.out) if args.out else model_path.parent)
     if args.json:
-        print(json.dumps(ev.to_dict(), indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(format_evaluation(ev))
-        print(f"\nwrote {out / 'confusion.png'}, {out / 'misclassified.png'}, {out / 'most_confused.csv'} "
-              f"and {out / 'eval.json'}")
+        print(report)
+        print(f"\nwrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return EXIT_OK
 
 

@@ -86,9 +86,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     outcomes = sweep.run_sweep(plan, jobs=args.jobs, retry_failed=args.retry_failed, together=args.together,
                                log=lambda line: print(line, flush=True))
-    failed = [o for o in outcomes if o.status == "failed"]
-    busy = [o for o in outcomes if o.status == "busy"]
-    finished = len(outcomes) - len(failed) - len(busy)
+    failed = [o for o in outcomes if o.failed]
+    busy = [o for o in outcomes if o.action == "left"]
+    finished = sum(1 for o in outcomes if o.status == "finished")
     print(f"sweep {plan.name}: {finished} finished, {len(failed)} failed"
           + (f", {len(busy)} being trained by another process" if busy else "")
           + f" in {time.perf_counter() - tic:.0f} s; wrote {plan.sweep_dir}/summary.md, summary.csv, "

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import bench, format_bench
-    from ..config import build_config
+    from ..runconfig import build_config
 
     epochs = args.epochs if args.epochs is not None else (None if args.target else 1)
     cfg = build_config(None if args.config else args.preset, args.config, args.overrides,

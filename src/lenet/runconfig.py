@@ -12,88 +12,16 @@ import copy
 import difflib
 import json
 import tomllib
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from .errors import ConfigError
-
-Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu", "elu"]
-Pooling = Literal["avg", "max", "none"]
-Init = Literal["xavier", "xavier_normal", "kaiming", "normal", "default"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(Strict):
-    """A LeNet-family architecture: conv blocks, then dense layers.
-
-    Each conv block is conv -> [batch norm] -> activation -> [pool]. Lists give one
-    value per conv block; a single number applies to every block.
-    """
-
-    name: str = Field("lenet5", description="registry name this architecture came from (for display)")
-    in_channels: int = Field(1, ge=1)
-    input_size: int = Field(28, ge=1, description="input height = width, pixels")
-    num_classes: int = Field(10, ge=2)
-    conv_channels: list[int] = Field(default_factory=lambda: [6, 16], min_length=1)
-    kernel_size: list[int] = Field(default_factory=lambda: [5, 5])
-    padding: list[int | Literal["same"]] = Field(default_factory=lambda: [2, 0])
-    activation: Activation = "sigmoid"
-    pool: Pooling = "avg"
-    pool_size: int = Field(2, ge=1)
-    pool_stride: int | None = Field(None, ge=1, description="defaults to pool_size")
-    dense: list[int] = Field(default_factory=lambda: [120, 84], description="hidden dense widths")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    dropout_where: Literal["first", "all"] = Field(
-        "first", description="dropout after the first hidden dense layer (Keras V2) or after each"
-    )
-    batch_norm: bool = False
-    init: Init = "xavier"
-
-    @field_validator("conv_channels", "dense")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(v < 1 for v in value):
-            raise ValueError(f"every width must be >= 1, got {value}")
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _broadcast(cls, data: Any) -> Any:
-        # A single kernel size or padding applies to every conv block, so a sweep can
-        # say "kernel_size: [3, 5, 7]" without knowing how many blocks there are.
-        # Left out, they follow LeNet's pattern for any number of blocks: 5x5 kernels,
-        # padding 2 on the first block only.
-        if isinstance(data, dict):
-            data = dict(data)
-            n = len(data.get("conv_channels", [6, 16]) or [])
-            data.setdefault("kernel_size", [5] * n)
-            data.setdefault("padding", [2] + [0] * (n - 1))
-            for key in ("kernel_size", "padding"):
-                if not isinstance(data[key], (list, tuple)):
-                    data[key] = [data[key]] * n
-        return data
-
-    @model_validator(mode="after")
-    def _lengths(self) -> "ModelConfig":
-        n = len(self.conv_channels)
-        for key in ("kernel_size", "padding"):
-            values = getattr(self, key)
-            if len(values) != n:
-                raise ValueError(
-                    f"{key} has {len(values)} values but there are {n} conv blocks "
-                    f"(conv_channels={self.conv_channels}); give one per block or a single number"
-                )
-        if any(k < 1 for k in self.kernel_size):
-            raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
-        if any(p != "same" and p < 0 for p in self.padding):
-            raise ValueError(f"padding must be >= 0 or 'same', got {self.padding}")
-        return self
+from .models import ModelConfig, Strict, check_architecture
 
 
 class DataConfig(Strict):
@@ -271,25 +199,32 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Valid field names at a dotted location of RunConfig (for did-you-mean)."""
-    model: Any = RunConfig
+def _fields_at(root: Any, loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names at a location of a pydantic model (for did-you-mean); list
+    indices in ``loc`` (variants.3.name) and Optional/list annotations are stepped through."""
+    model: Any = root
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None:
+        if isinstance(part, int):
+            continue
+        entry = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if entry is None:
             return []
-        model = field.annotation
+        model = entry.annotation
+        while not hasattr(model, "model_fields") and typing.get_args(model):
+            model = next((a for a in typing.get_args(model) if hasattr(a, "model_fields")
+                          or typing.get_args(a)), None)
     return list(getattr(model, "model_fields", {}))
 
 
-def explain(error: ValidationError, source: str = "config") -> ConfigError:
-    """A pydantic error as one message per field, with did-you-mean for typos."""
+def explain(error: ValidationError, source: str = "config", root: Any = None) -> ConfigError:
+    """A pydantic error as one message per field, with did-you-mean for typos.
+    ``root``: the model validated (default RunConfig), whose fields the hints name."""
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
         dotted = ".".join(str(p) for p in loc)
         if item["type"] == "extra_forbidden":
-            valid = _fields_at(loc)
+            valid = _fields_at(root or RunConfig, loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
             lines.append(f"unknown key {dotted!r}{hint} (valid here: {', '.join(valid)})")
@@ -299,17 +234,103 @@ def explain(error: ValidationError, source: str = "config") -> ConfigError:
             if isinstance(value, dict):  # a whole-section check: the message names the fields
                 lines.append(f"{dotted or '(top level)'}: {message}")
             else:
-                lines.append(f"{dotted} = {json.dumps(value, default=str)}: {message}")
+                lines.append(f"{dotted} = {_short_json(value)}: {message}")
     return ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
+
+
+def _short_json(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"pool": "max"}, "optim.lr": 0.1} -> {"model.pool": "max", "optim.lr": 0.1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+# --------------------------------------------------------------------------- flags
+
+@dataclass(frozen=True)
+class Flag:
+    """One training option as the CLI spells it (--batch-size) and Python does
+    (lenet.config(batch_size=...)), and the config field it sets."""
+
+    name: str  # Python keyword; the CLI flag is --name with "-" for "_"
+    key: str  # dotted config field
+    help: str  # states the default, as every CLI flag's help does
+    type: Any = str  # bool: a switch (--amp), set only when given
+    choices: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("device", "device", "auto | cpu | cuda | cuda:N | mps (default: auto)"),
+    Flag("seed", "seed", "random seed for init, shuffling and the validation split (default: 0)", int),
+    Flag("epochs", "train.epochs", "passes over the training set (d2l: 10)", int),
+    Flag("batch_size", "train.batch_size", "examples per step (d2l: 256, keras: 64)", int),
+    Flag("lr", "optim.lr", "learning rate (d2l: 0.9, keras: 0.001)", float),
+    Flag("optimizer", "optim.optimizer", "(d2l: sgd, keras: adam)", str, ("sgd", "adam", "adamw")),
+    Flag("momentum", "optim.momentum", "SGD momentum (default: 0)", float),
+    Flag("weight_decay", "optim.weight_decay", "L2 / decoupled weight decay (default: 0)", float),
+    Flag("schedule", "optim.schedule", "learning-rate schedule over all steps (default: constant)", str,
+         ("constant", "step", "cosine", "onecycle")),
+    Flag("label_smoothing", "optim.label_smoothing", "(default: 0)", float),
+    Flag("val_split", "data.val_split", "fraction of train held out, stratified (keras: 0.1)", float),
+    Flag("dataset", "data.dataset", "(default: fashion-mnist)", str, ("fashion-mnist", "mnist")),
+    Flag("data_dir", "data.data_dir", "folder holding fashion-mnist/ and mnist/ (default: search)"),
+    Flag("model", "model.name", "registered architecture, see `lenet models` (default: from preset)"),
+    Flag("name", "name", "run directory name (default: <preset>-<dataset>-<time>)"),
+    Flag("out", "out", "folder for run directories (default: runs)"),
+    Flag("dry_run", "train.dry_run", "one batch of training and evaluation (smoke test)", bool),
+    Flag("deterministic", "train.deterministic", "deterministic algorithms (slower)", bool),
+    # Speed switches: each has a trade-off, so each is off unless given.
+    Flag("compile", "train.compile", "torch.compile the model (first epoch pays the compile time)", bool),
+    Flag("amp", "train.amp", "bfloat16 autocast on CPU and CUDA", bool),
+    Flag("channels_last", "train.channels_last", "channels-last (NHWC) memory layout", bool),
+    Flag("cuda_graphs", "train.cuda_graphs", "CUDA only: capture the compiled step as CUDA graphs", bool),
+)
+FLAGS_BY_NAME = {f.name: f for f in FLAGS}
+
+
+def flag_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """{"batch_size": 64, "amp": True} -> {"train.batch_size": 64, "train.amp": True};
+    an unknown name is a ConfigError with the closest flag. None (and False for a
+    switch) means "not given": the preset's value stays."""
+    fields = {}
+    for name, value in values.items():
+        if name not in FLAGS_BY_NAME:
+            close = difflib.get_close_matches(name, list(FLAGS_BY_NAME), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown option {name!r}{hint} (options: {', '.join(FLAGS_BY_NAME)}; "
+                              "any other field: set={'section.field': value})")
+        flag = FLAGS_BY_NAME[name]
+        if value is None or (flag.type is bool and value is False):
+            continue
+        fields[flag.key] = value
+    return fields
 
 
 def build_config(
     preset: str | None = None,
     file: str | Path | None = None,
-    overrides: list[str] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
     flags: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Defaults <- preset <- file <- KEY=VALUE overrides <- flags (dotted keys; None = unset)."""
+    """Defaults <- preset <- file <- overrides <- flags (dotted keys; None = unset).
+
+    ``overrides``: "KEY=VALUE" texts (values parsed as YAML), or a dict of dotted keys
+    to values that are already typed (lenet.config's ``set=``)."""
     tree: dict[str, Any] = {}
     source = "config"
     file_data: dict[str, Any] = {}
@@ -319,25 +340,29 @@ def build_config(
         preset = preset or file_data.pop("preset", None)
         file_data.pop("preset", None)
     if preset is not None:
-        if preset not in PRESETS:
-            close = difflib.get_close_matches(preset, list(PRESETS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown preset {preset!r}{hint} (choose from {', '.join(PRESETS)})")
+        preset = preset_name(preset)
         tree = deep_merge(PRESETS[preset], {"preset": preset})
     tree = deep_merge(tree, file_data)
-    for text in overrides or []:
-        key, value = parse_override(text)
+    pairs = overrides.items() if isinstance(overrides, dict) else (parse_override(t) for t in overrides or [])
+    for key, value in pairs:
         set_dotted(tree, key, value)
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(tree, key, value)
-    name = tree.get("model", {}).get("name")
-    if name is not None:
-        # A registered variant supplies its fields; anything set explicitly wins.
-        from .models import registered_fields
-
-        tree["model"] = deep_merge(registered_fields(name), tree["model"])
     return validate(tree, source)
+
+
+def preset_name(name: str) -> str:
+    """A preset's name as registered: matched case-insensitively; an unknown one is a
+    ConfigError that lists them all and suggests the closest."""
+    if name in PRESETS:
+        return name
+    folded = {p.lower(): p for p in PRESETS}
+    if str(name).lower() in folded:
+        return folded[str(name).lower()]
+    close = difflib.get_close_matches(str(name).lower(), list(PRESETS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown preset {name!r}{hint} (choose from {', '.join(PRESETS)})")
 
 
 def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
@@ -345,7 +370,5 @@ def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
         config = RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise explain(exc, source) from None
-    from .models import check_architecture  # late import: models imports this module
-
     check_architecture(config.model)
     return config

@@ -1,0 +1,134 @@
+"""One object owns a run directory's files; the training loop only tells it what happened.
+
+    Recorder(run_dir)   config.yaml, environment.json, metrics.jsonl/csv, checkpoint.pt,
+                        status.json, train.log, curves.png, model.safetensors
+    Recorder(None)      a run in memory (``lenet.train(cfg)``): writes nothing, and prints
+                        the log lines only when asked to (``verbose``)
+
+Single runs, runs trained together (``multi``), sweeps and ``bench`` all record
+through this class, so a run directory looks the same whoever made it, and
+status.json has one writer and one vocabulary:
+
+    {"status": "running" | "interrupted" | "finished" | "diverged" | "failed",
+     "epoch": the epoch the run was in (the last one, once finished),
+     "step": steps done in that epoch (interrupted only), "reason": why (diverged, failed)}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .files import read_json_or_empty, write_json
+from .runconfig import RunConfig
+from .runs import environment_record, load_run_config, remove_stray_temp_files, save_config, write_metrics
+
+RUNNING, INTERRUPTED, FINISHED, DIVERGED, FAILED = "running", "interrupted", "finished", "diverged", "failed"
+STATUSES = (RUNNING, INTERRUPTED, FINISHED, DIVERGED, FAILED)
+FAILED_STATUSES = (DIVERGED, FAILED)  # a sweep reports both as failed runs
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """A run's status.json, or {} where there is none (not started, or not a run)."""
+    return read_json_or_empty(Path(run_dir) / "status.json")
+
+
+def failure_reason(status: dict[str, Any]) -> str:
+    return status.get("reason") or f"{status.get('status')} at epoch {status.get('epoch', '?')}"
+
+
+class Recorder:
+    """Everything a run leaves behind goes through here; ``run_dir=None`` keeps it in memory."""
+
+    def __init__(self, run_dir: str | Path | None, verbose: bool = False):
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.verbose = verbose
+
+    @property
+    def on_disk(self) -> bool:
+        return self.run_dir is not None
+
+    def log(self, line: str = "") -> None:
+        """A line for the terminal (when verbose) and for train.log (on disk)."""
+        if self.verbose:
+            print(line, flush=True)
+        if self.run_dir is not None:
+            try:
+                with open(self.run_dir / "train.log", "a") as handle:
+                    handle.write(line + "\n")
+            except OSError:
+                pass  # the log is a convenience: never fail a run over it
+
+    def status(self, status: str, epoch: int, *, step: int | None = None, reason: str | None = None,
+               **extra: Any) -> None:
+        """The one writer of status.json."""
+        assert status in STATUSES, status
+        if self.run_dir is None:
+            return
+        record: dict[str, Any] = {"status": status, "epoch": epoch}
+        if step is not None:
+            record["step"] = step
+        if reason is not None:
+            record["reason"] = reason
+        write_json(self.run_dir / "status.json", {**record, **extra})
+
+    # ----------------------------------------------------------------- the run's life
+
+    def start(self, cfg: RunConfig, device: torch.device, header: str, **environment: Any) -> None:
+        """A new run: its resolved config and environment, then the header line."""
+        if self.run_dir is not None:
+            stray = remove_stray_temp_files(self.run_dir)  # a run killed before its first write
+            save_config(self.run_dir, cfg)
+            write_json(self.run_dir / "environment.json", {**environment_record(device, cfg.seed), **environment})
+        self.log(header)
+        if self.run_dir is not None and stray:
+            self.log(f"removed {len(stray)} unfinished temporary file(s) that a killed process left: "
+                     f"{', '.join(stray)}")
+
+    def resume_state(self) -> tuple[RunConfig, dict[str, Any]]:
+        """(config, checkpoint) of the run to continue; call it while holding the run's lock."""
+        assert self.run_dir is not None
+        cfg = load_run_config(self.run_dir)
+        saved = ckpt.load_checkpoint(self.run_dir)
+        stray = remove_stray_temp_files(self.run_dir)
+        if stray:
+            self.log(f"removed {len(stray)} unfinished temporary file(s) that a killed process left: "
+                     f"{', '.join(stray)}")
+        return cfg, saved
+
+    def rewrite_history(self, history: Sequence[dict[str, Any]]) -> None:
+        """metrics.jsonl/csv as the checkpoint knows them: epochs a killed run logged after
+        its last checkpoint are dropped, so each epoch appears once after a resume."""
+        if self.run_dir is not None:
+            write_metrics(self.run_dir, list(history))
+
+    def epoch_done(self, row: dict[str, Any], history: Sequence[dict[str, Any]], line: str,
+                   checkpoint: dict[str, Any]) -> None:
+        """Metrics, then the checkpoint of the epoch boundary, then the log line."""
+        if self.run_dir is not None:
+            write_metrics(self.run_dir, list(history))
+            ckpt.save_checkpoint(self.run_dir, checkpoint)
+        self.log(line)
+
+    def interrupted(self, checkpoint: dict[str, Any], epoch: int, step: int) -> None:
+        if self.run_dir is not None:
+            ckpt.save_checkpoint(self.run_dir, checkpoint)
+        self.status(INTERRUPTED, epoch, step=step)
+
+    def finish(self, model: nn.Module, cfg: RunConfig, class_names: Sequence[str],
+               history: Sequence[dict[str, Any]], **extra: Any) -> None:
+        """curves.png and model.safetensors, then status "finished" (last: a run killed
+        while saving its model is still resumable, not "finished" without a model)."""
+        if self.run_dir is None:
+            return
+        from .viz import plot_curves
+
+        plot_curves([(self.run_dir.name, list(history))], self.run_dir / "curves.png", title=self.run_dir.name)
+        last = history[-1] if history else {}
+        ckpt.save_model(self.run_dir / ckpt.MODEL_FILE, model, cfg, tuple(class_names),
+                        extra={"test_accuracy": last.get("test_accuracy"), "epochs": len(history)})
+        self.status(FINISHED, len(history), **extra)

@@ -1,0 +1,286 @@
+"""The training loop, top to bottom: data on the device, batches by index.
+
+    train(cfg) / resume(run_dir) -> fit():
+        data -> model -> Learner (optimiser, loss, speed switches) -> for each epoch:
+            train_one_epoch()  one pass over a seeded permutation of the training set
+            evaluate()         validation split (if any) and test set
+            epoch_row()        the epoch's numbers -> Recorder (metrics, checkpoint, log)
+        -> Recorder.finish() (curves.png, model.safetensors) -> Run
+
+The whole dataset lives on the device as uint8 (47 MB for 60k images) and is
+normalised per batch; the loss and the number of correct predictions are summed
+on the device, so a step never waits for the host (one sync per epoch).
+train_one_epoch() and evaluate() live in ``loop``, shared with ``multi``, which
+trains K same-shaped models at once through the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data import DeviceData, Normalizer, Split, prepare_data
+from .errors import DivergedError, Interrupted, UsageError
+from .loop import (NAN_CHECK_EVERY_CUDA, EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit,
+                   checkpoint_state, epoch_row, evaluate, format_epoch, partial_epoch, position, train_one_epoch)
+from .models import LeNet, count_parameters
+from .optim import learning_rate, make_optimizer, set_lr
+from .progress import Progress
+from .recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
+from .runconfig import RunConfig
+from .runs import create_run_dir, default_run_name, run_lock
+from .runtime import autocast, resolve_device, seed_everything, synchronize
+
+EpochHook = Callable[[dict[str, Any]], Any]
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+class Learner:
+    """One model, its optimiser and its loss: what a training step changes.
+
+    ``forward`` is the module called for forward passes, with the speed switches
+    applied (channels-last, torch.compile, CUDA graphs); it shares its parameters with
+    ``model``, from which weights are saved, so a compiled run's files carry no
+    "_orig_mod." prefix.
+    """
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, device: torch.device, steps_per_epoch: int):
+        t = cfg.train
+        if t.cuda_graphs and device.type != "cuda":
+            raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+        if t.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, t.amp
+        # "reduce-overhead" records CUDA graphs of the compiled forward and backward and
+        # replays them: one launch per graph instead of one per kernel.
+        self.forward = (torch.compile(model, mode="reduce-overhead" if t.cuda_graphs else None)
+                        if t.compile or t.cuda_graphs else model)
+        self.optimizer = make_optimizer(model, cfg)
+        # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        set_lr(self.optimizer, learning_rate(self.cfg, global_step, self.steps_per_epoch))
+        with autocast(x.device, self.amp):
+            logits = self.forward(x)
+        loss = self.loss_fn(logits.float(), y)  # the loss in float32 whatever the forward ran in
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def check_finite(self, state: EpochState) -> None:
+        bad = int(state.first_bad_step)
+        if bad >= 0:
+            raise DivergedError(f"training diverged: the loss became NaN or infinite at step {bad + 1}. "
+                                "Try a lower learning rate (--lr), gradient-friendlier init or activation")
+
+
+# --------------------------------------------------------------------------- a run
+
+
+@dataclass
+class Run:
+    """What lenet.train returns: the trained model and everything known about its training."""
+
+    config: RunConfig
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (metrics.jsonl)
+    run_dir: Path | None = None  # None: trained in memory
+    status: str = FINISHED
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.history[-1].get("test_accuracy") if self.history else None
+
+    def plot(self, title: str | None = None):
+        """The chapter's curves (train loss, train acc, [val acc], test acc) as a matplotlib Figure."""
+        from .viz import curves_figure
+
+        label = self.run_dir.name if self.run_dir else (self.config.name or self.config.preset or "run")
+        return curves_figure([(label, self.history)], title=title or label)
+
+    def save(self, path: str | Path) -> Path:
+        """The model as a .safetensors file that lenet.load, predict, serve and export read."""
+        return ckpt.save_model(Path(path), self.model, self.config, self.class_names,
+                               extra={"test_accuracy": self.test_accuracy, "epochs": len(self.history)})
+
+    def evaluate(self, **options: Any):
+        """lenet.evaluate(this run): see lenet.evaluation.evaluate."""
+        from .evaluation import evaluate as evaluate_run
+
+        return evaluate_run(self, **options)
+
+    def __repr__(self) -> str:
+        where = str(self.run_dir) if self.run_dir else "in memory"
+        acc = f", test accuracy {self.test_accuracy:.4f}" if self.test_accuracy is not None else ""
+        return f"Run({where}, {self.config.model.name}, {len(self.history)} epoch(s), {self.status}{acc})"
+
+
+def train(cfg: RunConfig, out: str | Path | None = None, *, data: Any = None, on_epoch: EpochHook | None = None,
+          until: EpochHook | None = None, exist_ok: bool = False, verbose: bool = False) -> Run:
+    """Train ``cfg``: in memory (writes nothing, prints nothing unless ``verbose``), or
+    with ``out`` into the run directory ``out/<cfg.name or a dated name>`` that
+    ``resume`` continues. ``data``: a Dataset or {"train": (images, labels), "test": ...}
+    (default: ``cfg.data.dataset``, found as the CLI finds it). ``on_epoch(row)`` runs
+    after each epoch; training ends early, as finished, once ``until(row)`` is true.
+    The run directory is locked meanwhile: a second writer gets RunBusy instead."""
+    if out is None:
+        return fit(cfg, Recorder(None, verbose), data=data, on_epoch=on_epoch, until=until)
+    run_dir = create_run_dir(Path(out), cfg.name or default_run_name(cfg), exist_ok)
+    with run_lock(run_dir):
+        cfg = cfg.model_copy(update={"name": run_dir.name, "out": str(out)})
+        return fit(cfg, Recorder(run_dir, verbose), data=data, on_epoch=on_epoch, until=until)
+
+
+def resume(run_dir: str | Path, *, data: Any = None, on_epoch: EpochHook | None = None,
+           until: EpochHook | None = None, verbose: bool = False) -> Run:
+    """Continue an interrupted run exactly (on the CPU: bitwise the uninterrupted run)."""
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        recorder = Recorder(run_dir, verbose)
+        cfg, saved = recorder.resume_state()
+        return fit(cfg, recorder, saved, data=data, on_epoch=on_epoch, until=until)
+
+
+def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, data: Any = None,
+        on_epoch: EpochHook | None = None, until: EpochHook | None = None) -> Run:
+    """The loop itself, for a new run (``saved`` None) or a checkpoint to continue."""
+    seed_everything(cfg.seed, cfg.train.deterministic)
+    device = resolve_device(cfg.device)
+    data = prepare_data(cfg, device, data)
+    steps = 1 if cfg.train.dry_run else math.ceil(data.n_train / cfg.train.batch_size)
+    epochs = 1 if cfg.train.dry_run else cfg.train.epochs
+    learner = Learner(LeNet(cfg.model).to(device), cfg, device, steps)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    at = Position()
+    if saved is None:
+        rec.start(cfg, device, header(cfg, learner.model, data, device, rec.run_dir))
+    else:
+        history, at = restore(saved, learner, shuffle, device, rec)
+    progress = Progress(cfg.train.progress, rec.verbose, rec.run_dir.name if rec.run_dir else cfg.preset or "run")
+    eval_batches = 1 if cfg.train.dry_run else None
+    normalize = Normalizer.for_config(cfg, cfg.train.channels_last)
+    rec.status(RUNNING, at.epoch + 1)
+    with StopFlag(rec.run_dir) as stop:
+        for epoch in range(at.epoch, epochs):
+            # The permutation is drawn from a saved generator state, so a resumed epoch
+            # visits the examples in the very order the interrupted one did.
+            if at.shuffle_state is not None:
+                shuffle.set_state(at.shuffle_state)
+            start_shuffle = shuffle.get_state()
+            order = data.order(torch.randperm(data.n_train, generator=shuffle).to(device))
+            state = at.state or EpochState.zeros((), device)
+            s = EpochSettings(cfg.train.batch_size, steps, normalize,
+                              1 if device.type == "cpu" else NAN_CHECK_EVERY_CUDA, stop,
+                              progress.bar(epoch + 1, epochs, steps, state.step))
+            tic = time.perf_counter()
+            try:
+                train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
+            except DivergedError as exc:
+                reason = f"{exc}; " + (f"the checkpoint of epoch {epoch} is kept." if epoch > 0
+                                       else "no epoch had finished, so there is no checkpoint.")
+                rec.status(DIVERGED, epoch + 1, reason=reason)
+                raise DivergedError(reason) from None
+            finally:
+                s.bar.close()
+            synchronize(device)
+            seconds = at.seconds + time.perf_counter() - tic
+            if stop.requested:
+                interrupt(rec, learner, cfg, history, shuffle, epoch, state, start_shuffle, seconds)
+            val = (evaluate_split(learner, data.dataset.train, normalize, cfg, data.val_index, eval_batches)
+                   if data.val_index is not None else None)
+            test = evaluate_split(learner, data.dataset.test, normalize, cfg, None, eval_batches)
+            row = epoch_row(epoch + 1, float(state.loss_sum), int(state.correct), state.seen, val, test,
+                            learning_rate(cfg, (epoch + 1) * steps - 1, steps), seconds, state.seen)
+            history.append(row)
+            at = Position()
+            rec.epoch_done(row, history, format_epoch(row, epochs),
+                           checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg,
+                                            history, shuffle, epoch + 1))
+            progress.epoch(history)
+            if on_epoch is not None:
+                on_epoch(row)
+            if until is not None and until(row):
+                rec.log(f"stopping after epoch {epoch + 1}: the target is reached")
+                break
+    rec.finish(learner.model, cfg, data.dataset.class_names, history)
+    rec.log(closing_lines(history, device, rec.run_dir))
+    return Run(cfg, learner.model, history, rec.run_dir, FINISHED, data.dataset.class_names)
+
+
+def evaluate_split(learner: Learner, split: Split, normalize: Normalizer, cfg: RunConfig,
+                   index: torch.Tensor | None, max_batches: int | None) -> tuple[float, float]:
+    """(loss, accuracy) of one model on a split (index None: all of it) or on its rows ``index``."""
+    loss, accuracy = evaluate(learner.forward, split, normalize, cfg.train.eval_batch_size, index, max_batches,
+                              cfg.train.amp)
+    return float(loss), float(accuracy)
+
+
+def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None) -> str:
+    return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
+            f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
+            f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device})")
+
+
+def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: Path | None) -> str:
+    lines = []
+    if history:
+        last = history[-1]
+        total_seconds = sum(r["epoch_seconds"] for r in history)
+        total_examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in history)
+        lines += [f"loss {last['train_loss']:.3f}, train acc {last['train_accuracy']:.3f}, "
+                  f"test acc {last['test_accuracy']:.3f}",
+                  f"{total_examples / max(total_seconds, 1e-9):.1f} examples/sec on {device}"]
+    if run_dir is not None:
+        lines.append(f"saved {run_dir}/: model.safetensors, metrics.jsonl, metrics.csv, curves.png, config.yaml")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def interrupt(rec: Recorder, learner: Learner, cfg: RunConfig, history: list[dict[str, Any]],
+              shuffle: torch.Generator, epoch: int, state: EpochState, start_shuffle: torch.Tensor,
+              seconds: float) -> None:
+    """Ctrl-C: save the epoch in progress (at a step boundary), then stop with exit code 130."""
+    if state.step == 0:
+        # Stopped before this epoch's first step (Ctrl-C during the previous evaluation
+        # or checkpoint): save the epoch boundary it is, with the shuffle generator from
+        # before this epoch's permutation was drawn, else the resumed epoch would draw
+        # the next epoch's permutation.
+        shuffle.set_state(start_shuffle)
+    partial = partial_epoch(state.loss_sum, state.correct, state.seen, start_shuffle, seconds)
+    rec.interrupted(checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg, history,
+                                     shuffle, epoch, state.step, partial), epoch + 1, state.step)
+    raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; "
+                      f"checkpoint saved. Continue with: lenet train --resume {rec.run_dir}")
+
+
+def restore(saved: dict[str, Any], learner: Learner, shuffle: torch.Generator, device: torch.device,
+            rec: Recorder) -> tuple[list[dict[str, Any]], Position]:
+    """Model, optimiser, random states and position from a checkpoint; a checkpoint
+    that does not fit the run's config is a RunError that says so, not a traceback."""
+    with checkpoint_misfit(rec.run_dir):
+        learner.model.load_state_dict(saved["model"])
+        learner.optimizer.load_state_dict(saved["optimizer"])
+        ckpt.set_rng_state(saved["rng"], shuffle)
+        history, at = position(saved, device)
+    rec.rewrite_history(history)
+    rec.log(f"resuming {rec.run_dir} at epoch {at.epoch + 1}" + (f", step {at.state.step + 1}" if at.state else ""))
+    if read_status(rec.run_dir).get("status") == FINISHED or at.epoch >= learner.cfg.train.epochs:
+        rec.log("nothing to do: the run had already finished")
+    return history, at
+
+
