@@ -4,7 +4,7 @@
    makes one PIL image and then a float tensor (transforms.ToTensor), a DataLoader
    with shuffle=True, and a training loop that reads loss and accuracy back to the
    host every batch. Run with d2l's 4 workers and with 0 (often faster on 2 cores).
-2. lenet default: `lenet train --preset d2l` (lenet.train.train): the dataset as one
+2. lenet default: `lenet train --preset d2l` (lenet.training.train): the dataset as one
    uint8 tensor, batches by indexing a permutation, sums kept on the device.
 3. lenet fastest: the same with the speed switches given by --fast (default: the
    ones that pay off on a CPU without AVX-512; see the README's performance section).
@@ -19,7 +19,6 @@ the ratios of lenet's paths to the d2l loop.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import warnings
 
@@ -30,11 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from lenet.bench import device_name
-from lenet.config import build_config
 from lenet.data import load_dataset
 from lenet.models import LeNet
-from lenet.train import train
+from lenet.runconfig import build_config
+from lenet.runtime import device_name
+from lenet.training import train
 
 
 class FashionMNISTLikeTorchvision(TorchDataset):
@@ -87,9 +86,7 @@ def d2l_run(cfg, data, epochs: int, workers: int) -> tuple[float, float, float]:
 
 
 def lenet_run(cfg) -> tuple[float, float, float]:
-    with tempfile.TemporaryDirectory() as out:
-        result = train(cfg.model_copy(update={"out": out, "name": "speed"}), quiet=True)
-    rows = result.metrics
+    rows = train(cfg).history  # in memory: the loop of `lenet train`, without its files
     seconds = sum(r["epoch_seconds"] for r in rows)
     examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in rows)
     return examples / seconds, seconds / len(rows), rows[-1]["test_accuracy"]

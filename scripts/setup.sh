@@ -2,6 +2,7 @@
 # Set up .venv for lenet; safe to run again (it only installs what is missing).
 #   bash scripts/setup.sh          # the tool
 #   bash scripts/setup.sh test     # the tool and its test dependencies
+#   bash scripts/setup.sh notebook # the tool and Jupyter (docs/lenet-chapter.ipynb)
 # torch comes first, pinned to the CPU build that lies on this kind of machine's disk:
 # an open range on a machine without torch makes pip fetch a multi-GB CUDA build.
 # Where the system Python already has torch (a GPU machine), the venv reuses it.
@@ -26,7 +27,9 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install "${quiet[@]}" "$TORCH_CPU"
 fi
 extras=""
-[ "${1:-}" = "test" ] && extras="[test]"
+case "${1:-}" in
+  test|notebook) extras="[$1]" ;;
+esac
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=".venv/.lenet-installed$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! python -c "import lenet" 2>/dev/null; then

@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 # shellcheck disable=SC1091
 . .venv/bin/activate
-exec python -m pytest "$@"
+# -n auto: one test worker per core (pytest-xdist); each test computes on one torch
+# thread (conftest.py), so two cores run two tests at once instead of one test slowly.
+exec python -m pytest -n auto "$@"

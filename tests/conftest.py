@@ -106,3 +106,17 @@ def run_locked_elsewhere(run_dir: Path) -> Iterator[subprocess.Popen]:
         proc.kill()
         proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Every test computes on one thread. The tests train on a few hundred 28x28 images,
+    where a second thread only adds synchronisation: measured on the 2-core machine, the
+    quick suite took 90 s with torch's default of 2 threads (and over 6 minutes when the
+    machine was busy, threads waiting on each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

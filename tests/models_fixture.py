@@ -12,6 +12,7 @@ LENET_TEST_MODELS=DIR keeps them in DIR across sessions (handy while editing tes
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -43,12 +44,22 @@ def trained_model(dataset: str, base: Path) -> Path:
     """The run directory of keras-v2 trained on real ``dataset`` (trained on first use)."""
     if dataset in _trained:
         return _trained[dataset]
-    from lenet.training import train
-
     data_dir = require_real_data()
     keep = os.environ.get("LENET_TEST_MODELS")
     out = Path(keep) if keep else base
+    out.mkdir(parents=True, exist_ok=True)
     name = f"keras-v2-{dataset}-{EPOCHS[dataset]}ep"
+    # Test workers (pytest -n) share ``base``: the first trains, the others wait for it.
+    with open(out / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _train_once(out, name, dataset, data_dir)
+    _trained[dataset] = out / name
+    return out / name
+
+
+def _train_once(out: Path, name: str, dataset: str, data_dir: Path) -> None:
+    from lenet.training import train
+
     if not (out / name / MODEL_FILE).is_file():
         cfg = build_config("keras-v2", overrides=[
             f"data.dataset={dataset}", f"data.data_dir={data_dir}", f"train.epochs={EPOCHS[dataset]}",
@@ -61,18 +72,23 @@ def trained_model(dataset: str, base: Path) -> Path:
             train(cfg, out=out, exist_ok=True)
         finally:
             torch.set_num_threads(threads)
-    _trained[dataset] = out / name
-    return out / name
+
+
+def shared_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder all test workers of this session see (pytest -n: each worker's base
+    temp is a subfolder of the session's), so each model is trained once."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trained-models"
 
 
 @pytest.fixture(scope="session")
 def mnist_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_model("mnist", tmp_path_factory.mktemp("models"))
+    return trained_model("mnist", shared_models_dir(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")
 def fashion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_model("fashion-mnist", tmp_path_factory.mktemp("models"))
+    return trained_model("fashion-mnist", shared_models_dir(tmp_path_factory))
 
 
 def write_untrained(path: Path, dataset: str = "mnist") -> Path:

@@ -371,6 +371,7 @@ def uninterrupted(sub_data, tmp_path_factory) -> Path:
     return home / "reference"
 
 
+@pytest.mark.slow  # real processes, killed and resumed: about 6 s
 def test_sigint_then_sigkill_then_resume_is_bitwise_the_uninterrupted_run(sub_data, uninterrupted, tmp_path):
     run = tmp_path / "twin"
     # 1. Ctrl-C (SIGINT) inside epoch 2: exit 130, the step saved, how to go on printed.

@@ -76,3 +76,102 @@ def test_a_diverging_model_does_not_stop_the_others(tiny_data_dir):
 def test_refuses_runs_that_cannot_batch(tiny_data_dir):
     with pytest.raises(UsageError, match="differ only in"):
         train_many([cfg(tiny_data_dir), cfg(tiny_data_dir, "model.activation=tanh")])
+
+
+# --------------------------------------------------------------------------- resume, and the speed switches
+
+
+class Killed(Exception):
+    """A process that dies mid-run: nothing after the raise runs (no Ctrl-C handling)."""
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "model.safetensors")
+
+
+def _group(tiny_data_dir, prefix, epochs=3):
+    smooth = ["model.activation=sigmoid", "model.pool=avg", "optim.optimizer=adam", "data.val_split=0.2"]
+    return [cfg(tiny_data_dir, *smooth, f"seed={s}", f"name={prefix}{s}", epochs=epochs) for s in (0, 1)]
+
+
+@pytest.mark.parametrize("where", ["killed after epoch 1", "ctrl-c inside epoch 2"])
+def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatch, where):
+    import os
+    import signal
+    from pathlib import Path
+
+    import torch
+
+    import lenet.multi
+    from lenet.errors import Interrupted
+    from lenet.multi import resume_many
+
+    reference = train_many(_group(tiny_data_dir, "ref"))
+    real_step = lenet.multi.GroupLearner.step
+    steps = {"n": 0}
+
+    def step_then_stop(self, x, y, global_step):
+        steps["n"] += 1
+        if where == "killed after epoch 1" and global_step == self.steps_per_epoch:
+            raise Killed  # the first step of epoch 2: as if the process died there
+        if where == "ctrl-c inside epoch 2" and global_step == self.steps_per_epoch + 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the loop finishes this step and saves
+        return real_step(self, x, y, global_step)
+
+    monkeypatch.setattr(lenet.multi.GroupLearner, "step", step_then_stop)
+    expected = Killed if where == "killed after epoch 1" else Interrupted
+    with pytest.raises(expected):
+        train_many(_group(tiny_data_dir, "cut"))
+    monkeypatch.setattr(lenet.multi.GroupLearner, "step", real_step)
+    dirs = [Path("runs/cut0"), Path("runs/cut1")]
+    status = json.loads((dirs[0] / "status.json").read_text())
+    assert status["status"] == ("running" if where == "killed after epoch 1" else "interrupted")
+    resumed = resume_many(dirs)
+    for ref, run in zip(reference, resumed):
+        assert [r["epoch"] for r in run.history] == [1, 2, 3]
+        assert [r["train_loss"] for r in run.history] == [r["train_loss"] for r in ref.history]
+        for key, value in _weights(ref.run_dir).items():
+            assert torch.equal(value, _weights(run.run_dir)[key]), key
+
+
+def test_a_run_of_a_group_resumes_alone_too(tiny_data_dir, monkeypatch):
+    from pathlib import Path
+
+    import lenet.multi
+    from lenet.training import resume
+
+    reference = train_many(_group(tiny_data_dir, "ref"))
+
+    def stop(self, x, y, global_step):
+        raise Killed
+
+    real_step = lenet.multi.GroupLearner.step
+    monkeypatch.setattr(lenet.multi.GroupLearner, "step", lambda self, x, y, g: stop(self, x, y, g)
+                        if g == 2 * self.steps_per_epoch else real_step(self, x, y, g))
+    with pytest.raises(Killed):
+        train_many(_group(tiny_data_dir, "cut"))
+    alone = resume(Path("runs/cut1"))  # a single run's checkpoint: the plain loop continues it
+    assert [r["epoch"] for r in alone.history] == [1, 2, 3]
+    assert alone.history[-1]["train_loss"] == pytest.approx(reference[1].history[-1]["train_loss"], rel=1e-4)
+
+
+def test_amp_is_honoured_and_the_other_switches_are_refused(tiny_data_dir):
+    plain = train_many([cfg(tiny_data_dir, "seed=0", "name=p0"), cfg(tiny_data_dir, "seed=1", "name=p1")])
+    amp = train_many([cfg(tiny_data_dir, "seed=0", "name=a0", "train.amp=true"),
+                      cfg(tiny_data_dir, "seed=1", "name=a1", "train.amp=true")])
+    # bf16 forward passes round differently: the weights differ, the accuracy does not.
+    assert not all(torch_equal(plain[0].model, amp[0].model))
+    assert amp[0].test_accuracy == pytest.approx(plain[0].test_accuracy, abs=0.05)
+    for switch in ("compile", "channels_last"):
+        bad = [cfg(tiny_data_dir, f"seed={seed}", f"train.{switch}=true") for seed in (0, 1)]
+        assert group_key(bad[0]) is None  # a sweep trains such runs one by one
+        with pytest.raises(UsageError, match=f"--{switch.replace('_', '-')} does not work for runs trained together"):
+            train_many(bad)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return [torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())]

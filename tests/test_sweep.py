@@ -161,8 +161,9 @@ def test_an_interrupted_sweep_finishes_only_what_is_missing(capsys, tmp_path, ti
     avg_model = Path("runs/t/pool=avg-s0/model.safetensors").stat().st_mtime_ns
 
     calls = []
-    monkeypatch.setattr(execute, "train", lambda cfg, **kw: calls.append(("new", cfg.name)) or real_train(cfg, **kw))
-    monkeypatch.setattr(execute, "resume", lambda d, **kw: calls.append(("resume", Path(d).name)) or real_resume(d, **kw))
+    monkeypatch.setattr(execute, "train", lambda c, **kw: calls.append(("new", c.name)) or real_train(c, **kw))
+    monkeypatch.setattr(execute, "resume",
+                        lambda d, **kw: calls.append(("resume", Path(d).name)) or real_resume(d, **kw))
     code, out, _ = run(capsys, "sweep", path)
     assert code == 0
     assert calls == [("resume", "pool=max-s0")]  # resumed, the finished run skipped
@@ -230,6 +231,7 @@ def test_a_run_another_process_is_training_is_left_to_it_not_failed_or_cleared(
     assert "[2/2] pool=max s0: test acc" in out
 
 
+@pytest.mark.slow  # a pool of spawned worker processes: about 5 s
 def test_jobs_2_gives_the_same_results_as_jobs_1(capsys, tmp_path, tiny_data_dir):
     grid = {"model.activation": ["sigmoid", "relu"]}
     for name, jobs in (("one", 1), ("two", 2)):
@@ -242,6 +244,7 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(capsys, tmp_path, tiny_data_dir
         assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-5)
 
 
+@pytest.mark.slow  # 16 runs; test_multi covers the grouped loop quickly
 def test_same_shaped_runs_train_together_and_match_separate_runs(capsys, tmp_path, tiny_data_dir, train_calls):
     # Seeds and learning rates share every layer shape: one vmapped process trains them
     # (automatic on CUDA; forced here). A different activation is a group of its own.

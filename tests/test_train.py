@@ -174,7 +174,8 @@ def plain_reference(tmp_path_factory):
     return root, out, train(cfg, out=cfg.out)
 
 
-@pytest.mark.parametrize("switch", ["amp", "channels_last", "compile"])
+# torch.compile on the CPU spends ~30 s compiling: slow, run in CI.
+@pytest.mark.parametrize("switch", ["amp", "channels_last", pytest.param("compile", marks=pytest.mark.slow)])
 def test_speed_switch_reaches_the_plain_accuracy(plain_reference, switch):
     root, out, plain = plain_reference
     cfg = tiny_config(root, "model.dropout=0", f"out={out}", f"train.{switch}=true", name=switch, epochs=3)

@@ -32,6 +32,7 @@ from .runconfig import RunConfig, validate
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"
 FORMAT = "lenet-model/1"
+IN_MEMORY = "(in memory)"  # TrainedModel.path of a model that was never saved
 
 
 # --------------------------------------------------------------------------- random state
@@ -183,6 +184,15 @@ class TrainedModel:
     def test_accuracy(self) -> float | None:
         return self.meta.get("test_accuracy")
 
+    @property
+    def name(self) -> str:
+        """How figures name it: the run directory's name, else the recipe it came from."""
+        if self.path.name == MODEL_FILE or self.path.suffix == ".safetensors":
+            return self.path.parent.name if self.path.name == MODEL_FILE else self.path.stem
+        if str(self.path) != IN_MEMORY:
+            return self.path.name
+        return self.config.name or self.config.preset or self.config.model.name
+
     @torch.no_grad()
     def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
         """Logits (N, classes) on the CPU for uint8 images (N, 1, 28, 28), in big batches."""
@@ -202,3 +212,20 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     model, cfg, meta = load_model(model_path, torch_device)
     names = meta.get("class_names") or get_spec(cfg.data.dataset).class_names
     return TrainedModel(model, cfg, meta, model_path, torch_device, Normalizer.for_config(cfg), list(names))
+
+
+def as_trained(target: Any, device: str | torch.device = "cpu") -> TrainedModel:
+    """A TrainedModel from a Run (lenet.train's or lenet.load's, in memory or on disk), a
+    TrainedModel, or a path (run directory or .safetensors file)."""
+    if isinstance(target, TrainedModel):
+        return target
+    if hasattr(target, "model") and hasattr(target, "config"):  # a lenet Run
+        from .data import Normalizer, get_spec
+        from .runtime import resolve_device
+
+        torch_device = resolve_device(device)
+        names = list(target.class_names) or list(get_spec(target.config.data.dataset).class_names)
+        where = Path(target.run_dir) if target.run_dir is not None else Path(IN_MEMORY)
+        return TrainedModel(target.model.to(torch_device).eval(), target.config, {}, where, torch_device,
+                            Normalizer.for_config(target.config), names)
+    return load_trained(target, device)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import TrainedModel, load_trained
-from .data import Dataset, Normalizer, load_dataset
+from .checkpoint import as_trained
+from .data import Dataset, load_dataset
 
 MISTAKES_SHOWN = 32  # the most confident mistakes in misclassified.png: 4 rows of 8
 CONFUSED_PAIRS_WRITTEN = 10  # rows of most_confused.csv
@@ -136,31 +136,11 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: int) 
     return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
-def _trained(target: Any, device: str) -> TrainedModel:
-    """A TrainedModel from a Run (in memory or on disk), a TrainedModel, or a path."""
-    if isinstance(target, TrainedModel):
-        return target
-    if hasattr(target, "model") and hasattr(target, "config"):  # a lenet Run
-        from .runtime import resolve_device
-
-        torch_device = resolve_device(device)
-        names = list(target.class_names) or None
-        if names is None:
-            from .catalog import get_spec
-
-            names = list(get_spec(target.config.data.dataset).class_names)
-        model = target.model.to(torch_device).eval()
-        where = target.run_dir if target.run_dir is not None else Path("(in memory)")
-        return TrainedModel(model, target.config, {}, where, torch_device, Normalizer.for_config(target.config),
-                            names)
-    return load_trained(target, device)
-
-
 def evaluate(target: Any, *, data: Dataset | None = None, data_dir: str | None = None, device: str = "auto",
              keep_images: bool = True) -> Evaluation:
     """Evaluate a run (``lenet.train``'s or ``lenet.load``'s), a run directory or a model
     file on its dataset's test set (``data``: a Dataset already loaded)."""
-    trained = _trained(target, device)
+    trained = as_trained(target, device)
     cfg = trained.config
     data = data or load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
     logits = trained.logits(data.test.images, cfg.train.eval_batch_size)
@@ -168,9 +148,8 @@ def evaluate(target: Any, *, data: Dataset | None = None, data_dir: str | None =
     labels = data.test.labels.numpy()
     class_names = tuple(trained.class_names)
     matrix = confusion_matrix(labels, probabilities.argmax(1), len(class_names))
-    name = trained.path.parent.name if trained.path.suffix == ".safetensors" else trained.path.name
     return Evaluation(class_names, matrix, probabilities, labels,
-                      data.test.images.numpy() if keep_images else None, name)
+                      data.test.images.numpy() if keep_images else None, trained.name)
 
 
 def format_evaluation(ev: Evaluation) -> str:

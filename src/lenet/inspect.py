@@ -121,6 +121,11 @@ def _layer_grid(count: int) -> int:
 
 
 def plot_activations(act: Activations, class_names: Sequence[str], path: Path, title: str | None = None) -> Path:
+    """activations_figure, saved as a PNG."""
+    return _save(activations_figure(act, class_names, title), path)
+
+
+def activations_figure(act: Activations, class_names: Sequence[str], title: str | None = None) -> Figure:
     """One figure: the input and its class probabilities, then a row per probed layer.
 
     Each layer's maps share one colour scale (its own min..max over all its maps), shown
@@ -186,7 +191,7 @@ def plot_activations(act: Activations, class_names: Sequence[str], path: Path, t
         colorbar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def conv_kernels(model: nn.Module) -> list[tuple[str, np.ndarray]]:
@@ -196,6 +201,11 @@ def conv_kernels(model: nn.Module) -> list[tuple[str, np.ndarray]]:
 
 
 def plot_filters(model: nn.Module, path: Path, title: str | None = None) -> Path:
+    """filters_figure, saved as a PNG."""
+    return _save(filters_figure(model, title), path)
+
+
+def filters_figure(model: nn.Module, title: str | None = None) -> Figure:
     """Every conv layer's kernels: a column per output channel, a row per input channel
     (conv1's single input channel: the kernels in a row). One symmetric colour scale
     per layer, red positive and blue negative, so the sign of each weight shows."""
@@ -230,7 +240,7 @@ def plot_filters(model: nn.Module, path: Path, title: str | None = None) -> Path
         fig.colorbar(shown, ax=ax, shrink=0.9, pad=0.01, aspect=15).ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -258,60 +268,79 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
 
 
+def chosen_inputs(trained, classes: Sequence[str] | None = None, per_class: int = 1,
+                  indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
+                  data_dir: str | None = None) -> tuple[torch.Tensor, list[int | None], list[str], list[str]]:
+    """(uint8 batch (N, 1, 28, 28), true labels, sources, file names) of the inputs asked for:
+    ``images`` (files), else ``indices`` of the test set, else the first ``per_class``
+    test images of each of ``classes`` (names, aliases or indices; default all classes)."""
+    from .data import class_index, get_spec, load_dataset
+
+    cfg = trained.config
+    if images:
+        from .predict import prepare  # the same framing `lenet predict` uses: crop, resize, polarity
+
+        pictures = np.stack([prepare(p, cfg.data.dataset).image for p in images])[:, None]  # (N, 1, 28, 28)
+        return (torch.from_numpy(pictures), [None] * len(images), [Path(p).name for p in images],
+                [f"image-{_slug(Path(p).stem)}" for p in images])
+    spec = get_spec(cfg.data.dataset)
+    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    test_labels = data.test.labels.numpy()
+    if indices:
+        bad = [i for i in indices if not 0 <= i < len(test_labels)]
+        if bad:
+            raise UsageError(f"--index {bad[0]} is out of range: the test set has {len(test_labels)} images")
+        chosen = list(indices)
+    else:
+        wanted = [class_index(spec, c) for c in classes] if classes else list(range(len(trained.class_names)))
+        chosen = pick_test_examples(test_labels, wanted, per_class)
+    labels = [int(test_labels[i]) for i in chosen]
+    names = [f"test-{i:05d}-{_slug(trained.class_names[label])}" for i, label in zip(chosen, labels, strict=True)]
+    return data.test.images[chosen], labels, [f"test #{i}" for i in chosen], names
+
+
+def activations(target, classes: Sequence[str] | None = None, per_class: int = 1,
+                indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
+                data_dir: str | None = None) -> list[Figure]:
+    """The feature maps of a run (in memory or on disk) or model file for some inputs
+    (see chosen_inputs), one figure per input: what ``lenet activations`` draws."""
+    from .checkpoint import as_trained
+
+    trained = as_trained(target)
+    batch, labels, sources, _ = chosen_inputs(trained, classes, per_class, indices, images, data_dir)
+    cfg = trained.config
+    title = f"{trained.name} ({cfg.model.name}, {cfg.model.activation}, {cfg.model.pool} pool)"
+    return [activations_figure(act, trained.class_names, title)
+            for act in feature_maps(trained.model, batch, trained.normalize, labels, sources)]
+
+
+def filters(target) -> Figure:
+    """The learned conv kernels of a run or model file, as ``lenet filters`` draws them."""
+    from .checkpoint import as_trained
+
+    trained = as_trained(target)
+    return filters_figure(trained.model, f"{trained.name}: learned conv kernels")
+
+
 def write_activations(run: str | Path, classes: Sequence[str] | None = None, per_class: int = 1,
                       indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
                       data_dir: str | None = None, out: str | Path | None = None) -> list[Path]:
-    """One activations PNG per input of a trained run or model file; returns the paths.
-
-    Inputs: ``images`` (files), else ``indices`` of the test set, else the first
-    ``per_class`` test images of each of ``classes`` (names, aliases or indices;
-    default all classes).
-    """
+    """One activations PNG per input of a trained run or model file; returns the paths."""
     from .checkpoint import load_trained
-    from .data import class_index, get_spec, load_dataset
 
     trained = load_trained(run)
-    model_path, model, cfg, normalize = trained.path, trained.model, trained.config, trained.normalize
-    spec = get_spec(cfg.data.dataset)
-    class_names = tuple(trained.class_names)
+    model_path, cfg = trained.path, trained.config
     out = Path(out) if out else model_path.parent / "activations"
-
-    if images:
-        from .predict import (
-            prepare,  # the same framing `lenet predict` uses: crop, resize, polarity
-        )
-
-        pictures = np.stack([prepare(p, cfg.data.dataset).image for p in images])[:, None]  # (N, 1, 28, 28)
-        batch = torch.from_numpy(pictures)
-        labels: list[int | None] = [None] * len(images)
-        sources = [Path(p).name for p in images]
-        names = [f"image-{_slug(Path(p).stem)}" for p in images]
-    else:
-        data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
-        test_labels = data.test.labels.numpy()
-        if indices:
-            bad = [i for i in indices if not 0 <= i < len(test_labels)]
-            if bad:
-                raise UsageError(f"--index {bad[0]} is out of range: the test set has {len(test_labels)} images")
-            chosen = list(indices)
-        else:
-            wanted = [class_index(spec, c) for c in classes] if classes else list(range(len(class_names)))
-            chosen = pick_test_examples(test_labels, wanted, per_class)
-        batch = data.test.images[chosen]
-        labels = [int(test_labels[i]) for i in chosen]
-        sources = [f"test #{i}" for i in chosen]
-        names = [f"test-{i:05d}-{_slug(class_names[label])}" for i, label in zip(chosen, labels, strict=True)]
-
-    results = feature_maps(model, batch, normalize, labels, sources)
+    batch, labels, sources, names = chosen_inputs(trained, classes, per_class, indices, images, data_dir)
+    results = feature_maps(trained.model, batch, trained.normalize, labels, sources)
     title_model = f"{model_path.parent.name} ({cfg.model.name}, {cfg.model.activation}, {cfg.model.pool} pool)"
-    return [plot_activations(act, class_names, out / f"{name}.png", title=title_model)
+    return [plot_activations(act, trained.class_names, out / f"{name}.png", title=title_model)
             for act, name in zip(results, names, strict=True)]
 
 
 def write_filters(run: str | Path, out: str | Path | None = None) -> Path:
-    from .checkpoint import load_model, resolve_model_path
+    from .checkpoint import load_trained
 
-    model_path = resolve_model_path(run)
-    model, _, _ = load_model(model_path)
-    path = Path(out) if out else model_path.parent / "filters.png"
-    return plot_filters(model, path, title=f"{model_path.parent.name}: learned conv kernels")
+    trained = load_trained(run)
+    path = Path(out) if out else trained.path.parent / "filters.png"
+    return plot_filters(trained.model, path, title=f"{trained.path.parent.name}: learned conv kernels")

@@ -34,6 +34,20 @@ class _NoBar:
         pass
 
 
+class _EpochView:
+    """One epoch's view of the run's notebook bar: the bar lasts the whole run (one bar,
+    not one per epoch, in the saved notebook), so closing an epoch leaves it open."""
+
+    def __init__(self, bar: Any):
+        self.bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        pass
+
+
 class Progress:
     """Bars per epoch, and the live plot in Jupyter; every method is a no-op where
     nothing is to be shown."""
@@ -44,22 +58,36 @@ class Progress:
         self.show_bars = mode == "always" or (mode == "auto" and (notebook or (verbose and sys.stderr.isatty())))
         self.title = title
         self._plot: Any = None  # the IPython display handle, once the first epoch is drawn
+        self._bar: Any = None  # Jupyter: the run's one bar, and its display handle
+        self._bar_handle: Any = None
 
     def bar(self, epoch: int, epochs: int, total: int, done: int = 0):
         if not self.show_bars:
             return _NoBar()
         desc = f"epoch {epoch}/{epochs}"
         if self.notebook:
-            try:
-                from tqdm.notebook import tqdm as notebook_tqdm
-
-                return notebook_tqdm(total=total, initial=done, desc=desc, unit="batch", leave=False)
-            except ImportError:  # no ipywidgets: the text bar below still works in Jupyter
-                pass
+            view = self._notebook_bar(epoch, epochs, total, done, desc)
+            if view is not None:
+                return view
         from tqdm import tqdm
 
         return tqdm(total=total, initial=done, disable=False, leave=False, file=sys.stderr, unit="batch",
                     desc=desc, dynamic_ncols=True)
+
+    def _notebook_bar(self, epoch: int, epochs: int, total: int, done: int, desc: str) -> _EpochView | None:
+        if self._bar is None:
+            try:
+                from IPython.display import display
+                from tqdm.notebook import tqdm as notebook_tqdm
+
+                # display=False: we show it ourselves, so finish() can replace it in place.
+                self._bar = notebook_tqdm(total=epochs * total, initial=(epoch - 1) * total + done, desc=desc,
+                                          unit="batch", display=False)
+                self._bar_handle = display(self._bar.container, display_id=True)
+            except ImportError:  # no ipywidgets: the text bar still works in Jupyter
+                return None
+        self._bar.set_description(desc, refresh=False)
+        return _EpochView(self._bar)
 
     def epoch(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Redraw the curves of ``history`` in place (Jupyter only)."""
@@ -74,3 +102,13 @@ class Progress:
             self._plot = display(picture, display_id=True)
         else:
             self._plot.update(picture)
+
+    def finish(self, summary: str) -> None:
+        """Jupyter: the bar gives way to one line saying what was done."""
+        if self._bar is None:
+            return
+        from IPython.display import Pretty
+
+        self._bar.close()
+        self._bar_handle.update(Pretty(summary))
+        self._bar = self._bar_handle = None

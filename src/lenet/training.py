@@ -217,6 +217,8 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
                 break
     rec.finish(learner.model, cfg, data.dataset.class_names, history)
     rec.log(closing_lines(history, device, rec.run_dir))
+    progress.finish(f"{len(history)} epoch(s) of {steps} batches in "
+                    f"{sum(r['epoch_seconds'] for r in history):.1f} s of training")
     return Run(cfg, learner.model, history, rec.run_dir, FINISHED, data.dataset.class_names)
 
 

@@ -1,0 +1,86 @@
+"""The package's shape, held by a test: no import cycles, inference that never loads
+the training loop, and modules small enough to read (issue 10's boundaries)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lenet"
+# Using a trained model must not need the machinery that trains one.
+INFERENCE = ("lenet.predict", "lenet.serve", "lenet.export", "lenet.evaluation", "lenet.inspect")
+TRAINING = {"lenet.training", "lenet.loop", "lenet.multi", "lenet.optim", "lenet.recorder"}
+MAX_MODULE_LINES = 500
+
+
+def module_name(path: Path) -> str:
+    parts = ("lenet",) + path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """module -> the lenet modules it imports (at the top or inside functions)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        if name == "lenet":
+            continue  # the facade re-exports everything, lazily
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                found = known(target) if target.startswith("lenet") else None
+                if found and found not in (name, "lenet"):
+                    edges.add(found)
+        graph[name] = edges
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_no_import_cycles():
+    graph = imports()
+    cycles = sorted(m for m in graph if m in reachable(graph, m))
+    assert cycles == [], f"modules that import themselves through others: {cycles}"
+
+
+@pytest.mark.parametrize("module", INFERENCE)
+def test_inference_never_reaches_the_training_loop(module):
+    assert reachable(imports(), module) & TRAINING == set()
+
+
+def test_no_module_over_500_lines():
+    sizes = {module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_the_checker_sees_a_real_edge():
+    # Guards the test itself: a graph without edges would pass every check above.
+    graph = imports()
+    assert "lenet.training" in graph["lenet.multi"] and "lenet.checkpoint" in graph["lenet.predict"]
