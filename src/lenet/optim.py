@@ -16,9 +16,20 @@ from torch import nn
 from .runconfig import RunConfig
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: RunConfig, graphable: bool = False) -> torch.optim.Optimizer:
+    """The run's optimiser. ``graphable``: one a CUDA graph can record (graphs.py): its lr
+    is a tensor on the device (filled by set_lr before each step, no host sync), SGD is
+    the fused kernel and Adam/AdamW keep their step count on the device (capturable)."""
     o = cfg.optim
     params = model.parameters()
+    if graphable:
+        device = next(model.parameters()).device
+        lr = torch.tensor(o.lr, device=device)
+        if o.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                                   weight_decay=o.weight_decay, fused=True)
+        kind = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
+        return kind(params, lr=lr, weight_decay=o.weight_decay, foreach=True, capturable=True)
     # foreach=True: one fused kernel per parameter group instead of one per tensor.
     if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
@@ -52,4 +63,7 @@ def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # a graphable optimiser's: filled on the device, no sync
+        else:
+            group["lr"] = lr

@@ -64,7 +64,7 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="torch.compile the model; the first steps pay the compile time")
     amp: bool = Field(False, description="bfloat16 autocast for forward passes (CPU and CUDA)")
     channels_last: bool = Field(False, description="NHWC memory layout for model and batches")
-    cuda_graphs: bool = Field(False, description="CUDA only: replay the compiled step as CUDA graphs")
+    cuda_graphs: bool = Field(False, description="CUDA only: record the whole step as a CUDA graph and replay it")
 
 
 class RunConfig(Strict):
@@ -298,7 +298,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("compile", "train.compile", "torch.compile the model (first epoch pays the compile time)", bool),
     Flag("amp", "train.amp", "bfloat16 autocast on CPU and CUDA", bool),
     Flag("channels_last", "train.channels_last", "channels-last (NHWC) memory layout", bool),
-    Flag("cuda_graphs", "train.cuda_graphs", "CUDA only: capture the compiled step as CUDA graphs", bool),
+    Flag("cuda_graphs", "train.cuda_graphs", "CUDA only: record the whole step as a CUDA graph, replay it", bool),
 )
 FLAGS_BY_NAME = {f.name: f for f in FLAGS}
 

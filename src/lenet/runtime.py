@@ -51,12 +51,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
     """bfloat16 autocast (--amp): bf16 needs no loss scaling, unlike fp16, and runs on
-    CPUs with AVX-512 BF16/AMX as well as on CUDA."""
+    CPUs with AVX-512 BF16/AMX as well as on CUDA. ``cache=False`` while recording a CUDA
+    graph: a bf16 copy of a weight cached at recording time would never be refreshed."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def synchronize(device: torch.device) -> None:

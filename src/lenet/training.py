@@ -60,16 +60,28 @@ class Learner:
         if t.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, t.amp
-        # "reduce-overhead" records CUDA graphs of the compiled forward and backward and
-        # replays them: one launch per graph instead of one per kernel.
-        self.forward = (torch.compile(model, mode="reduce-overhead" if t.cuda_graphs else None)
-                        if t.compile or t.cuda_graphs else model)
-        self.optimizer = make_optimizer(model, cfg)
+        self.forward = torch.compile(model) if t.compile else model
+        self.optimizer = make_optimizer(model, cfg, graphable=t.cuda_graphs)
         # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.graphed = None
+        if t.cuda_graphs:  # the whole step as one CUDA graph (graphs.py)
+            from .graphs import CudaGraphStep
+
+            self.graphed = CudaGraphStep(model, self.forward, self.optimizer, self.loss_fn, t.amp)
+
+    def load_optimizer(self, state: dict[str, Any]) -> None:
+        """A checkpoint's optimiser state; a graphable optimiser keeps its lr on the device."""
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            if isinstance(lr, torch.Tensor):
+                group["lr"] = lr
 
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         set_lr(self.optimizer, learning_rate(self.cfg, global_step, self.steps_per_epoch))
+        if self.graphed is not None:
+            return self.graphed(x, y)
         with autocast(x.device, self.amp):
             logits = self.forward(x)
         loss = self.loss_fn(logits.float(), y)  # the loss in float32 whatever the forward ran in
@@ -276,7 +288,7 @@ def restore(saved: dict[str, Any], learner: Learner, shuffle: torch.Generator, d
     that does not fit the run's config is a RunError that says so, not a traceback."""
     with checkpoint_misfit(rec.run_dir):
         learner.model.load_state_dict(saved["model"])
-        learner.optimizer.load_state_dict(saved["optimizer"])
+        learner.load_optimizer(saved["optimizer"])
         ckpt.set_rng_state(saved["rng"], shuffle)
         history, at = position(saved, device)
     rec.rewrite_history(history)
