@@ -112,7 +112,8 @@ def main() -> None:
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs CUDA")
-    info = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
+    info = {"gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
+            "cuda": torch.version.cuda,
             "python": platform.python_version(), "lenet": lenet.__version__}
     print(json.dumps(info), flush=True)
     data = load_dataset("fashion-mnist", args.data_dir)
