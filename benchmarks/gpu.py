@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,6 @@ DEVICE = "cuda"  # --device cpu: a smoke run of this script where there is no GP
 import lenet  # noqa: E402
 from lenet.bench import bench  # noqa: E402
 from lenet.data import load_dataset  # noqa: E402
-from lenet.multi import train_many  # noqa: E402
 
 
 def d2l_path(data, epochs: int, **switches) -> dict:
@@ -61,19 +59,31 @@ def speedrun(preset: str, target: float, data_dir: str, **switches) -> dict:
             "final_test_accuracy": result.final_test_accuracy, "examples_per_second": result.examples_per_second}
 
 
-def grouped(data_dir: str, k: int, epochs: int) -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        cfgs = [lenet.config("d2l", epochs=epochs, device=DEVICE, data_dir=data_dir, seed=s, name=f"s{s}",
-                             out=out, set={"train.progress": "never"}) for s in range(k)]
-        tic = time.perf_counter()
-        runs = train_many(cfgs)
-        wall = time.perf_counter() - tic
+def grouped(data, k: int, epochs: int, **switches) -> dict:
+    """K d2l runs (seeds 0..K-1) trained together, in memory (lenet.multi.fit_many)."""
+    from lenet.multi import fit_many
+    from lenet.recorder import Recorder
+
+    cfgs = [lenet.config("d2l", epochs=epochs, device=DEVICE, seed=s, set={"train.progress": "never"}, **switches)
+            for s in range(k)]
+    tic = time.perf_counter()
+    runs = fit_many(cfgs, [Recorder(None) for _ in cfgs], None, False, data=data)
+    wall = time.perf_counter() - tic
     # epoch_seconds of a grouped run is the group's epoch time shared by K
     group_seconds = sum(r["epoch_seconds"] for r in runs[0].history) * k
-    n = 60000 * epochs * k
     accs = [r.test_accuracy for r in runs if r.test_accuracy is not None]
-    return {"models": k, "epochs": epochs, "examples_per_second": n / group_seconds, "train_seconds": group_seconds,
+    return {"models": k, "epochs": epochs, "switches": sorted(switches),
+            "examples_per_second": len(data.train) * epochs * k / group_seconds, "train_seconds": group_seconds,
             "wall_seconds": wall, "test_accuracy_min": min(accs), "test_accuracy_max": max(accs)}
+
+
+def profile_group(data, k: int) -> str:
+    """Where one epoch of K models trained together spends its GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        grouped(data, k, 1)
+    return prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12)
 
 
 def profile_step(data) -> str:
@@ -141,11 +151,17 @@ def main() -> None:
                 results["speedrun"].append(row)
                 print("speedrun", json.dumps(row), flush=True)
     if "group" not in args.skip:
-        one = grouped(args.data_dir, 1, min(2, args.epochs))
-        many = grouped(args.data_dir, args.group, min(2, args.epochs))
-        ratio = many["examples_per_second"] / one["examples_per_second"]
-        results["group"] = {"one": one, "many": many, "ratio": ratio}
-        print("group", json.dumps(results["group"]), flush=True)
+        epochs = min(2, args.epochs)
+        single = d2l_path(data, epochs)  # the default path, one run
+        results["group"] = {"one": single, "many": []}
+        for switches in ({}, {"amp": True}):
+            many = grouped(data, args.group, epochs, **switches)
+            many["ratio_to_one"] = many["examples_per_second"] / single["examples_per_second"]
+            results["group"]["many"].append(many)
+            print("group", json.dumps(many), flush=True)
+        if "profile" not in args.skip and DEVICE == "cuda":
+            results["group_profile"] = profile_group(data, args.group)
+            print(results["group_profile"], flush=True)
     if "profile" not in args.skip:
         results["profile"] = profile_step(data)
         print(results["profile"], flush=True)
@@ -172,9 +188,10 @@ def print_table(results: dict) -> None:
         print(f"{row['preset']:<24} {' '.join(row['switches']) or 'default':<12} to {row['target']}: {reached} "
               f"({row['epochs_run']} epochs, final {row['final_test_accuracy']:.4f})")
     group = results.get("group")
-    if group:
-        print(f"{group['many']['models']} d2l runs together: {group['many']['examples_per_second']:,.0f} ex/s in all "
-              f"vs one: {group['one']['examples_per_second']:,.0f} ex/s = {group['ratio']:.1f}x")
+    for many in group["many"] if group else []:
+        print(f"{many['models']} d2l runs together {' '.join(many['switches']) or 'default':<8} "
+              f"{many['examples_per_second']:>11,.0f} ex/s in all vs one run (default path) "
+              f"{group['one']['examples_per_second']:,.0f} ex/s = {many['ratio_to_one']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def cfg(data_dir, *overrides, preset="keras-v2", epochs=2, name="run"):
 def relative(a: torch.nn.Module, b: torch.nn.Module) -> float:
     worst = 0.0
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        x, y = x.cpu(), y.cpu()
         if x.is_floating_point():
             worst = max(worst, float((x.float() - y.float()).norm() / max(float(y.float().norm()), 1e-12)))
     return worst

@@ -52,7 +52,7 @@ class CudaGraphStep:
         recorded.x.copy_(x)
         recorded.y.copy_(y)
         recorded.graph.replay()
-        return recorded.loss.detach(), recorded.logits.detach()
+        return recorded.loss, recorded.logits
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(x.device, self.amp, cache=False):  # a cached bf16 weight would go stale
@@ -81,6 +81,10 @@ class CudaGraphStep:
             loss, logits = self._loss(static_x, static_y)
             loss.backward()
             self.optimizer.step()
+        # Keep the outputs' memory, not their autograd graph: a graph kept alive holds the
+        # parameters' AccumulateGrad nodes of the recording stream, and recording the next
+        # batch shape on another stream would then warn and synchronise.
+        loss, logits = loss.detach(), logits.detach()
         with torch.no_grad():  # undo the warm-up, in place
             for key, value in self.model.state_dict().items():
                 value.copy_(saved_model[key])

@@ -292,10 +292,11 @@ def resume_many(run_dirs: Sequence[str | Path], verbose: bool = False) -> list[R
         return fit_many(cfgs, recorders, saved, verbose)
 
 
-def group_data(cfgs: Sequence[RunConfig], device: torch.device) -> DeviceData:
+def group_data(cfgs: Sequence[RunConfig], device: torch.device, dataset: Any = None) -> DeviceData:
     """The shared dataset, with each run's own validation split as (K, N) rows."""
     first = cfgs[0]
-    data = prepare_data(first.model_copy(update={"data": first.data.model_copy(update={"val_split": 0.0})}), device)
+    data = prepare_data(first.model_copy(update={"data": first.data.model_copy(update={"val_split": 0.0})}), device,
+                        dataset)
     if first.data.val_split == 0:
         return data
     labels = data.dataset.train.labels.cpu()
@@ -305,12 +306,13 @@ def group_data(cfgs: Sequence[RunConfig], device: torch.device) -> DeviceData:
 
 
 def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, Any]] | None,
-             verbose: bool) -> list[Run]:
-    """loop.train_one_epoch and loop.evaluate over K models; one Recorder per run."""
+             verbose: bool, data: Any = None) -> list[Run]:
+    """loop.train_one_epoch and loop.evaluate over K models; one Recorder per run
+    (Recorder(None): in memory). ``data``: a Dataset already loaded, as train's."""
     K, first = len(cfgs), cfgs[0]
     seed_everything(first.seed, first.train.deterministic)
     device = resolve_device(first.device)
-    data = group_data(cfgs, device)
+    data = group_data(cfgs, device, data)
     steps = math.ceil(data.n_train / first.train.batch_size)
     models = []
     for c in cfgs:
