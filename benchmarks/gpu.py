@@ -135,12 +135,21 @@ def main() -> None:
     if "d2l" not in args.skip:
         paths = [{}, {"channels_last": True}, {"amp": True}]
         if DEVICE == "cuda":
-            paths += [{"cuda_graphs": True}, {"cuda_graphs": True, "amp": True}]
+            paths += [{"cuda_graphs": True}, {"cuda_graphs": True, "amp": True},
+                      {"cuda_graphs": True, "channels_last": True},
+                      {"cuda_graphs": True, "amp": True, "channels_last": True}]
         if "compile" not in args.skip:
             paths.append({"compile": True})
         results["d2l"] = []
         for switches in paths:
             row = d2l_path(data, args.epochs, **switches)
+            results["d2l"].append(row)
+            print("d2l", json.dumps(row), flush=True)
+        if DEVICE == "cuda":  # what TF32 matmuls would add (lenet keeps float32 matmuls)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            row = d2l_path(data, args.epochs, cuda_graphs=True)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            row["path"] += " (+TF32 matmuls)"
             results["d2l"].append(row)
             print("d2l", json.dumps(row), flush=True)
     if "speedrun" not in args.skip:
