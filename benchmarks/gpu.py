@@ -45,7 +45,8 @@ def d2l_path(data, epochs: int, **switches) -> dict:
     seconds = [r["epoch_seconds"] for r in run.history]
     steady = sum(seconds[1:]) / (len(seconds) - 1) if len(seconds) > 1 else seconds[0]
     n = len(data.train)
-    return {"path": "default" if not switches else " ".join(f"--{k.replace('_', '-')}" for k in switches),
+    words = [f"--{k.replace('_', '-')}" + (f" {v}" if v is not True else "") for k, v in switches.items()]
+    return {"path": " ".join(words) or "default", "epochs": len(seconds),
             "train_seconds": sum(seconds), "first_epoch_seconds": seconds[0],
             "examples_per_second": n * len(seconds) / sum(seconds), "steady_examples_per_second": n / steady,
             "test_accuracy": run.test_accuracy, "wall_seconds_with_eval": wall}
@@ -135,21 +136,13 @@ def main() -> None:
     if "d2l" not in args.skip:
         paths = [{}, {"channels_last": True}, {"amp": True}]
         if DEVICE == "cuda":
-            paths += [{"cuda_graphs": True}, {"cuda_graphs": True, "amp": True},
-                      {"cuda_graphs": True, "channels_last": True},
-                      {"cuda_graphs": True, "amp": True, "channels_last": True}]
+            paths += [{"cuda_graphs": True}, {"cuda_graphs": True, "precision": "tf32"},
+                      {"cuda_graphs": True, "amp": True}, {"cuda_graphs": True, "channels_last": True}]
         if "compile" not in args.skip:
             paths.append({"compile": True})
         results["d2l"] = []
         for switches in paths:
             row = d2l_path(data, args.epochs, **switches)
-            results["d2l"].append(row)
-            print("d2l", json.dumps(row), flush=True)
-        if DEVICE == "cuda":  # what TF32 matmuls would add (lenet keeps float32 matmuls)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            row = d2l_path(data, args.epochs, cuda_graphs=True)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            row["path"] += " (+TF32 matmuls)"
             results["d2l"].append(row)
             print("d2l", json.dumps(row), flush=True)
     if "speedrun" not in args.skip:
@@ -190,7 +183,7 @@ def print_table(results: dict) -> None:
     for row in results.get("d2l", []):
         ratio = f"{row['examples_per_second'] / plain['examples_per_second']:.1f}x plain" if plain else ""
         print(f"d2l {row['path']:<26} {row['examples_per_second']:>11,.0f} ex/s (steady "
-              f"{row['steady_examples_per_second']:>11,.0f})  10 epochs {row['train_seconds']:6.2f} s "
+              f"{row['steady_examples_per_second']:>11,.0f})  {row['epochs']} epochs {row['train_seconds']:6.2f} s "
               f"(first {row['first_epoch_seconds']:.2f} s)  test acc {row['test_accuracy']:.4f}  {ratio}")
     for row in results.get("speedrun", []):
         reached = f"{row['seconds_to_target']:.2f} s" if row["seconds_to_target"] is not None else "not reached"

@@ -61,6 +61,19 @@ def tiny_data_dir(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What _isolated_environment does per test, for the fixtures that live longer (a
+    module's reference run is made before any test's own environment exists)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
+        patch.setenv("LENET_NO_DOWNLOAD", "1")
+        from lenet.runtime import record_bf16_speedup
+
+        record_bf16_speedup(1.0)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the user's cache or Debian's data folder, downloads, or writes outside tmp_path."""
@@ -71,6 +84,12 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LENET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("LENET_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
+    # precision "auto" measures bf16 against fp32 once per machine (runtime.bf16_speedup);
+    # tests pin that answer to fp32, so every test computes alike on any CPU (test_runtime
+    # measures for real).
+    from lenet.runtime import record_bf16_speedup
+
+    record_bf16_speedup(1.0)
 
 
 @pytest.fixture

@@ -74,7 +74,10 @@ def test_a_named_model_applies_however_the_config_is_built():
         lenet.RunConfig(model={"name": "vgg"})
 
 
-def test_training_in_memory_writes_nothing_prints_nothing_and_returns_the_run(tiny_data_dir, capsys):
+def test_training_in_memory_writes_nothing_prints_nothing_and_returns_the_run(tiny_data_dir, capsys, monkeypatch,
+                                                                             tmp_path_factory):
+    # The user cache (a CPU's bf16 calibration) lives outside the working folder, as ~/.cache does.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
     before = sorted(Path(".").rglob("*"))
     run = lenet.train(tiny(tiny_data_dir, epochs=1))
     assert sorted(Path(".").rglob("*")) == before  # the folder is as it was

@@ -170,7 +170,9 @@ def plain_reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("switch-data")
     write_tiny_dataset(root / "fashion-mnist", n_train=1200, seed=0)
     out = tmp_path_factory.mktemp("switch-runs")
-    cfg = tiny_config(root, "model.dropout=0", f"out={out}", name="plain", epochs=3)
+    # The plain path: float32, contiguous layout (the defaults pick per machine).
+    cfg = tiny_config(root, "model.dropout=0", f"out={out}", "train.precision=fp32", "train.channels_last=false",
+                      name="plain", epochs=3)
     return root, out, train(cfg, out=cfg.out)
 
 

@@ -40,6 +40,7 @@ class BenchResult:
     target: float | None
     seconds_to_target: float | None
     epoch_seconds: list[float] = field(default_factory=list)
+    speed: dict[str, Any] = field(default_factory=dict)  # the precision and layout that ran, and why
     test_accuracies: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
     # Evaluation throughput, measured apart from training: the test set, big batches.
     model = run.model.eval()
     test = dataset.test.to(device)
-    normalize = Normalizer.for_config(cfg, cfg.train.channels_last)
+    normalize = Normalizer.for_config(cfg, run.speed.get("channels_last", False))
     evaluate(model, test, normalize, cfg.train.eval_batch_size)  # warm-up
     tic = time.perf_counter()
     for _ in range(eval_repeats):
@@ -81,7 +82,7 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
         epochs_run=len(rows), examples_per_second=examples / max(sum(seconds), 1e-9),
         seconds_per_epoch=sum(seconds) / max(1, len(seconds)),
         eval_images_per_second=len(test) / max(eval_seconds, 1e-9),
-        final_test_accuracy=rows[-1]["test_accuracy"] if rows else float("nan"),
+        final_test_accuracy=rows[-1]["test_accuracy"] if rows else float("nan"), speed=run.speed,
         target=target, seconds_to_target=to_target, epoch_seconds=seconds,
         test_accuracies=[r["test_accuracy"] for r in rows],
     )
@@ -90,7 +91,8 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
 def format_bench(r: BenchResult) -> str:
     lines = [
         f"recipe {r.preset or 'custom'} on {r.device} ({r.device_name}), torch {r.torch}, "
-        f"python {r.python}, {r.threads} threads, batch {r.batch_size}",
+        f"python {r.python}, {r.threads} threads, batch {r.batch_size}, {r.speed.get('precision', 'fp32')}"
+        f"{', channels-last' if r.speed.get('channels_last') else ''} ({r.speed.get('reason', '')})",
         f"train: {r.examples_per_second:,.0f} examples/s, {r.seconds_per_epoch:.2f} s/epoch "
         f"over {r.epochs_run} epoch(s)",
         f"eval:  {r.eval_images_per_second:,.0f} images/s",

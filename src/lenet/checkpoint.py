@@ -211,7 +211,12 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     model_path = resolve_model_path(path)
     model, cfg, meta = load_model(model_path, torch_device)
     names = meta.get("class_names") or get_spec(cfg.data.dataset).class_names
-    return TrainedModel(model, cfg, meta, model_path, torch_device, Normalizer.for_config(cfg), list(names))
+    # The layout it trained in, on the CPU: the same kernels give the same predictions
+    # (and an accuracy equal to the one its training reported), and they are faster.
+    layout = torch_device.type == "cpu" and bool((meta.get("speed") or {}).get("channels_last"))
+    if layout:
+        model.to(memory_format=torch.channels_last)
+    return TrainedModel(model, cfg, meta, model_path, torch_device, Normalizer.for_config(cfg, layout), list(names))
 
 
 def as_trained(target: Any, device: str | torch.device = "cpu") -> TrainedModel:
@@ -226,6 +231,7 @@ def as_trained(target: Any, device: str | torch.device = "cpu") -> TrainedModel:
         torch_device = resolve_device(device)
         names = list(target.class_names) or list(get_spec(target.config.data.dataset).class_names)
         where = Path(target.run_dir) if target.run_dir is not None else Path(IN_MEMORY)
+        layout = torch_device.type == "cpu" and bool((getattr(target, "speed", None) or {}).get("channels_last"))
         return TrainedModel(target.model.to(torch_device).eval(), target.config, {}, where, torch_device,
-                            Normalizer.for_config(target.config), names)
+                            Normalizer.for_config(target.config, layout), names)
     return load_trained(target, device)

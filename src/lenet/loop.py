@@ -194,12 +194,13 @@ class Position:
 
 def checkpoint_state(model_state: dict[str, Any], optimizer_state: dict[str, Any], cfg: RunConfig,
                      history: list[dict[str, Any]], shuffle: torch.Generator, epoch: int, step: int = 0,
-                     partial: dict[str, Any] | None = None) -> dict[str, Any]:
+                     partial: dict[str, Any] | None = None, speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to continue at (epoch, step); ``partial``: the sums of an epoch
     stopped half-way (partial_epoch). The lr needs no state: it is a function of the
     step (optim.learning_rate)."""
     out = {"epoch": epoch, "step": step, "model": model_state, "optimizer": optimizer_state,
-           "metrics": list(history), "rng": ckpt.rng_state(shuffle), "config": cfg.to_dict()}
+           "metrics": list(history), "rng": ckpt.rng_state(shuffle), "config": cfg.to_dict(),
+           "speed": speed or {}}  # the precision and layout it ran with: a resume keeps them
     if step > 0 and partial is not None:
         out.update(partial)
     return out

@@ -120,7 +120,7 @@ class Recorder:
         self.status(INTERRUPTED, epoch, step=step)
 
     def finish(self, model: nn.Module, cfg: RunConfig, class_names: Sequence[str],
-               history: Sequence[dict[str, Any]], **extra: Any) -> None:
+               history: Sequence[dict[str, Any]], speed: dict[str, Any] | None = None, **extra: Any) -> None:
         """curves.png and model.safetensors, then status "finished" (last: a run killed
         while saving its model is still resumable, not "finished" without a model)."""
         if self.run_dir is None:
@@ -130,5 +130,6 @@ class Recorder:
         plot_curves([(self.run_dir.name, list(history))], self.run_dir / "curves.png", title=self.run_dir.name)
         last = history[-1] if history else {}
         ckpt.save_model(self.run_dir / ckpt.MODEL_FILE, model, cfg, tuple(class_names),
-                        extra={"test_accuracy": last.get("test_accuracy"), "epochs": len(history)})
+                        extra={"test_accuracy": last.get("test_accuracy"), "epochs": len(history),
+                               "speed": speed or {}})
         self.status(FINISHED, len(history), **extra)

@@ -60,10 +60,16 @@ class TrainConfig(Strict):
     dry_run: bool = Field(False, description="one batch of training and evaluation, for smoke tests")
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
-    # Speed switches with a trade-off; each reaches the plain path's accuracy (test_train.py).
+    # Speed switches; each reaches the plain path's accuracy (test_train.py). "auto" and
+    # None are decided per machine when the run starts (runtime.resolve_speed) and the
+    # choice is recorded in environment.json and the checkpoint.
+    precision: Literal["auto", "fp32", "bf16", "tf32"] = Field(
+        "auto", description="auto: bf16 autocast where this CPU runs it faster (measured), else fp32; "
+                            "tf32: CUDA matmuls in TF32")
     compile: bool = Field(False, description="torch.compile the model; the first steps pay the compile time")
-    amp: bool = Field(False, description="bfloat16 autocast for forward passes (CPU and CUDA)")
-    channels_last: bool = Field(False, description="NHWC memory layout for model and batches")
+    amp: bool = Field(False, description="bfloat16 autocast for forward passes: precision bf16 by another name")
+    channels_last: bool | None = Field(None, description="NHWC memory layout; None: on for the CPU, where it is "
+                                                         "faster, off elsewhere")
     cuda_graphs: bool = Field(False, description="CUDA only: record the whole step as a CUDA graph and replay it")
 
 
@@ -296,8 +302,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("deterministic", "train.deterministic", "deterministic algorithms (slower)", bool),
     # Speed switches: each has a trade-off, so each is off unless given.
     Flag("compile", "train.compile", "torch.compile the model (first epoch pays the compile time)", bool),
-    Flag("amp", "train.amp", "bfloat16 autocast on CPU and CUDA", bool),
-    Flag("channels_last", "train.channels_last", "channels-last (NHWC) memory layout", bool),
+    Flag("precision", "train.precision", "auto: bf16 where this CPU runs it faster, measured (default: auto)", str,
+         ("auto", "fp32", "bf16", "tf32")),
+    Flag("amp", "train.amp", "bfloat16 autocast on CPU and CUDA (= --precision bf16)", bool),
+    Flag("channels_last", "train.channels_last", "channels-last (NHWC) memory layout (default: on for the CPU)", bool),
     Flag("cuda_graphs", "train.cuda_graphs", "CUDA only: record the whole step as a CUDA graph, replay it", bool),
 )
 FLAGS_BY_NAME = {f.name: f for f in FLAGS}

@@ -36,7 +36,7 @@ from .progress import Progress
 from .recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
 from .runconfig import RunConfig
 from .runs import create_run_dir, default_run_name, run_lock
-from .runtime import autocast, resolve_device, seed_everything, synchronize
+from .runtime import Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything, synchronize
 
 EpochHook = Callable[[dict[str, Any]], Any]
 
@@ -53,13 +53,13 @@ class Learner:
     "_orig_mod." prefix.
     """
 
-    def __init__(self, model: nn.Module, cfg: RunConfig, device: torch.device, steps_per_epoch: int):
+    def __init__(self, model: nn.Module, cfg: RunConfig, device: torch.device, steps_per_epoch: int, speed: Speed):
         t = cfg.train
         if t.cuda_graphs and device.type != "cuda":
             raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
-        if t.channels_last:
+        if speed.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, t.amp
+        self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, speed.bf16
         self.forward = torch.compile(model) if t.compile else model
         self.optimizer = make_optimizer(model, cfg, graphable=t.cuda_graphs)
         # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
@@ -68,7 +68,7 @@ class Learner:
         if t.cuda_graphs:  # the whole step as one CUDA graph (graphs.py)
             from .graphs import CudaGraphStep
 
-            self.graphed = CudaGraphStep(model, self.forward, self.optimizer, self.loss_fn, t.amp)
+            self.graphed = CudaGraphStep(model, self.forward, self.optimizer, self.loss_fn, speed.bf16)
 
     def load_optimizer(self, state: dict[str, Any]) -> None:
         """A checkpoint's optimiser state; a graphable optimiser keeps its lr on the device."""
@@ -110,6 +110,7 @@ class Run:
     run_dir: Path | None = None  # None: trained in memory
     status: str = FINISHED
     class_names: tuple[str, ...] = ()
+    speed: dict[str, Any] = field(default_factory=dict)  # the precision and layout it ran with, and why
 
     @property
     def test_accuracy(self) -> float | None:
@@ -125,7 +126,8 @@ class Run:
     def save(self, path: str | Path) -> Path:
         """The model as a .safetensors file that lenet.load, predict, serve and export read."""
         return ckpt.save_model(Path(path), self.model, self.config, self.class_names,
-                               extra={"test_accuracy": self.test_accuracy, "epochs": len(self.history)})
+                               extra={"test_accuracy": self.test_accuracy, "epochs": len(self.history),
+                                      "speed": self.speed})
 
     def evaluate(self, **options: Any):
         """lenet.evaluate(this run): see lenet.evaluation.evaluate."""
@@ -173,17 +175,19 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
     data = prepare_data(cfg, device, data)
     steps = 1 if cfg.train.dry_run else math.ceil(data.n_train / cfg.train.batch_size)
     epochs = 1 if cfg.train.dry_run else cfg.train.epochs
-    learner = Learner(LeNet(cfg.model).to(device), cfg, device, steps)
+    speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved))
+    configure_backends(device, speed, cfg.train.cuda_graphs, cfg.train.deterministic)
+    learner = Learner(LeNet(cfg.model).to(device), cfg, device, steps, speed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
     at = Position()
     if saved is None:
-        rec.start(cfg, device, header(cfg, learner.model, data, device, rec.run_dir))
+        rec.start(cfg, device, header(cfg, learner.model, data, device, rec.run_dir, speed), speed=speed.to_dict())
     else:
         history, at = restore(saved, learner, shuffle, device, rec)
     progress = Progress(cfg.train.progress, rec.verbose, rec.run_dir.name if rec.run_dir else cfg.preset or "run")
     eval_batches = 1 if cfg.train.dry_run else None
-    normalize = Normalizer.for_config(cfg, cfg.train.channels_last)
+    normalize = Normalizer.for_config(cfg, speed.channels_last)
     rec.status(RUNNING, at.epoch + 1)
     with StopFlag(rec.run_dir) as stop:
         for epoch in range(at.epoch, epochs):
@@ -210,7 +214,7 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
             synchronize(device)
             seconds = at.seconds + time.perf_counter() - tic
             if stop.requested:
-                interrupt(rec, learner, cfg, history, shuffle, epoch, state, start_shuffle, seconds)
+                interrupt(rec, learner, cfg, history, shuffle, epoch, state, start_shuffle, seconds, speed)
             val = (evaluate_split(learner, data.dataset.train, normalize, cfg, data.val_index, eval_batches)
                    if data.val_index is not None else None)
             test = evaluate_split(learner, data.dataset.test, normalize, cfg, None, eval_batches)
@@ -220,32 +224,44 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
             at = Position()
             rec.epoch_done(row, history, format_epoch(row, epochs),
                            checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg,
-                                            history, shuffle, epoch + 1))
+                                            history, shuffle, epoch + 1, speed=speed.to_dict()))
             progress.epoch(history)
             if on_epoch is not None:
                 on_epoch(row)
             if until is not None and until(row):
                 rec.log(f"stopping after epoch {epoch + 1}: the target is reached")
                 break
-    rec.finish(learner.model, cfg, data.dataset.class_names, history)
+    rec.finish(learner.model, cfg, data.dataset.class_names, history, speed.to_dict())
     rec.log(closing_lines(history, device, rec.run_dir))
     progress.finish(f"{len(history)} epoch(s) of {steps} batches in "
                     f"{sum(r['epoch_seconds'] for r in history):.1f} s of training")
-    return Run(cfg, learner.model, history, rec.run_dir, FINISHED, data.dataset.class_names)
+    return Run(cfg, learner.model, history, rec.run_dir, FINISHED, data.dataset.class_names, speed.to_dict())
 
 
 def evaluate_split(learner: Learner, split: Split, normalize: Normalizer, cfg: RunConfig,
                    index: torch.Tensor | None, max_batches: int | None) -> tuple[float, float]:
-    """(loss, accuracy) of one model on a split (index None: all of it) or on its rows ``index``."""
-    loss, accuracy = evaluate(learner.forward, split, normalize, cfg.train.eval_batch_size, index, max_batches,
-                              cfg.train.amp)
+    """(loss, accuracy) of one model on a split (index None: all of it) or on its rows ``index``.
+    Always in float32, whatever the training precision: the accuracy reported is the one
+    `lenet eval`, predict and the exported model give (evaluation is a small share of an epoch)."""
+    loss, accuracy = evaluate(learner.forward, split, normalize, cfg.train.eval_batch_size, index, max_batches)
     return float(loss), float(accuracy)
 
 
-def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None) -> str:
+def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None,
+           speed: Speed) -> str:
+    layout = ", channels-last" if speed.channels_last else ""
     return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
             f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
-            f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device})")
+            f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.precision}{layout})")
+
+
+def recorded_speed(cfg: RunConfig, saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The speed a checkpoint's run used: its record, or for a checkpoint from before
+    lenet 0.2 what its config said then (no auto: fp32 unless --amp, no channels-last)."""
+    if saved is None:
+        return None
+    return saved.get("speed") or {"precision": "bf16" if cfg.train.amp else "fp32",
+                                  "channels_last": bool(cfg.train.channels_last), "reason": "lenet 0.1 checkpoint"}
 
 
 def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: Path | None) -> str:
@@ -267,7 +283,7 @@ def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: 
 
 def interrupt(rec: Recorder, learner: Learner, cfg: RunConfig, history: list[dict[str, Any]],
               shuffle: torch.Generator, epoch: int, state: EpochState, start_shuffle: torch.Tensor,
-              seconds: float) -> None:
+              seconds: float, speed: Speed) -> None:
     """Ctrl-C: save the epoch in progress (at a step boundary), then stop with exit code 130."""
     if state.step == 0:
         # Stopped before this epoch's first step (Ctrl-C during the previous evaluation
@@ -277,7 +293,7 @@ def interrupt(rec: Recorder, learner: Learner, cfg: RunConfig, history: list[dic
         shuffle.set_state(start_shuffle)
     partial = partial_epoch(state.loss_sum, state.correct, state.seen, start_shuffle, seconds)
     rec.interrupted(checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg, history,
-                                     shuffle, epoch, state.step, partial), epoch + 1, state.step)
+                                     shuffle, epoch, state.step, partial, speed=speed.to_dict()), epoch + 1, state.step)
     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; "
                       f"checkpoint saved. Continue with: lenet train --resume {rec.run_dir}")
 

@@ -6,7 +6,7 @@
                         has a checkpoint      resumed
                         anything else         started (a folder a killed run left is cleared)
                       one run after another, in ``jobs`` processes, or, where runs share
-                      their layer shapes, several in one vmapped process (``multi``)
+                      their layer shapes, several in one process as one stacked model (``multi``)
 
 A run that fails (diverges, its data is missing or corrupt, it crashes) is recorded
 as failed with its reason in status.json, and the sweep goes on with the others; only
@@ -129,7 +129,7 @@ def execute_run(config: dict[str, Any], run_dir: str, action: str) -> dict[str, 
 
 
 def execute_together(configs: list[dict[str, Any]], run_dirs: list[str], action: str = START) -> list[dict[str, Any]]:
-    """Train (or resume) runs that share their layer shapes in one vmapped process
+    """Train (or resume) runs that share their layer shapes in one stacked process
     (lenet.multi). A run that diverges is recorded as failed, as in execute_run; the
     others go on. A failure of the whole group fails each of its runs."""
     from ..multi import resume_many, train_many
