@@ -98,7 +98,9 @@ def profile_step(data) -> str:
 
     device = torch.device(DEVICE)
     prepared = prepare_data(cfg, device, data)
-    learner = Learner(LeNet(cfg.model).to(device), cfg, device, 235)
+    from lenet.runtime import resolve_speed
+
+    learner = Learner(LeNet(cfg.model).to(device), cfg, device, 235, resolve_speed(cfg.train, device))
     order = torch.randperm(prepared.n_train, device=device)
     s = EpochSettings(256, 60, lenet.Normalizer.for_config(cfg), 50, StopFlag())
     train_one_epoch(learner, prepared.dataset.train, order, EpochState.zeros((), device), s, 0)  # warm-up

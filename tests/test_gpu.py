@@ -80,7 +80,8 @@ def test_grouped_training_on_cuda_matches_separate_runs(tiny_data_dir):
         assert relative(multi.model, single.model) < 1e-3
     amp = train_many([c.model_copy(update={"name": f"a{i}", "train": c.train.model_copy(update={"amp": True})})
                       for i, c in enumerate(cfgs)])
-    assert all(a.status == "finished" and a.test_accuracy > 0.3 for a in amp)
+    for a, plain in zip(amp, together):  # bf16 rounds differently: the results, not the weights, agree
+        assert a.status == "finished" and a.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.05)
 
 
 def test_evaluate_and_predict_on_cuda(tiny_data_dir):

@@ -175,3 +175,32 @@ def torch_equal(a, b):
     import torch
 
     return [torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())]
+
+
+def test_the_one_channel_convolution_as_im2col_equals_the_grouped_convolution():
+    """The GPU's form of the first convolution (StackedModels._one_channel_conv), checked
+    on the CPU against the grouped convolution and against each model alone."""
+    import torch
+
+    from lenet.models import LeNet
+    from lenet.multi import StackedModels
+
+    torch.manual_seed(0)
+    models = [LeNet(cfg_model()) for _ in range(3)]
+    stacked = StackedModels(models)
+    x = torch.rand(3, 16, 1, 28, 28)
+    outputs, grads = {}, {}
+    for im2col in (False, True):
+        stacked.im2col_one_channel = im2col
+        outputs[im2col] = stacked(x)
+        grads[im2col] = torch.autograd.grad(outputs[im2col].square().sum(), list(stacked.stacked_params.values()))
+    assert torch.allclose(outputs[True], outputs[False], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(grads[True], grads[False]))
+    for k, model in enumerate(models):
+        assert torch.allclose(model(x[k]), outputs[True][k], atol=1e-5)
+
+
+def cfg_model():
+    from lenet.runconfig import build_config
+
+    return build_config("d2l").model

@@ -119,6 +119,11 @@ class StackedModels(nn.Module):
         self.base = copy.deepcopy(models[0]).to("meta")  # the structure; its train/eval mode drives dropout
         self.layers = [(f"features.{n}", mod) for n, mod in self.base.features.named_children()] + \
                       [(f"classifier.{n}", mod) for n, mod in self.base.classifier.named_children()]
+        # On a GPU a one-channel convolution of K models as K groups runs as PyTorch's
+        # depthwise kernel: 2.7 ms forward and 1.5 ms backward per step for 64 LeNets on an
+        # H200, 40% of the step. As im2col and one batched product it is mostly memory
+        # traffic. On the CPU the grouped convolution is the faster of the two.
+        self.im2col_one_channel: bool | None = None  # None: on CUDA only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, p = self.k, self.stacked_params
@@ -130,8 +135,12 @@ class StackedModels(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 weight = p[f"{name}.weight"]  # (K, O, C, kh, kw)
                 bias = p.get(f"{name}.bias")
-                h = nn.functional.conv2d(h, weight.flatten(0, 1), None if bias is None else bias.flatten(),
-                                         layer.stride, layer.padding, layer.dilation, groups=k)
+                im2col = self.im2col_one_channel if self.im2col_one_channel is not None else h.is_cuda
+                if layer.in_channels == 1 and im2col:
+                    h = self._one_channel_conv(h, weight, bias, layer)
+                else:
+                    h = nn.functional.conv2d(h, weight.flatten(0, 1), None if bias is None else bias.flatten(),
+                                             layer.stride, layer.padding, layer.dilation, groups=k)
             elif isinstance(layer, nn.Flatten):
                 h = h.reshape(batch, k, -1).transpose(0, 1)  # (K, B, features)
             elif isinstance(layer, nn.Linear):
@@ -144,6 +153,20 @@ class StackedModels(nn.Module):
             else:  # activations, pooling and dropout act per element or per channel: K models alike
                 h = layer(h)
         return h  # (K, B, classes)
+
+    def _one_channel_conv(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          layer: nn.Conv2d) -> torch.Tensor:
+        """(B, K, H, W) through K one-channel convolutions: patches (B, K, kh*kw, L) times
+        each model's (O, kh*kw) weights, (B, K*O, H', W') out."""
+        batch, k, height, width = h.shape
+        cols = nn.functional.unfold(h.reshape(batch * k, 1, height, width), layer.kernel_size, layer.dilation,
+                                    layer.padding, layer.stride)  # (B*K, kh*kw, L)
+        out = torch.einsum("bkcl,koc->bkol", cols.view(batch, k, cols.shape[1], -1), weight.flatten(2))  # (B, K, O, L)
+        if bias is not None:
+            out = out + bias.view(1, k, -1, 1)
+        size = [(n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, p, d, kk, s in
+                zip((height, width), layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
+        return out.reshape(batch, -1, *size)
 
     def state_dict_of(self, k: int) -> dict[str, torch.Tensor]:
         """Model k's weights, as LeNet.state_dict() names them."""
