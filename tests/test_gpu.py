@@ -78,10 +78,16 @@ def test_grouped_training_on_cuda_matches_separate_runs(tiny_data_dir):
     for c, multi in zip(cfgs, together):
         single = lenet.train(c)
         assert relative(multi.model, single.model) < 1e-3
-    amp = train_many([c.model_copy(update={"name": f"a{i}", "train": c.train.model_copy(update={"amp": True})})
-                      for i, c in enumerate(cfgs)])
-    for a, plain in zip(amp, together):  # bf16 rounds differently: the results, not the weights, agree
-        assert a.status == "finished" and a.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.05)
+    # bf16 on the GPU: the ReLU network that learns these bars in a few epochs (the
+    # sigmoid one above is still near chance after 2), fp32 and bf16 side by side.
+    fast = [cfg(tiny_data_dir, "model.dropout=0", f"seed={s}", name=f"f{s}", epochs=3) for s in range(4)]
+    plain = train_many([c.model_copy(update={"seed": s}) for s, c in enumerate(fast)])
+    amp = train_many([c.model_copy(update={"seed": s, "name": f"a{s}",
+                                           "train": c.train.model_copy(update={"amp": True})})
+                      for s, c in enumerate(fast)])
+    for a, p in zip(amp, plain):  # bf16 rounds differently: the results, not the weights, agree
+        assert a.status == "finished" and p.test_accuracy > 0.5 and a.test_accuracy == pytest.approx(
+            p.test_accuracy, abs=0.1)
 
 
 def test_evaluate_and_predict_on_cuda(tiny_data_dir):

@@ -73,6 +73,10 @@ class CudaGraphStep:
                 loss.backward()
                 self.optimizer.step()
         torch.cuda.current_stream(x.device).wait_stream(side)
+        # The last warm-up's outputs hold its autograd graph, and with it the parameters'
+        # AccumulateGrad nodes made on the side stream: recording on the graph's own stream
+        # while they live makes autograd warn and synchronise (seen on an H200, torch 2.11).
+        del loss, _
         graph = torch.cuda.CUDAGraph()
         # Gradients are made inside the graph's memory pool: backward writes them afresh
         # on every replay instead of adding to the last step's.
