@@ -16,8 +16,45 @@ from lenet.data import DATASETS
 from lenet.idx import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-# Read before any fixture clears it: .ci/run points LENET_DATA_DIR at the real data.
-REAL_DATA = Path(os.environ.get("LENET_DATA_DIR") or SHARED_DATA)
+
+
+def _find_real_data(name: str) -> tuple[Path | None, list[str]]:
+    """(the folder holding ``name``/, the places looked in), found as lenet finds data:
+    LENET_DATA_DIR, ../shared/datasets beside the checkout, the user cache, and Debian's
+    /usr/share/datasets (where scripts/train.sh may have installed Fashion-MNIST)."""
+    from lenet.catalog import DEBIAN_DATASETS, get_spec
+    from lenet.data import files_in, user_cache_dir
+
+    places = [os.environ.get("LENET_DATA_DIR"), SHARED_DATA, user_cache_dir(), DEBIAN_DATASETS]
+    looked = []
+    for root in places:
+        if root:
+            looked.append(str(Path(root) / name))
+            if files_in(Path(root) / name, get_spec(name)):
+                return Path(root), looked
+    return None, looked
+
+
+# Found at import, before any fixture isolates the environment (.ci/run points
+# LENET_DATA_DIR at the real data; a new user's machine may have only Debian's copy).
+REAL_DATA = {name: _find_real_data(name) for name in DATASETS}
+HOW_TO_GET = {
+    "fashion-mnist": "`lenet download fashion-mnist` (or `apt-get install dataset-fashion-mnist`)",
+    "mnist": "`lenet download mnist` (needs the internet: Debian ships no MNIST)",
+}
+
+
+def real_data(name: str) -> Path:
+    """The folder holding the real ``name``/ (for --data-dir), or skip saying how to get it
+    (under LENET_REQUIRE_REAL_DATA=1, set by .ci/run, a missing dataset fails instead)."""
+    root, looked = REAL_DATA[name]
+    if root is not None:
+        return root
+    message = (f"real {name} not found (looked in {', '.join(looked)}); to run this test: "
+               f"{HOW_TO_GET[name]}, or point LENET_DATA_DIR at a folder with {name}/")
+    if os.environ.get("LENET_REQUIRE_REAL_DATA"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -94,19 +131,14 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.fixture
 def real_data_dir() -> Path:
-    """The real datasets (LENET_DATA_DIR, else ../shared/datasets).
+    """The folder holding the real Fashion-MNIST (skipped, with how to get it, where absent)."""
+    return real_data("fashion-mnist")
 
-    Skipped where absent, except under LENET_REQUIRE_REAL_DATA=1 (set by .ci/run),
-    where their absence fails the test instead of hiding it.
-    """
-    if not (REAL_DATA / "fashion-mnist").is_dir():
-        message = (f"real datasets not found at {REAL_DATA}; to run these tests, point "
-                   "LENET_DATA_DIR at a folder with fashion-mnist/ and mnist/, e.g. "
-                   "`lenet download all` then LENET_DATA_DIR=~/.cache/lenet/datasets")
-        if os.environ.get("LENET_REQUIRE_REAL_DATA"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return REAL_DATA
+
+@pytest.fixture
+def real_mnist_dir() -> Path:
+    """The folder holding the real MNIST (skipped, with how to get it, where absent)."""
+    return real_data("mnist")
 
 
 @contextlib.contextmanager

@@ -24,27 +24,22 @@ from lenet.runconfig import build_config
 from lenet.data import get_spec
 from lenet.models import LeNet
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-REAL_DATA = Path(os.environ.get("LENET_DATA_DIR") or SHARED_DATA)
 EPOCHS = {"mnist": 2, "fashion-mnist": 1}
 _trained: dict[str, Path] = {}
 
 
-def require_real_data() -> Path:
-    """The real datasets, or skip (fail under LENET_REQUIRE_REAL_DATA=1, as conftest's real_data_dir)."""
-    if not (REAL_DATA / "mnist").is_dir() or not (REAL_DATA / "fashion-mnist").is_dir():
-        message = f"real datasets not found at {REAL_DATA}"
-        if os.environ.get("LENET_REQUIRE_REAL_DATA"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return REAL_DATA
+def require_real_data(dataset: str) -> Path:
+    """The folder holding the real ``dataset``, or skip saying how to get it (conftest.real_data)."""
+    from conftest import real_data
+
+    return real_data(dataset)
 
 
 def trained_model(dataset: str, base: Path) -> Path:
     """The run directory of keras-v2 trained on real ``dataset`` (trained on first use)."""
     if dataset in _trained:
         return _trained[dataset]
-    data_dir = require_real_data()
+    data_dir = require_real_data(dataset)
     keep = os.environ.get("LENET_TEST_MODELS")
     out = Path(keep) if keep else base
     out.mkdir(parents=True, exist_ok=True)

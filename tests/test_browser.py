@@ -220,7 +220,7 @@ def first_of_each_class(dataset: str, data_dir: Path, classes) -> dict[int, np.n
 
 
 def test_digits_drawn_on_the_canvas_are_recognised(browser, mnist_server):
-    real = first_of_each_class("mnist", require_real_data(), range(10))
+    real = first_of_each_class("mnist", require_real_data("mnist"), range(10))
     page = Page(browser, mnist_server.url)
     drawn = {d: page.draw(strokes) for d, strokes in SYNTHETIC_DIGITS.items()}
     page.screenshot("serve.png")
@@ -238,7 +238,7 @@ def test_digits_drawn_on_the_canvas_are_recognised(browser, mnist_server):
 def test_a_fashion_picture_uploaded_is_recognised(browser, fashion_model, tmp_path):
     from lenet.data import get_spec
 
-    data_dir = require_real_data()
+    data_dir = require_real_data("fashion-mnist")
     names = get_spec("fashion-mnist").class_names
     # Trouser, Bag, Ankle boot: classes LeNet gets right > 95% of the time even after one epoch.
     pictures = first_of_each_class("fashion-mnist", data_dir, (1, 8, 9))

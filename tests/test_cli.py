@@ -92,8 +92,8 @@ def test_dry_run_on_mnist(capsys, tiny_data_dir):
         (["train", "--preset", "d3l"], 2, "unknown preset"),
         (["train", "--model", "alexnet"], 2, "unknown model"),
         (["summary", "nothing-here"], 2, "neither a model"),
-        (["eval", "no-such-run"], 1, "no such model file"),
-        (["plot", "no-such-run"], 1, "not a run directory"),
+        (["eval", "no-such-run"], 1, "no-such-run: no such model file or run directory"),
+        (["plot", "no-such-run"], 1, "no-such-run: no such model file or run directory"),
         (["train", "--device", "cuda:7", "--dry-run"], 2, None),
     ],
 )
@@ -115,3 +115,96 @@ def test_usage_error_is_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--epochs", "many"])
     assert info.value.code == 2
+
+
+# --------------------------------------------------------------------------- a new user's first hour
+
+
+def test_help_lists_come_from_their_registries(capsys):
+    from lenet.models import list_models
+    from lenet.runconfig import PRESETS
+
+    for argv in (["train", "-h"], ["bench", "-h"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(p in text for p in PRESETS), argv
+    with pytest.raises(SystemExit):
+        main(["train", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(m in text for m in list_models()) and "djl" in text
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["train", "--epoch", "1"], "--epoch (did you mean --epochs?)"),  # no abbreviations
+    (["train", "--learning-rate", "0.1"], "--learning-rate (did you mean --lr?)"),
+    (["train", "--batchsize", "8"], "(did you mean --batch-size?)"),
+    (["eval", "runs/x", "--jsn"], "--jsn (did you mean --json?)"),
+])
+def test_a_mistyped_flag_gets_its_commands_usage_and_the_closest_flag(capsys, argv, hint):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and hint in err
+    assert f"usage: lenet {argv[0]}" in err  # the subcommand's usage, not the top level's
+
+
+def test_presets_match_whatever_the_case(capsys):
+    assert run(capsys, "train", "--preset", "D2L", "--print-config")[0] == 0
+    code, _, err = run(capsys, "train", "--preset", "d2k")
+    assert code == 2 and "did you mean 'd2l'" in err
+
+
+def test_predict_with_its_arguments_swapped_says_which_is_which(capsys, tiny_data_dir, tmp_path):
+    train_tiny(capsys, tiny_data_dir, "m", "--epochs", "1")
+    from PIL import Image
+
+    picture = tmp_path / "shoe.png"
+    Image.new("L", (28, 28), 255).save(picture)
+    code, _, err = run(capsys, "predict", str(picture), "runs/m")
+    assert code == 2 and "a picture: the model" in err and "runs/m looks like the model: give it first" in err
+
+
+def test_runs_are_found_by_name_prefix_or_latest(capsys, tiny_data_dir):
+    import os
+    import time
+
+    train_tiny(capsys, tiny_data_dir, "d2l-fashion-mnist-1", "--epochs", "1")
+    time.sleep(0.05)
+    train_tiny(capsys, tiny_data_dir, "keras-v2-fashion-mnist-2", "--epochs", "1")
+    time.sleep(0.05)  # file times tick in milliseconds here: make "newer" unambiguous
+    os.utime("runs/d2l-fashion-mnist-1/status.json")  # d2l-... is now the newest
+    code, out, err = run(capsys, "eval", "runs/keras", "--data-dir", str(tiny_data_dir))
+    assert code == 0 and "keras: using runs/keras-v2-fashion-mnist-2" in err and "test accuracy" in out
+    code, _, err = run(capsys, "eval", "latest", "--data-dir", str(tiny_data_dir))
+    assert code == 0 and "latest: using runs/d2l-fashion-mnist-1" in err
+    code, _, err = run(capsys, "plot", "d2l", "keras")
+    assert code == 0 and Path("runs/curves-compared.png").is_file()  # beside the runs, not in ./
+
+
+def test_a_dry_run_is_marked_and_is_not_taken_for_a_run(capsys, tiny_data_dir):
+    assert run(capsys, "train", "--data-dir", str(tiny_data_dir), "--name", "smoke", "--dry-run")[0] == 0
+    status = json.loads(Path("runs/smoke/status.json").read_text())
+    assert status["status"] == "finished" and status["dry_run"] is True
+    code, _, err = run(capsys, "plot", "runs/smoke")
+    assert code == 1 and "a dry run" in err
+    code, _, err = run(capsys, "eval", "latest", "--data-dir", str(tiny_data_dir))
+    assert code == 1 and "no run under runs/" in err  # latest skips the dry run
+
+
+def test_data_verify_prints_the_checksums(capsys, tiny_data_dir):
+    code, out, err = run(capsys, "data", "--data-dir", str(tiny_data_dir), "--verify")
+    assert code == 1  # the tiny files are not the published ones
+    assert "BAD sha256 " in out and "(expected " in out and "do not match" in err
+
+
+def test_djl_preset_prints_the_djl_network(capsys):
+    code, out, _ = run(capsys, "summary", "djl")
+    assert code == 0 and "61,700" in out  # no bias in conv1: 6 fewer parameters than d2l's
+    assert " 6x14x14 " in out and " 16x5x5 " in out  # 5x5 pooling, stride 2, padding 2
+    from lenet.api import config
+    from lenet.models import LeNet
+
+    model = LeNet(config("djl").model)
+    assert model.features.conv1.bias is None and model.features.pool1.padding == 2
+    assert model.features.conv1.weight.std().item() < 0.02  # normal(0, 0.01), not Xavier

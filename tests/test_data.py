@@ -326,9 +326,13 @@ def test_aliases_name_real_classes():
 
 
 @pytest.mark.slow
-def test_real_datasets(real_data_dir):
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_real_datasets(name):
     """The real files load, match the published checksums, and the spec's constants."""
-    for name, spec in DATASETS.items():
+    from conftest import real_data
+
+    real_data_dir = real_data(name)
+    for spec in (DATASETS[name],):
         ds = load_dataset(name, data_dir=real_data_dir)
         assert ds.train.images.shape == (60000, 1, 28, 28), name
         assert ds.test.images.shape == (10000, 1, 28, 28), name
@@ -350,3 +354,25 @@ def test_real_datasets(real_data_dir):
         if name == "mnist":
             assert ds.train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
             assert ds.test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+def test_the_tests_find_real_data_where_lenet_would(tmp_path, monkeypatch):
+    """conftest looks where lenet looks, per dataset: Debian's Fashion-MNIST is found, and
+    only the case whose dataset is absent skips, saying how to get it."""
+    import conftest
+    import lenet.catalog
+    from conftest import write_tiny_dataset
+
+    debian = tmp_path / "usr-share-datasets"
+    write_tiny_dataset(debian / "fashion-mnist")  # what apt-get install dataset-fashion-mnist gives
+    monkeypatch.setattr(lenet.catalog, "DEBIAN_DATASETS", debian)
+    monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "no-shared")
+    monkeypatch.delenv("LENET_DATA_DIR", raising=False)
+    found, _ = conftest._find_real_data("fashion-mnist")
+    assert found == debian
+    missing, looked = conftest._find_real_data("mnist")
+    assert missing is None and str(debian / "mnist") in looked and len(looked) == 3
+    monkeypatch.setitem(conftest.REAL_DATA, "mnist", (missing, looked))
+    monkeypatch.delenv("LENET_REQUIRE_REAL_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"real mnist not found .*`lenet download mnist`"):
+        conftest.real_data("mnist")

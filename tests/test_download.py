@@ -343,7 +343,10 @@ def test_locate_downloads_into_the_user_cache(server, good, tmp_path, monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
-def test_real_files_verify_against_the_real_spec(real_data_dir, tmp_path, name):
+def test_real_files_verify_against_the_real_spec(tmp_path, name):
+    from conftest import real_data
+
+    real_data_dir = real_data(name)
     """The shipped checksums accept the real (recompressed) files, served over HTTP."""
     with serve(real_data_dir) as server:
         dest = download_dataset(DATASETS[name], tmp_path / name, mirrors=[f"{server.url}{name}/"])

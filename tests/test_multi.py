@@ -183,7 +183,7 @@ def test_the_one_channel_convolution_as_im2col_equals_the_grouped_convolution():
     import torch
 
     from lenet.models import LeNet
-    from lenet.multi import StackedModels
+    from lenet.stacked import StackedModels
 
     torch.manual_seed(0)
     models = [LeNet(cfg_model()) for _ in range(3)]

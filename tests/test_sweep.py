@@ -316,3 +316,21 @@ def test_summary_statistics_from_known_numbers(tmp_path):
     assert float(rows["a"]["test_accuracy_std"]) == pytest.approx(0.1)
     assert rows["b"]["test_accuracy_std"] == "" and rows["b"]["pending"] == "1"
     assert (sweep_dir / "accuracy_bars.png").stat().st_size > 5000 and (sweep_dir / "curves.png").is_file()
+
+
+def test_a_run_whose_dataset_is_missing_fails_alone_and_the_sweep_goes_on(capsys, tmp_path, tiny_data_dir):
+    import shutil
+
+    shutil.rmtree(tiny_data_dir / "mnist")  # this machine has no MNIST (Debian ships only Fashion-MNIST)
+    path = tiny_spec(tmp_path, tiny_data_dir, name="m", include_base=False,
+                     variants=[{"name": "mnist", "set": {"data.dataset": "mnist"}}, {"name": "fashion", "set": {}}])
+    code, out, _ = run(capsys, "sweep", path, "--dry-run")
+    assert code == 0 and "warning: dataset 'mnist' is not on this machine" in out and "lenet download mnist" in out
+    code, out, err = run(capsys, "sweep", path)
+    assert code == 1 and "1 run(s) failed" in err and "Traceback" not in err
+    assert "[1/2] mnist s0: FAILED: dataset 'mnist' not found" in out
+    assert "[2/2] fashion s0: test acc" in out  # trained after the failure, not stopped by it
+    status = json.loads(Path("runs/m/mnist-s0/status.json").read_text())
+    assert status["status"] == "failed" and "lenet download mnist" in status["reason"]
+    rows = {r["variant"]: r for r in csv.DictReader(Path("runs/m/summary.csv").read_text().splitlines())}
+    assert rows["mnist"]["failed"] == "1" and rows["fashion"]["finished"] == "1"

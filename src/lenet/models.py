@@ -47,13 +47,17 @@ class ModelConfig(Strict):
     pool: Pooling = "avg"
     pool_size: int = Field(2, ge=1)
     pool_stride: int | None = Field(None, ge=1, description="defaults to pool_size")
+    pool_padding: int = Field(0, ge=0, description="zeros added on each side before pooling (DJL: 2)")
     dense: list[int] = Field(default_factory=lambda: [120, 84], description="hidden dense widths")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     dropout_where: Literal["first", "all"] = Field(
         "first", description="dropout after the first hidden dense layer (Keras V2) or after each"
     )
     batch_norm: bool = False
+    conv_bias: list[bool] = Field(default_factory=lambda: [True, True],
+                                  description="a bias per conv block (DJL's first conv has none)")
     init: Init = "xavier"
+    first_conv_init: Init | None = Field(None, description="the first conv's init, if not `init` (DJL: normal)")
 
     @field_validator("conv_channels", "dense")
     @classmethod
@@ -77,7 +81,8 @@ class ModelConfig(Strict):
             n = len(data.get("conv_channels", [6, 16]) or [])
             data.setdefault("kernel_size", [5] * n)
             data.setdefault("padding", [2] + [0] * (n - 1))
-            for key in ("kernel_size", "padding"):
+            data.setdefault("conv_bias", [True] * n)
+            for key in ("kernel_size", "padding", "conv_bias"):
                 if not isinstance(data[key], (list, tuple)):
                     data[key] = [data[key]] * n
         return data
@@ -85,7 +90,7 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _lengths(self) -> "ModelConfig":
         n = len(self.conv_channels)
-        for key in ("kernel_size", "padding"):
+        for key in ("kernel_size", "padding", "conv_bias"):
             values = getattr(self, key)
             if len(values) != n:
                 raise ValueError(
@@ -96,6 +101,9 @@ class ModelConfig(Strict):
             raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
         if any(p != "same" and p < 0 for p in self.padding):
             raise ValueError(f"padding must be >= 0 or 'same', got {self.padding}")
+        if self.pool_padding > self.pool_size // 2:
+            raise ValueError(f"pool_padding {self.pool_padding} is over half the pool size {self.pool_size} "
+                             "(a window of padding only); use at most pool_size // 2")
         return self
 
 
@@ -137,7 +145,7 @@ def check_architecture(cfg: ModelConfig) -> list[tuple[str, int, int]]:
         size, channels = new, out_ch
         if cfg.pool != "none":
             stride = _pool_stride(cfg)
-            new = (size - cfg.pool_size) // stride + 1
+            new = (size + 2 * cfg.pool_padding - cfg.pool_size) // stride + 1
             if new < 1:
                 raise ConfigError(
                     f"impossible architecture: pool{i} (size {cfg.pool_size}, stride {stride}) gets a "
@@ -161,14 +169,16 @@ class LeNet(nn.Module):
         in_ch = cfg.in_channels
         for i, (out_ch, k, p) in enumerate(zip(cfg.conv_channels, cfg.kernel_size, cfg.padding), start=1):
             # BN makes the conv bias redundant (BN has its own shift).
-            features[f"conv{i}"] = nn.Conv2d(in_ch, out_ch, k, padding=_padding(p, k), bias=not cfg.batch_norm)
+            bias = cfg.conv_bias[i - 1] and not cfg.batch_norm
+            features[f"conv{i}"] = nn.Conv2d(in_ch, out_ch, k, padding=_padding(p, k), bias=bias)
             if cfg.batch_norm:
                 features[f"bn{i}"] = nn.BatchNorm2d(out_ch)
             features[f"act{i}"] = act()
             if cfg.pool == "avg":
-                features[f"pool{i}"] = nn.AvgPool2d(cfg.pool_size, _pool_stride(cfg))
+                # count_include_pad: padded zeros count in the average, as in MXNet/DJL's default
+                features[f"pool{i}"] = nn.AvgPool2d(cfg.pool_size, _pool_stride(cfg), cfg.pool_padding)
             elif cfg.pool == "max":
-                features[f"pool{i}"] = nn.MaxPool2d(cfg.pool_size, _pool_stride(cfg))
+                features[f"pool{i}"] = nn.MaxPool2d(cfg.pool_size, _pool_stride(cfg), cfg.pool_padding)
             in_ch = out_ch
         self.features = nn.Sequential(features)
 
@@ -186,6 +196,8 @@ class LeNet(nn.Module):
         classifier[f"fc{len(cfg.dense) + 1}"] = nn.Linear(width, cfg.num_classes)
         self.classifier = nn.Sequential(classifier)
         initialize(self, cfg.init, cfg.activation)
+        if cfg.first_conv_init is not None:
+            initialize(self.features.conv1, cfg.first_conv_init, cfg.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) float -> (B, classes) logits
         return self.classifier(self.features(x))

@@ -21,7 +21,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .models import ModelConfig, Strict, check_architecture
+from .catalog import DATASETS
+from .models import MODEL_REGISTRY, ModelConfig, Strict, check_architecture
 
 
 class DataConfig(Strict):
@@ -119,6 +120,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 64},
         "data": {"val_split": 0.1},
     },
+    # The chapter's DJL (Java) version: the first conv has no bias and a normal init
+    # (sigma 0.01), average pooling uses a 5x5 window, stride 2, padding 2; Xavier
+    # elsewhere; SGD lr 0.9, batch 256, 10 epochs (as d2l).
+    "djl": {"model": {"name": "lenet5", "conv_bias": [False, True], "first_conv_init": "normal",
+                      "pool_size": 5, "pool_stride": 2, "pool_padding": 2}},
     # Speedruns: fewest seconds to a target test accuracy with at most 100k parameters.
     # BN + ReLU + max-pool, standardised pixels, AdamW under a one-cycle schedule.
     # Measured on the 2-core CPU (single thread, shared machine): MNIST 0.9901 after
@@ -293,9 +299,10 @@ FLAGS: tuple[Flag, ...] = (
          ("constant", "step", "cosine", "onecycle")),
     Flag("label_smoothing", "optim.label_smoothing", "(default: 0)", float),
     Flag("val_split", "data.val_split", "fraction of train held out, stratified (keras: 0.1)", float),
-    Flag("dataset", "data.dataset", "(default: fashion-mnist)", str, ("fashion-mnist", "mnist")),
+    Flag("dataset", "data.dataset", "(default: fashion-mnist)", str, tuple(DATASETS)),
     Flag("data_dir", "data.data_dir", "folder holding fashion-mnist/ and mnist/ (default: search)"),
-    Flag("model", "model.name", "registered architecture, see `lenet models` (default: from preset)"),
+    Flag("model", "model.name",
+         f"registered architecture: {' | '.join(sorted(MODEL_REGISTRY))} (default: from preset)"),
     Flag("name", "name", "run directory name (default: <preset>-<dataset>-<time>)"),
     Flag("out", "out", "folder for run directories (default: runs)"),
     Flag("dry_run", "train.dry_run", "one batch of training and evaluation (smoke test)", bool),

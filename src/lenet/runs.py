@@ -220,10 +220,71 @@ def create_run_dir(out: Path, name: str, exist_ok: bool = False) -> Path:
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories for commands that read them (plot, report): each must hold metrics
+    and be a real run, not a dry run's one batch."""
     runs = []
     for p in paths:
         p = Path(p)
         if not (p / "metrics.jsonl").is_file():
             raise RunError(f"{p}: not a run directory (no metrics.jsonl)")
+        if is_dry_run(p):
+            raise RunError(f"{p}: a dry run (one batch, a smoke test), not a run to plot or report; "
+                           "train it without --dry-run")
         runs.append(p)
     return runs
+
+
+def is_dry_run(run_dir: Path) -> bool:
+    return bool(read_json_or_empty(Path(run_dir) / "status.json").get("dry_run"))
+
+
+def is_run(run_dir: Path) -> bool:
+    """A directory a run wrote into (metrics or a model), not an empty one a failed start left."""
+    return Path(run_dir).is_dir() and any((Path(run_dir) / f).is_file() for f in
+                                          ("metrics.jsonl", "model.safetensors", "config.yaml"))
+
+
+def resolve_run(text: str | Path, out: str | Path = "runs") -> tuple[Path, str | None]:
+    """The run directory a command-line argument means, and a note when it was inferred.
+
+    An existing path is itself. "latest" is the newest run under ``out``. Otherwise the
+    argument is a name prefix (``d2l`` or ``runs/d2l`` for runs/d2l-fashion-mnist-<time>):
+    the newest run whose name starts with it. Dry runs and empty folders are not runs.
+    """
+    path = Path(text)
+    if path.exists():
+        return path, None
+    if str(text) == "latest":
+        parent, prefix = Path(out), ""
+    else:
+        parent = path.parent if path.parent != Path(".") else Path(out)
+        prefix = path.name
+    candidates = [d for d in parent.glob(f"{prefix}*") if is_run(d) and not is_dry_run(d)] if parent.is_dir() else []
+    if not candidates:
+        what = f"no run under {parent}/" if str(text) == "latest" else f"{text}: no such model file or run directory"
+        raise RunError(f"{what}; train one first (lenet train --name NAME), or give a run directory "
+                       f"(`ls {parent}` lists them)")
+    newest = max(candidates, key=_trained_at)
+    others = len(candidates) - 1
+    note = (f"{text}: using {newest}" + (f", the newest of {others + 1} matching runs" if others else ""))
+    return newest, note
+
+
+def _trained_at(run_dir: Path) -> float:
+    """When a run last trained (its status or metrics), not when something read it
+    (an evaluation writes eval.json into the run)."""
+    times = [(run_dir / f).stat().st_mtime for f in ("status.json", "metrics.jsonl", "config.yaml")
+             if (run_dir / f).is_file()]
+    return max(times, default=0.0)
+
+
+def remove_failed_start(run_dir: Path) -> None:
+    """Remove the folder of a run that failed before writing anything (only its lock and
+    temporary files in it), so it does not look like a run; call it holding the lock."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.name != LOCK_FILE and not p.match(TEMP_PATTERN) for p in run_dir.iterdir()):
+        return
+    with contextlib.suppress(OSError):
+        for path in run_dir.iterdir():
+            path.unlink()
+        run_dir.rmdir()

@@ -35,7 +35,7 @@ from .optim import learning_rate, make_optimizer, set_lr
 from .progress import Progress
 from .recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
 from .runconfig import RunConfig
-from .runs import create_run_dir, default_run_name, run_lock
+from .runs import create_run_dir, default_run_name, remove_failed_start, run_lock
 from .runtime import Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything, synchronize
 
 EpochHook = Callable[[dict[str, Any]], Any]
@@ -154,7 +154,11 @@ def train(cfg: RunConfig, out: str | Path | None = None, *, data: Any = None, on
     run_dir = create_run_dir(Path(out), cfg.name or default_run_name(cfg), exist_ok)
     with run_lock(run_dir):
         cfg = cfg.model_copy(update={"name": run_dir.name, "out": str(out)})
-        return fit(cfg, Recorder(run_dir, verbose), data=data, on_epoch=on_epoch, until=until)
+        try:
+            return fit(cfg, Recorder(run_dir, verbose), data=data, on_epoch=on_epoch, until=until)
+        except BaseException:
+            remove_failed_start(run_dir)  # data missing, say: no empty folder that looks like a run
+            raise
 
 
 def resume(run_dir: str | Path, *, data: Any = None, on_epoch: EpochHook | None = None,
@@ -231,7 +235,8 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
             if until is not None and until(row):
                 rec.log(f"stopping after epoch {epoch + 1}: the target is reached")
                 break
-    rec.finish(learner.model, cfg, data.dataset.class_names, history, speed.to_dict())
+    rec.finish(learner.model, cfg, data.dataset.class_names, history, speed.to_dict(),
+               **({"dry_run": True} if cfg.train.dry_run else {}))
     rec.log(closing_lines(history, device, rec.run_dir))
     progress.finish(f"{len(history)} epoch(s) of {steps} batches in "
                     f"{sum(r['epoch_seconds'] for r in history):.1f} s of training")

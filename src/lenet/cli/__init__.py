@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError
+from .parser import LenetParser, subparser
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from ..runconfig import FLAGS, PRESETS
@@ -46,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training import resume, train
 
     if args.resume is not None:
-        resume(args.resume, verbose=True)
+        # A run name prefix or "latest" works too; a path that is no run is resume's to explain.
+        resume(args.resume if args.resume.exists() else _run_or_same(args.resume), verbose=True)
         return EXIT_OK
     options = {flag.name: getattr(args, flag.name) for flag in FLAGS}
     preset = args.preset or (None if args.config else "d2l")
@@ -60,6 +62,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_arg(text: str | Path) -> Path:
+    """A run or model argument: a path, "latest", or a run name prefix (runs.resolve_run);
+    an inferred choice is said on stderr, so output stays machine-readable."""
+    from ..runs import resolve_run
+
+    path, note = resolve_run(text)
+    if note:
+        print(f"lenet: {note}", file=sys.stderr)
+    return path
+
+
+def _run_or_same(text: Path) -> Path:
+    try:
+        return run_arg(text)
+    except LenetError:
+        return text
+
+
 def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
     """--set KEY=VALUE texts as {dotted key: value} (values parsed as YAML scalars and lists)."""
     from ..runconfig import parse_override
@@ -70,7 +90,17 @@ def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
 def cmd_summary(args: argparse.Namespace) -> int:
     from ..api import summary
 
-    table = summary(args.target)
+    from ..api import architecture
+
+    try:
+        architecture(args.target)
+        target = args.target
+    except LenetError as not_a_name:
+        try:
+            target = run_arg(args.target)  # a run by prefix or "latest"
+        except LenetError:
+            raise not_a_name from None
+    table = summary(target)
     print(json.dumps(table.to_list(), indent=2) if args.json else table)
     return EXIT_OK
 
@@ -87,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve_model_path
     from ..evaluation import evaluate
 
-    model_path = resolve_model_path(args.target)
+    model_path = resolve_model_path(run_arg(args.target))
     report = evaluate(model_path, data_dir=args.data_dir, device=args.device)
     written = report.save(Path(args.out) if args.out else model_path.parent)
     if args.json:
@@ -102,8 +132,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from ..runs import find_runs, read_metrics
     from ..viz import plot_curves
 
-    runs = find_runs(args.runs)
-    out = Path(args.out) if args.out else (runs[0] / "curves.png" if len(runs) == 1 else Path("curves.png"))
+    runs = find_runs([run_arg(r) for r in args.runs])
+    # Several runs: beside them (runs/curves-compared.png), never loose in the current folder.
+    out = Path(args.out) if args.out else (runs[0] / "curves.png" if len(runs) == 1
+                                           else runs[0].parent / "curves-compared.png")
     plot_curves([(run.name, read_metrics(run)) for run in runs], out, title=args.title)
     print(f"wrote {out}")
     return EXIT_OK
@@ -137,9 +169,11 @@ def cmd_data(args: argparse.Namespace) -> int:
                 found = files
         if found and args.verify:
             for key, path in found.items():
-                ok = sha256_of_decompressed(path) == spec.files[key].sha256
+                digest = sha256_of_decompressed(path)
+                ok = digest == spec.files[key].sha256
                 bad += not ok
-                print(f"  {'ok ' if ok else 'BAD'} {path}")
+                expected = "" if ok else f" (expected {spec.files[key].sha256})"
+                print(f"  {'ok ' if ok else 'BAD'} sha256 {digest}{expected}  {path}")
     if bad:
         from ..errors import DataError
 
@@ -152,7 +186,9 @@ COMMAND_MODULES: list[str] = ["speed", "explore", "use"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lenet", description="LeNet from Dive into Deep Learning, as a tool.")
+    from ..catalog import DATASETS
+
+    parser = LenetParser(prog="lenet", description="LeNet from Dive into Deep Learning, as a tool.")
     parser.add_argument("--version", action="version", version=f"lenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
@@ -176,12 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="curves of one or several runs on one figure")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--out", help="PNG path (default: RUN/curves.png for one run, ./curves.png for several)")
+    p.add_argument("--out", help="PNG path (default: RUN/curves.png for one run, curves-compared.png beside "
+                                 "several)")
     p.add_argument("--title")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("download", help="download a dataset from its official mirrors, verified")
-    p.add_argument("dataset", nargs="?", default="fashion-mnist", choices=["fashion-mnist", "mnist", "all"])
+    p.add_argument("dataset", nargs="?", default="fashion-mnist", choices=[*DATASETS, "all"],
+                   help="(default: fashion-mnist)")
     p.add_argument("--dest", help="parent folder (default: the user cache, ~/.cache/lenet/datasets)")
     p.set_defaults(func=cmd_download)
 
@@ -199,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # usage errors: argparse prints and exits 2
+    args, extras = parser.parse_known_args(argv)  # usage errors: argparse prints and exits 2
+    if extras:  # reported by the subcommand they were given to, with its closest flags
+        (subparser(parser, getattr(args, "command", None)) or parser).unrecognized(extras)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -106,7 +106,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_activations(args: argparse.Namespace) -> int:
     from .. import inspect
 
-    paths = inspect.write_activations(args.run, classes=args.classes, per_class=args.per_class,
+    from . import run_arg
+
+    paths = inspect.write_activations(run_arg(args.run), classes=args.classes, per_class=args.per_class,
                                       indices=args.index, images=args.image, data_dir=args.data_dir,
                                       out=args.out)
     for path in paths:
@@ -117,12 +119,16 @@ def cmd_activations(args: argparse.Namespace) -> int:
 def cmd_filters(args: argparse.Namespace) -> int:
     from .. import inspect
 
-    print(f"wrote {inspect.write_filters(args.run, args.out)}")
+    from . import run_arg
+
+    print(f"wrote {inspect.write_filters(run_arg(args.run), args.out)}")
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .. import report
 
-    print(f"wrote {report.write_report(args.path, args.out)}")
+    from . import run_arg
+
+    print(f"wrote {report.write_report(run_arg(args.path), args.out)}")
     return EXIT_OK

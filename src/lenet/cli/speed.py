@@ -10,7 +10,9 @@ from ..errors import EXIT_OK
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time training and evaluation of a preset on this device")
-    p.add_argument("--preset", default="d2l", help="recipe to time (default: d2l)")
+    from ..runconfig import PRESETS
+
+    p.add_argument("--preset", default="d2l", help=f"recipe to time: {' | '.join(PRESETS)} (default: d2l)")
     p.add_argument("--config", help="YAML/TOML config file instead of a preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=int, default=None,

@@ -51,6 +51,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def model_arg(text: str, pictures: list[str] | None = None) -> Path:
+    """The MODEL argument: a run directory, a .safetensors file, "latest" or a run name
+    prefix. A picture given where the model goes (arguments swapped) is said so."""
+    from ..errors import UsageError
+    from . import run_arg
+
+    path = Path(text)
+    if path.is_file() and path.suffix.lower() in PICTURE_SUFFIXES:
+        model_like = [p for p in pictures or [] if Path(p).is_dir() or p.endswith(".safetensors")]
+        hint = f"; {model_like[0]} looks like the model: give it first" if model_like else ""
+        raise UsageError(f"MODEL is {text}, a picture: the model (a run directory or .safetensors file) comes "
+                         f"first, then the pictures, e.g. `lenet predict runs/NAME {text}`{hint}")
+    return run_arg(text)
+
+
 def _input_path(base: Path, index: int, count: int) -> Path:
     return base if count == 1 else base.with_name(f"{base.stem}-{index}{base.suffix or '.png'}")
 
@@ -61,7 +79,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    predictor = Predictor(args.model, args.device)
+    model = model_arg(args.model, args.images)
+    predictor = Predictor(model, args.device)
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     results = predictor.predict_many(args.images, invert)
     records, failures = [], []
@@ -100,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export import export
 
-    path, check = export(args.model, args.fmt, args.out, args.opset, args.check_images, args.data_dir)
+    path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, ONNX, dynamic batch size; "
           "class names and preprocessing in the metadata)")
     if check is not None:
@@ -111,6 +130,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import run_server
 
-    run_server(args.model, args.host, args.port, args.device, log_level=args.log_level,
+    run_server(model_arg(args.model), args.host, args.port, args.device, log_level=args.log_level,
                max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     return EXIT_OK

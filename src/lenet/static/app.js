@@ -171,7 +171,10 @@ async function loadModel() {
   $("model-info").textContent = model.model + " trained on " + model.dataset + accuracy;
   document.title = "lenet: " + model.dataset;
   drawBars(model.classes, null, -1);
-  // Digits are drawn; clothes are photographed.
+  // Digits are drawn; clothes are photographed (or drawn as an outline, filled in).
+  $("draw-hint").textContent = model.dataset === "mnist"
+    ? "Draw one digit, large and centred, like on a form."
+    : "Draw one piece of clothing (" + model.classes.join(", ") + "), filled in, large and centred.";
   showTab(model.dataset === "mnist" ? "draw" : "upload");
   document.body.dataset.ready = "true";
 }
