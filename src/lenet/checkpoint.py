@@ -83,12 +83,17 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+def load_checkpoint(run_dir: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """A run's checkpoint.pt, loaded safely (weights_only). ``max_bytes``: the most it
+    may hold (what the run's model and optimiser state need), checked before loading."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise RunError(f"{run_dir}: no {CHECKPOINT} to resume from; start a new run instead")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise RunError(f"{path}: {path.stat().st_size:,} bytes, more than a checkpoint of this run's model "
+                       f"can hold ({max_bytes:,}); it is not this run's checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's message here advises weights_only=False: the one thing not to do with
         # a file that may have been made to run code, so it is not passed on.
@@ -98,6 +103,13 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
         first_line = str(exc).strip().split("\n")[0]
         raise RunError(f"{path}: not a readable lenet checkpoint ({type(exc).__name__}: {first_line})") from None
+    # A checkpoint that loaded but holds something else (None, a list) must not be taken
+    # for "no checkpoint": that would restart the run and overwrite what it saved.
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: not a lenet checkpoint (it holds a {type(saved).__name__}); the run cannot "
+                       "continue from it. Its other files are untouched: restore the checkpoint, or start the "
+                       "run again with --exist-ok")
+    return saved
 
 
 # --------------------------------------------------------------------------- model files
@@ -126,40 +138,74 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
+MAX_HEADER_BYTES = 1 << 20  # a lenet model's safetensors header: names, shapes, config (a few kB)
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets, and
+    "__metadata__"), read without loading any tensor; a RunError if it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= length <= MAX_HEADER_BYTES:
+                raise RunError(f"{path}: not a safetensors model file (header length {length})")
+            header = json.loads(handle.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not a safetensors model file ({exc})") from None
+    if not isinstance(header, dict):
+        raise RunError(f"{path}: not a safetensors model file (its header is not a mapping)")
+    return header
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, RunConfig, metadata) from a run directory or .safetensors file."""
+    """(model in eval mode, RunConfig, metadata) from a run directory or .safetensors file.
+
+    Everything the file declares is checked before anything is built: the stored config,
+    the class names, and every weight's shape against the architecture the config
+    describes (worked out on the meta device, which allocates nothing); the file's
+    tensors are read only then, and must be finite.
+    """
     from .models import LeNet
 
     path = resolve_model_path(path)
-    raw = path.read_bytes()
-    try:
-        tensors = st_load(raw)
-        from safetensors import safe_open  # metadata needs the header, read from the file
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
-        raise RunError(f"{path}: not a safetensors model file ({exc})") from None
-    if metadata.get("format") != FORMAT or "config" not in metadata:
+    header = read_safetensors_header(path)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or "config" not in metadata:
         raise RunError(f"{path}: a safetensors file, but not a lenet model (no lenet config in its metadata)")
     try:
         cfg = validate(json.loads(metadata["config"]), f"config stored in {path}")
-    except (json.JSONDecodeError, ConfigError) as exc:
+    except (json.JSONDecodeError, TypeError, ConfigError) as exc:
         raise RunError(f"{path}: the stored config is invalid: {exc}") from None
-    model = LeNet(cfg.model)
-    expected = model.state_dict()
-    problems = []
-    for key, tensor in expected.items():
-        if key not in tensors:
-            problems.append(f"missing {key}")
-        elif tensors[key].shape != tensor.shape:
-            problems.append(f"{key}: file has {tuple(tensors[key].shape)}, config needs {tuple(tensor.shape)}")
-    problems += [f"unexpected {key}" for key in tensors if key not in expected]
+    try:
+        meta = {k: (json.loads(v) if k not in ("format", "config", "dataset") else v) for k, v in metadata.items()}
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise RunError(f"{path}: the metadata is not valid JSON ({exc})") from None
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == cfg.model.num_classes
+                                  and all(isinstance(n, str) and n for n in names)):
+        raise RunError(f"{path}: class_names in the metadata must be {cfg.model.num_classes} names "
+                       f"(strings); got {str(names)[:120]}")
+    with torch.device("meta"):  # shapes only: a config declaring a huge network allocates nothing
+        expected = {k: tuple(v.shape) for k, v in LeNet(cfg.model).state_dict().items()}
+    stored = {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    problems = [f"missing {k}" for k in expected if k not in stored]
+    problems += [f"{k}: file has {stored[k]}, config needs {shape}" for k, shape in expected.items()
+                 if k in stored and stored[k] != shape]
+    problems += [f"unexpected {k}" for k in stored if k not in expected]
     if problems:
         raise RunError(f"{path}: weights do not match the stored config: " + "; ".join(problems[:5]))
+    try:
+        tensors = st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise RunError(f"{path}: not a safetensors model file ({exc})") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise RunError(f"{path}: weights hold NaN or infinite values ({', '.join(bad[:3])}); "
+                       "the model is broken (a diverged run?) and would predict nonsense")
+    model = LeNet(cfg.model)
     model.load_state_dict(tensors)
     model.to(device).eval()
-    meta = {k: (json.loads(v) if k not in ("format", "config", "dataset") else v) for k, v in metadata.items()}
     return model, cfg, meta
 
 

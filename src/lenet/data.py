@@ -116,9 +116,11 @@ class Dataset:
         return self.spec.class_names
 
 
-def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec) -> Split:
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec, which: str) -> Split:
+    # Each file may hold at most what the published file holds: a file that says (or
+    # expands to) more is refused while it is read, not after filling memory.
+    images = read_idx(images_path, spec.files[f"{which}_images"].size)
+    labels = read_idx(labels_path, spec.files[f"{which}_labels"].size)
     # IDX allows signed and float types; a -1 label or unscaled float pixels would pass
     # every check below and fail (or silently mislearn) much later.
     for path, array, what in ((images_path, images, "pixels"), (labels_path, labels, "labels")):
@@ -151,8 +153,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
     paths = locate(name, data_dir, download)
     return Dataset(
         spec=spec,
-        train=_load_pair(paths["train_images"], paths["train_labels"], spec),
-        test=_load_pair(paths["test_images"], paths["test_labels"], spec),
+        train=_load_pair(paths["train_images"], paths["train_labels"], spec, "train"),
+        test=_load_pair(paths["test_images"], paths["test_labels"], spec, "test"),
     )
 
 

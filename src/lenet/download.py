@@ -157,7 +157,7 @@ def _stream(url: str, out: BinaryIO, timeout: float) -> int:
 def _problem_with(path: Path, file_spec: FileSpec) -> str | None:
     """Why ``path`` is not the file ``file_spec`` describes; None when it is."""
     try:
-        data = decompressed_bytes(path)
+        data = decompressed_bytes(path, file_spec.size)
     except DataError as exc:
         # Drop the "<path>: " prefix (for a .part file it names a temporary) and the
         # "delete it and fetch it again" advice (we do that ourselves).

@@ -116,14 +116,18 @@ class Evaluation:
 
     def save(self, out: str | Path) -> list[Path]:
         """What `lenet eval` writes into ``out``: the figures, the pairs and the numbers."""
+        from .errors import RunError
         from .files import atomic_write_text, write_json
         from .viz import _save
 
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [_save(self.plot_confusion(), out / "confusion.png")]
-        if self.images is not None:
-            paths.append(_save(self.plot_mistakes(), out / "misclassified.png"))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            paths = [_save(self.plot_confusion(), out / "confusion.png")]
+            if self.images is not None:
+                paths.append(_save(self.plot_mistakes(), out / "misclassified.png"))
+        except OSError as exc:
+            raise RunError(f"cannot write into {out}: {exc.strerror or exc}; choose another --out") from None
         atomic_write_text(out / "most_confused.csv", self.most_confused_csv())
         write_json(out / "eval.json", self.to_dict())
         return paths + [out / "most_confused.csv", out / "eval.json"]

@@ -33,26 +33,54 @@ _TYPES = {
 MAX_DIMS = 4  # images are 3-D, labels 1-D; more is not an IDX file we know
 
 
-def decompressed_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it is gzip; DataError if unreadable."""
+CHUNK = 1 << 20  # 1 MiB: bounded reads and decompression steps
+
+
+def decompressed_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """The file's bytes, gunzipped when it is gzip; DataError if unreadable.
+
+    ``max_bytes``: the most the (decompressed) content may hold, checked while reading:
+    a small .gz that expands to gigabytes is refused after ``max_bytes``, not held whole.
+    """
     path = Path(path)
+    limit = max_bytes if max_bytes is not None else 1 << 40
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        if not path.is_file():
+            raise DataError(f"{path}: file not found" if not path.exists() else
+                            f"{path}: cannot read: not a regular file (a folder, device or pipe)")
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+            if head != GZIP_MAGIC:
+                data = bytearray(head)
+                while chunk := handle.read(CHUNK):
+                    data.extend(chunk)
+                    if len(data) > limit:
+                        raise DataError(f"{path}: over {limit:,} bytes, more than this file can hold; "
+                                        "it is not the dataset file it is named after")
+                return bytes(data)
+            handle.seek(0)
+            return _gunzip_bounded(handle, limit, path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if raw[:2] != GZIP_MAGIC:
-        return raw
+
+
+def _gunzip_bounded(handle, limit: int, path: Path) -> bytes:
+    out = bytearray()
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
+            while chunk := stream.read(CHUNK):
+                out.extend(chunk)
+                if len(out) > limit:
+                    raise DataError(f"{path}: decompresses to over {limit:,} bytes, more than this file can "
+                                    "hold; it is not the dataset file it is named after (delete it)")
     except EOFError:
         raise DataError(
             f"{path}: truncated gzip file (the download was probably cut off); "
             "delete it and fetch it again"
         ) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+    except (gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: corrupt gzip data ({exc}); delete it and fetch it again") from None
+    return bytes(out)
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -86,14 +114,14 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (gzip or raw)."""
-    return parse_idx(decompressed_bytes(path), source=str(path))
+def read_idx(path: Path, max_bytes: int | None = None) -> np.ndarray:
+    """Read one IDX file (gzip or raw), of at most ``max_bytes`` decompressed."""
+    return parse_idx(decompressed_bytes(path, max_bytes), source=str(path))
 
 
-def sha256_of_decompressed(path: Path) -> str:
+def sha256_of_decompressed(path: Path, max_bytes: int | None = None) -> str:
     """SHA-256 of the file's content after gunzip: independent of gzip settings."""
-    return hashlib.sha256(decompressed_bytes(path)).hexdigest()
+    return hashlib.sha256(decompressed_bytes(path, max_bytes)).hexdigest()
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> Path:

@@ -26,7 +26,8 @@ Init = Literal["xavier", "xavier_normal", "kaiming", "normal", "default"]
 class Strict(BaseModel):
     """A config section: unknown keys are errors, and so are bad values set later."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite weight decay or a NaN learning rate is no setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -78,7 +79,8 @@ class ModelConfig(Strict):
         # padding 2 on the first block only.
         if isinstance(data, dict):
             data = {**registered_fields(data.get("name", "lenet5")), **data}
-            n = len(data.get("conv_channels", [6, 16]) or [])
+            channels = data.get("conv_channels", [6, 16])
+            n = len(channels) if isinstance(channels, (list, tuple)) else 1  # a number: refused below
             data.setdefault("kernel_size", [5] * n)
             data.setdefault("padding", [2] + [0] * (n - 1))
             data.setdefault("conv_bias", [True] * n)
@@ -154,7 +156,31 @@ def check_architecture(cfg: ModelConfig) -> list[tuple[str, int, int]]:
                 )
             size = new
         shapes.append((f"block{i}", channels, size))
+    parameters = count_config_parameters(cfg, shapes)
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(f"architecture too large: {parameters:,} parameters (conv {cfg.conv_channels}, dense "
+                          f"{cfg.dense}); lenet builds LeNet-sized networks, at most {MAX_PARAMETERS:,}")
     return shapes
+
+
+# LeNet-5 has 61,706 parameters and the widest variants here a few hundred thousand; a
+# config (or a model file's stored config) asking for more than this is a mistake or an
+# attack (dense: [45000, 45000] is 2 billion parameters, 8 GB), refused before building.
+MAX_PARAMETERS = 50_000_000
+
+
+def count_config_parameters(cfg: ModelConfig, shapes: list[tuple[str, int, int]]) -> int:
+    """The parameters LeNet(cfg) would have, counted from the config (nothing is built)."""
+    count, in_ch = 0, cfg.in_channels
+    for out_ch, k, bias in zip(cfg.conv_channels, cfg.kernel_size, cfg.conv_bias):
+        count += out_ch * in_ch * k * k + (out_ch if bias and not cfg.batch_norm else 0)
+        count += 2 * out_ch if cfg.batch_norm else 0
+        in_ch = out_ch
+    width = shapes[-1][1] * shapes[-1][2] ** 2
+    for hidden in cfg.dense:
+        count += width * hidden + (2 * hidden if cfg.batch_norm else hidden)
+        width = hidden
+    return count + width * cfg.num_classes + cfg.num_classes
 
 
 class LeNet(nn.Module):

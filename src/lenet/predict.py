@@ -13,6 +13,7 @@ on uint8), so a dataset image saved as PNG is predicted as `lenet eval` predicts
 from __future__ import annotations
 
 import io
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
@@ -99,17 +100,22 @@ def load_image(source: str | Path | bytes | BinaryIO, name: str | None = None,
         path = Path(source)
         name = name or str(path)
         try:
-            size = path.stat().st_size
+            info = path.stat()
         except FileNotFoundError:
             raise ImageError(f"{name}: no such file") from None
         except OSError as exc:
             raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
         if path.is_dir():
             raise ImageError(f"{name}: a directory, not a picture")
-        if size > max_bytes:
-            raise ImageTooLarge(f"{name}: {size / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:.0f} MB")
+        if not stat.S_ISREG(info.st_mode):
+            # A device (/dev/zero) reports size 0 and never ends; a FIFO blocks the open.
+            raise ImageError(f"{name}: not a regular file (a device, pipe or socket), not a picture")
+        if info.st_size > max_bytes:
+            raise ImageTooLarge(f"{name}: {info.st_size / 2**20:.1f} MB is over the limit of "
+                                f"{max_bytes / 2**20:.0f} MB")
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read(max_bytes + 1)  # bounded even if the file grows meanwhile
         except OSError as exc:
             raise ImageError(f"{name}: cannot read ({exc.strerror or exc})") from None
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -398,7 +404,8 @@ class Predictor:
                 try:
                     framed.append(self.prepare(source, invert))
                 except ImageError as exc:
-                    framed.append(exc)
+                    # Kept without its traceback: the frames hold the decoded picture.
+                    framed.append(exc.with_traceback(None))
             ok = [f for f in framed if isinstance(f, Framed)]
             probs = iter(self.probabilities(np.stack([f.image for f in ok])) if ok else [])
             for source, f in zip(chunk, framed, strict=True):

@@ -16,13 +16,15 @@ status.json has one writer and one vocabulary:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .errors import DivergedError, Interrupted, LenetError
 from .files import read_json_or_empty, write_json
 from .runconfig import RunConfig
 from .runs import environment_record, load_run_config, remove_stray_temp_files, save_config, write_metrics
@@ -39,6 +41,17 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 def failure_reason(status: dict[str, Any]) -> str:
     return status.get("reason") or f"{status.get('status')} at epoch {status.get('epoch', '?')}"
+
+
+def checkpoint_bound(cfg: RunConfig) -> int:
+    """The most bytes a checkpoint of ``cfg``'s run may take: weights, gradient-sized
+    optimiser state (Adam: two moments) and random states, each a few times over, plus
+    room for the metrics of every epoch."""
+    from .models import LeNet
+
+    with torch.device("meta"):  # counting, not allocating
+        parameters = sum(p.numel() for p in LeNet(cfg.model).parameters())
+    return 16 * 4 * parameters + 64 * 2**20
 
 
 class Recorder:
@@ -93,7 +106,7 @@ class Recorder:
         """(config, checkpoint) of the run to continue; call it while holding the run's lock."""
         assert self.run_dir is not None
         cfg = load_run_config(self.run_dir)
-        saved = ckpt.load_checkpoint(self.run_dir)
+        saved = ckpt.load_checkpoint(self.run_dir, checkpoint_bound(cfg))
         stray = remove_stray_temp_files(self.run_dir)
         if stray:
             self.log(f"removed {len(stray)} unfinished temporary file(s) that a killed process left: "
@@ -113,6 +126,33 @@ class Recorder:
             write_metrics(self.run_dir, list(history))
             ckpt.save_checkpoint(self.run_dir, checkpoint)
         self.log(line)
+
+    @contextlib.contextmanager
+    def failures_recorded(self) -> Iterator[None]:
+        """Whatever stops the run is said in status.json (best effort: the disk may be
+        full): a divergence and a Ctrl-C record themselves; anything else is "failed"."""
+        try:
+            yield
+        except DivergedError:
+            raise
+        except (Interrupted, KeyboardInterrupt):
+            status = read_status(self.run_dir) if self.run_dir is not None else {}
+            if status.get("status") == RUNNING:  # stopped at once, before it could save
+                self._best_effort(INTERRUPTED, status.get("epoch", 1), "stopped by Ctrl-C; the last epoch's "
+                                  "checkpoint stands")
+            raise
+        except BaseException as exc:
+            # Only a run that was training: a resume refused before it starts (a damaged
+            # checkpoint) leaves the run's files, its status too, as they were.
+            status = read_status(self.run_dir) if self.run_dir is not None else {}
+            if status.get("status") == RUNNING:
+                reason = str(exc) if isinstance(exc, LenetError) else f"{type(exc).__name__}: {exc}"
+                self._best_effort(FAILED, status.get("epoch", 1), reason)
+            raise
+
+    def _best_effort(self, status: str, epoch: int, reason: str) -> None:
+        with contextlib.suppress(LenetError, OSError):
+            self.status(status, epoch, reason=reason)
 
     def interrupted(self, checkpoint: dict[str, Any], epoch: int, step: int) -> None:
         if self.run_dir is not None:

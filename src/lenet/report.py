@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import RunError
+from .runconfig import load_file
 from .files import atomic_write_text, read_json_or_empty
 from .runs import read_metrics
 
@@ -123,7 +124,7 @@ def run_sections(run_dir: Path, heading: str = "h2") -> list[str]:
 
 def run_report(run_dir: Path) -> str:
     config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    config = load_file(config_path) if config_path.is_file() else {}  # bounded, no aliases
     title = f"Run {run_dir.name}"
     body = [f"<h1>{html.escape(title)}</h1>"]
     if config:

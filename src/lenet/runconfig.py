@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import json
 import tomllib
 import typing
@@ -75,15 +76,25 @@ class TrainConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str | None = None
+    name: str | None = Field(None, max_length=100, description="the run directory's name: letters, digits, . _ = , + -")
     preset: str | None = Field(None, description="the preset this config started from")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy's generators take seeds below 2**32")
     device: str = "auto"
     out: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        # It names a folder under --out: no separators, no "..", nothing a shell or a
+        # filesystem reads specially (newlines, control characters).
+        if value is not None and not SAFE_NAME.match(value):
+            raise ValueError("use letters, digits and . _ = , + - only, starting with a letter or digit "
+                             "(it names the run's folder inside --out)")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -95,6 +106,10 @@ class RunConfig(Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# A run or sweep name becomes a folder name: safe in a shell and on every filesystem.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
 # --------------------------------------------------------------------------- presets
@@ -177,16 +192,38 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. optim.lr=0.1)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config or sweep spec is a few kB; 1 MiB is no config
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config needs none, and nested aliases (a
+    "billion laughs") expand without bound wherever the data is walked or printed."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in lenet's YAML files; "
+                                                          "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as lenet reads it: safe types only, no aliases (yaml.YAMLError otherwise)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
     """A YAML (.yaml/.yml/.json) or TOML (.toml) file as a dict; syntax errors name the line."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path}: over {MAX_CONFIG_BYTES:,} bytes, no config is that big")
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
@@ -196,19 +233,24 @@ def load_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = parse_yaml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: TOML syntax error: {exc}") from None
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"config file {path}: YAML syntax error{at}: {problem}") from None
+        raise ConfigError(f"config file {path}: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as one line: what and where."""
+    where = getattr(exc, "problem_mark", None)
+    at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"YAML syntax error{at}: {problem}"
 
 
 def _fields_at(root: Any, loc: tuple[Any, ...]) -> list[str]:

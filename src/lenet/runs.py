@@ -26,10 +26,10 @@ import torch
 import yaml
 
 from . import __version__
-from .errors import RunBusy, RunError
+from .errors import ConfigError, RunBusy, RunError
 from .files import (_UMASK, atomic_write_bytes, atomic_write_text, fsync_dir,  # noqa: F401 (re-exported)
                     read_json_or_empty, write_json)
-from .runconfig import RunConfig, validate
+from .runconfig import RunConfig, load_file, validate
 
 try:  # POSIX; on Windows runs are not locked (see run_lock)
     import fcntl
@@ -157,7 +157,11 @@ def load_run_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise RunError(f"{run_dir}: no config.yaml; is this a lenet run directory?")
-    return validate(yaml.safe_load(path.read_text()) or {}, f"config file {path}")
+    try:
+        data = load_file(path)
+    except ConfigError as exc:  # a tag, an alias, a syntax error: edited or damaged
+        raise RunError(f"{exc}; the run's config.yaml was edited or damaged") from None
+    return validate(data, f"config file {path}")
 
 
 def git_commit() -> str | None:

@@ -154,8 +154,10 @@ def train(cfg: RunConfig, out: str | Path | None = None, *, data: Any = None, on
     run_dir = create_run_dir(Path(out), cfg.name or default_run_name(cfg), exist_ok)
     with run_lock(run_dir):
         cfg = cfg.model_copy(update={"name": run_dir.name, "out": str(out)})
+        recorder = Recorder(run_dir, verbose)
         try:
-            return fit(cfg, Recorder(run_dir, verbose), data=data, on_epoch=on_epoch, until=until)
+            with recorder.failures_recorded():
+                return fit(cfg, recorder, data=data, on_epoch=on_epoch, until=until)
         except BaseException:
             remove_failed_start(run_dir)  # data missing, say: no empty folder that looks like a run
             raise
@@ -168,7 +170,8 @@ def resume(run_dir: str | Path, *, data: Any = None, on_epoch: EpochHook | None 
     with run_lock(run_dir):
         recorder = Recorder(run_dir, verbose)
         cfg, saved = recorder.resume_state()
-        return fit(cfg, recorder, saved, data=data, on_epoch=on_epoch, until=until)
+        with recorder.failures_recorded():
+            return fit(cfg, recorder, saved, data=data, on_epoch=on_epoch, until=until)
 
 
 def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, data: Any = None,

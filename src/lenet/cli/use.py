@@ -128,8 +128,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import math
+
+    from ..errors import UsageError
     from ..serve import run_server
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: a port is 0 to 65535 (0: any free port)")
+    if not (math.isfinite(args.max_upload_mb) and 0 < args.max_upload_mb <= 1024):
+        raise UsageError(f"--max-upload-mb {args.max_upload_mb}: give a size in MB above 0 and at most 1024")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels {args.max_pixels}: give a positive number of pixels (width x height)")
     run_server(model_arg(args.model), args.host, args.port, args.device, log_level=args.log_level,
                max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     return EXIT_OK

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,9 @@ from pydantic import Field, ValidationError, field_validator
 
 from ..errors import ConfigError
 from ..models import Strict
-from ..runconfig import PRESETS, explain, load_file
+from ..runconfig import PRESETS, SAFE_NAME, explain, load_file
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
-# A run directory name must be safe in a shell and on every filesystem.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
 def _safe_name(cls: type, value: str) -> str:
