@@ -413,6 +413,7 @@ def test_sigint_then_sigkill_then_resume_is_bitwise_the_uninterrupted_run(sub_da
     assert f"resuming {run} at epoch 2, step {status['step'] + 1}" in log and f"resuming {run} at epoch 3" in log
 
 
+@pytest.mark.slow  # real processes, one killed: about 4 s
 def test_a_run_in_training_is_locked_and_a_sigkill_leaves_no_stale_lock(sub_data, uninterrupted, tmp_path, capsys):
     run = tmp_path / "twin"
     proc, err = start_lenet(train_args(sub_data, tmp_path, "twin"), tmp_path, "first")

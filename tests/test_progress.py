@@ -33,6 +33,7 @@ def outputs_of(cell) -> tuple[list[str], str]:
     return kinds, text
 
 
+@pytest.mark.slow  # a real Jupyter kernel: about 8 s
 def test_in_jupyter_training_shows_a_bar_and_redraws_the_curves_every_epoch(tiny_data_dir):
     nb = run_notebook([
         "import lenet\n"

@@ -153,6 +153,7 @@ def load_benchmark():
     return module
 
 
+@pytest.mark.slow  # a server process and 100 requests: about 4 s
 def test_bounded_load_on_a_real_server_has_no_errors(untrained_model):
     serve_load = load_benchmark()
     pictures = [png_bytes(Image.fromarray(np.roll(np.asarray(seven(28, width=3)), k, axis=1))) for k in range(-3, 4)]
