@@ -1,132 +1,153 @@
-"""The d2l recipe three ways, on one machine in one run: how much faster is lenet?
+"""How fast lenet trains the d2l recipe on this CPU, against the loops people write.
 
-1. d2l: the book's loop (d2l.ai 7.6): a torchvision-style Dataset whose __getitem__
-   makes one PIL image and then a float tensor (transforms.ToTensor), a DataLoader
-   with shuffle=True, and a training loop that reads loss and accuracy back to the
-   host every batch. Run with d2l's 4 workers and with 0 (often faster on 2 cores).
-2. lenet default: `lenet train --preset d2l` (lenet.training.train): the dataset as one
-   uint8 tensor, batches by indexing a permutation, sums kept on the device.
-3. lenet fastest: the same with the speed switches given by --fast (default: the
-   ones that pay off on a CPU without AVX-512; see the README's performance section).
+    python benchmarks/speed.py [--data-dir DIR] [--repeats 3] [--epochs 2] [--process-epochs 3]
+                               [--accuracy-epochs 10] [--out speed.json]
 
-Same model, Xavier init, seed, SGD lr 0.9, batch 256. Prints training examples per
-second (evaluation excluded), seconds per epoch and final test accuracy of each, and
-the ratios of lenet's paths to the d2l loop.
+In one run, on one machine, for each path:
 
-    python benchmarks/speed.py --data-dir ../shared/datasets [--epochs 10] [--workers 4 0]
+    plain          a hand-written loop: TensorDataset of float tensors, DataLoader(batch
+                   256, shuffle=True), the book's LeNet-5 and SGD (benchmarks/plain_loop.py)
+    book           the book's own loop: per-sample PIL Dataset, 4 DataLoader workers
+    lenet default  `lenet train --preset d2l`, as it chooses for this machine
+    lenet fp32 contiguous   the default of lenet 0.1: float32, NCHW layout
+    lenet --precision bf16  bfloat16 autocast, whatever the hardware
+    lenet --compile         torch.compile on the CPU (pays its compile time)
+
+1. examples/s of training (evaluation excluded), in this process; the paths take turns
+   in each repetition, so a burst of load elsewhere hits them all; median of --repeats
+2. whole-process seconds for --process-epochs epochs (start-up, data, training,
+   evaluation, files), each path its own process; median of --repeats
+3. test accuracy after --accuracy-epochs epochs (once per path; 0 skips)
+
+Prints the CPU, its features, torch and the ratios to the plain loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-import warnings
+from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
-from lenet.data import load_dataset
-from lenet.models import LeNet
-from lenet.runconfig import build_config
-from lenet.runtime import device_name
-from lenet.training import train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import plain_loop  # noqa: E402
 
-class FashionMNISTLikeTorchvision(TorchDataset):
-    """Per-sample access as torchvision.datasets.FashionMNIST + ToTensor does it."""
+import lenet  # noqa: E402
+from lenet.runtime import bf16_speedup, cpu_flags, cpu_name, fast_bf16_hardware  # noqa: E402
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images[:, 0].numpy(), labels.numpy()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        img = Image.fromarray(self.images[i])  # uint8 (28, 28) -> mode "L", as torchvision does
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0).float().div(255)  # ToTensor
-        return x, int(self.labels[i])
+HERE = Path(__file__).resolve().parent
+LENET_PATHS = {
+    "lenet default": {},
+    "lenet fp32 contiguous": {"precision": "fp32", "set": {"train.channels_last": False}},
+    "lenet --precision bf16": {"precision": "bf16"},
+    "lenet --compile": {"compile": True},
+}
 
 
-def d2l_run(cfg, data, epochs: int, workers: int) -> tuple[float, float, float]:
-    """(examples/s, s/epoch, test accuracy) of d2l's train_ch6 loop."""
-    torch.manual_seed(cfg.seed)
-    model = LeNet(cfg.model)  # Xavier-uniform, as d2l's init_cnn
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    train_loader = DataLoader(FashionMNISTLikeTorchvision(data.train.images, data.train.labels),
-                              batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers,
-                              persistent_workers=workers > 0)
-    test_loader = DataLoader(FashionMNISTLikeTorchvision(data.test.images, data.test.labels),
-                             batch_size=cfg.train.batch_size, num_workers=workers)
-    seconds, seen = 0.0, 0
-    for _ in range(epochs):
-        model.train()
+def lenet_config(path: str, epochs: int, data_dir: str | None):
+    options = dict(LENET_PATHS[path])
+    extra = {"train.progress": "never", **options.pop("set", {})}
+    return lenet.config("d2l", epochs=epochs, device="cpu", data_dir=data_dir, set=extra, **options)
+
+
+def throughput(path: str, epochs: int, data, data_dir: str | None) -> tuple[float, float, dict]:
+    """(examples/s, test accuracy, the speed choice) of one in-process run."""
+    if path in ("plain", "book"):
+        result = plain_loop.run(path, epochs=epochs, data=data)
+        return result["examples_per_second"], result["test_accuracy"], {}
+    run = lenet.train(lenet_config(path, epochs, data_dir), data=data)
+    seconds = sum(r["epoch_seconds"] for r in run.history)
+    return len(data.train) * len(run.history) / seconds, run.test_accuracy, run.speed
+
+
+def process_command(path: str, epochs: int, data_dir: str | None, out: str) -> list[str]:
+    if path in ("plain", "book"):
+        return [sys.executable, str(HERE / "plain_loop.py"), "--loader", path, "--epochs", str(epochs),
+                *(["--data-dir", data_dir] if data_dir else [])]
+    options = LENET_PATHS[path]
+    flags = []
+    if "precision" in options:
+        flags += ["--precision", options["precision"]]
+    if options.get("compile"):
+        flags.append("--compile")
+    for key, value in options.get("set", {}).items():
+        flags += ["--set", f"{key}={str(value).lower()}"]
+    return [sys.executable, "-m", "lenet", "train", "--preset", "d2l", "--epochs", str(epochs), "--device", "cpu",
+            "--out", out, "--name", "speed", "--exist-ok", "--set", "train.progress=never", *flags,
+            *(["--data-dir", data_dir] if data_dir else [])]
+
+
+def whole_process(path: str, epochs: int, data_dir: str | None) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        command = process_command(path, epochs, data_dir, out)
         tic = time.perf_counter()
-        for X, y in train_loader:
-            optimizer.zero_grad()
-            y_hat = model(X)
-            loss = loss_fn(y_hat, y)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():  # d2l's Accumulator: host values every batch
-                _ = float(loss) * X.shape[0], int((y_hat.argmax(1) == y).sum()), X.shape[0]
-            seen += X.shape[0]
-        seconds += time.perf_counter() - tic
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for X, y in test_loader:
-            correct += int((model(X).argmax(1) == y).sum())
-            total += len(y)
-    return seen / seconds, seconds / epochs, correct / total
-
-
-def lenet_run(cfg) -> tuple[float, float, float]:
-    rows = train(cfg).history  # in memory: the loop of `lenet train`, without its files
-    seconds = sum(r["epoch_seconds"] for r in rows)
-    examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in rows)
-    return examples / seconds, seconds / len(rows), rows[-1]["test_accuracy"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - tic
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=10, help="(default: 10, the chapter's)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[4, 0], help="d2l DataLoader workers (default: 4 0)")
-    parser.add_argument("--fast", nargs="*", default=["train.channels_last=true"],
-                        help="switches for the fastest path (default: train.channels_last=true)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="(default: 3; medians are reported)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per throughput run (default: 2)")
+    parser.add_argument("--process-epochs", type=int, default=3, help="epochs per whole-process run (default: 3)")
+    parser.add_argument("--accuracy-epochs", type=int, default=10, help="0: skip the accuracy runs (default: 10)")
+    parser.add_argument("--paths", nargs="*", default=["plain", "book", *LENET_PATHS], help="(default: all)")
+    parser.add_argument("--out", default=None, help="JSON file for every figure")
     args = parser.parse_args()
 
-    base = ["train.progress=never", f"train.epochs={args.epochs}", f"device={args.device}"]
-    if args.data_dir:
-        base.append(f"data.data_dir={args.data_dir}")
-    cfg = build_config("d2l", overrides=base)
-    fast = build_config("d2l", overrides=base + args.fast)
-    data = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    print(f"d2l recipe, {args.epochs} epoch(s), batch {cfg.train.batch_size}, SGD lr {cfg.optim.lr}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device_name(torch.device(args.device))}")
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
+    info = {"cpu": cpu_name(), "features": flags, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "bf16_speedup_measured": bf16_speedup() if fast_bf16_hardware() else None}
+    print(json.dumps(info), flush=True)
+    data = lenet.load_dataset("fashion-mnist", args.data_dir)
+    rates: dict[str, list[float]] = {p: [] for p in args.paths}
+    processes: dict[str, list[float]] = {p: [] for p in args.paths}
+    speed_choice: dict[str, dict] = {}
+    for repeat in range(args.repeats):
+        for path in args.paths:  # taking turns: each repetition measures every path once
+            rate, _, speed = throughput(path, args.epochs, data, args.data_dir)
+            rates[path].append(rate)
+            speed_choice[path] = speed
+            processes[path].append(whole_process(path, args.process_epochs, args.data_dir))
+            print(f"repeat {repeat + 1}: {path:<24} {rate:>9,.0f} ex/s  process {processes[path][-1]:6.1f} s",
+                  flush=True)
+    accuracy = {}
+    if args.accuracy_epochs:
+        for path in args.paths:
+            accuracy[path] = throughput(path, args.accuracy_epochs, data, args.data_dir)[1]
+            print(f"accuracy after {args.accuracy_epochs} epochs: {path:<24} {accuracy[path]:.4f}", flush=True)
 
-    results: dict[str, tuple[float, float, float]] = {}
-    for workers in args.workers:
-        with warnings.catch_warnings():
-            # DataLoader warns that 4 workers exceed 2 cores: that is d2l's setting, kept on purpose.
-            warnings.simplefilter("ignore", UserWarning)
-            results[f"d2l DataLoader loop, {workers} workers"] = d2l_run(cfg, data, args.epochs, workers)
-    results["lenet default"] = lenet_run(cfg)
-    results["lenet fastest (" + " ".join(s.split("=")[0].split(".")[-1] for s in args.fast) + ")"] = lenet_run(fast)
-
-    for name, (rate, per_epoch, accuracy) in results.items():
-        print(f"{name:<38} {rate:>9,.0f} examples/s  {per_epoch:6.2f} s/epoch  test acc {accuracy:.4f}")
-    baselines = {k: v for k, v in results.items() if k.startswith("d2l")}
-    best_baseline = max(baselines.items(), key=lambda kv: kv[1][0])
-    for name, (rate, _, _) in results.items():
-        if name.startswith("lenet"):
-            print(f"{name} / {best_baseline[0]}: {rate / best_baseline[1][0]:.2f}x")
+    results = {"info": info, "epochs": args.epochs, "process_epochs": args.process_epochs,
+               "accuracy_epochs": args.accuracy_epochs, "paths": {}}
+    plain_rate = statistics.median(rates["plain"]) if "plain" in rates else None
+    plain_process = statistics.median(processes["plain"]) if "plain" in processes else None
+    print(f"\n{info['cpu']}; {', '.join(flags) or 'no AVX-512'}; torch {info['torch']}, {info['threads']} threads; "
+          f"medians of {args.repeats}")
+    print(f"{'path':<26} {'examples/s':>11} {'vs plain':>9} {'process s':>10} {'vs plain':>9} "
+          f"{'test acc':>9}  precision / layout")
+    for path in args.paths:
+        rate, seconds = statistics.median(rates[path]), statistics.median(processes[path])
+        speed = speed_choice.get(path) or {}
+        row = {"examples_per_second": rate, "all_examples_per_second": rates[path], "process_seconds": seconds,
+               "all_process_seconds": processes[path], "test_accuracy": accuracy.get(path), "speed": speed}
+        results["paths"][path] = row
+        ratio = f"{rate / plain_rate:.2f}x" if plain_rate else ""
+        process_ratio = f"{plain_process / seconds:.2f}x" if plain_process else ""  # >1: faster than plain
+        acc = f"{accuracy[path]:.4f}" if path in accuracy else ""
+        layout = f"{speed.get('precision', '')}{' channels-last' if speed.get('channels_last') else ''}"
+        print(f"{path:<26} {rate:>11,.0f} {ratio:>9} {seconds:>10.1f} {process_ratio:>9} {acc:>9}  {layout}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError, UsageError
+from .augment import named
+from .errors import ConfigError, RunError, UsageError
 from .models import LayerInfo, LeNet, ModelConfig, format_summary, list_models, model_config, summarize
 from .runconfig import PRESETS, RunConfig, build_config, flag_fields, preset_name
 from .training import Run
@@ -31,7 +32,14 @@ def config(preset: str | None = None, *, file: str | Path | None = None, set: di
     an unknown option or field, or a bad value, is a ConfigError naming it."""
     if preset is None and file is None:
         preset = "d2l"
-    return build_config(preset, file, dict(set or {}), flag_fields(options))
+    overrides = dict(set or {})
+    names = options.pop("augment", None)
+    if names:  # what the names turn on comes first, so set= can change a strength
+        try:
+            overrides = {**{f"data.augment.{k}": v for k, v in named(names).items()}, **overrides}
+        except ValueError as exc:
+            raise ConfigError(f"--augment {names}: {exc}") from None
+    return build_config(preset, file, overrides, flag_fields(options))
 
 
 def load(path: str | Path, device: str = "cpu") -> Run:

@@ -14,6 +14,7 @@ layer shapes, whose tensors then carry a leading K dimension: (K, B) indices,
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class EpochSettings:
     check_every: int  # steps between NaN checks; each is a host sync
     stop: "StopFlag"
     bar: Any = None  # a progress bar (update(n)), or None
+    augment: Any = None  # augment.Augmenter: uint8 batch -> augmented float pixels; None: as they are
 
 
 @dataclass
@@ -81,7 +83,9 @@ def train_one_epoch(learner: Any, split: Split, order: torch.Tensor, state: Epoc
         if s.stop.requested:
             return state
         index = order[..., state.step * s.batch_size:(state.step + 1) * s.batch_size]  # (B,) or (K, B)
-        x, y = s.normalize(split.images[index]), split.labels[index]  # (..., B, 1, 28, 28), (..., B)
+        images = split.images[index]  # (..., B, 1, 28, 28) uint8
+        x = s.normalize(s.augment(images) if s.augment is not None else images)
+        y = split.labels[index]  # (..., B)
         loss, logits = learner.step(x, y, first_step + state.step)
         state.add(loss, logits, y, first_step + state.step)
         if state.step % s.check_every == 0 or state.step == s.steps:
@@ -94,10 +98,12 @@ def train_one_epoch(learner: Any, split: Split, order: torch.Tensor, state: Epoc
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: int,
              index: torch.Tensor | None = None, max_batches: int | None = None,
-             amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             amp: bool = False, tta: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean cross-entropy loss, accuracy) over ``split``, or over its rows ``index``
     ((N,), or (K, N): each of K models its own rows); big batches, no gradients.
-    Shapes: () for one model, (K,) when ``model`` maps a batch to (K, B, classes)."""
+    Shapes: () for one model, (K,) when ``model`` maps a batch to (K, B, classes).
+    ``tta``: test-time augmentation, the predicted probabilities averaged over the image
+    and its views (tta_views: "flip", "shift")."""
     model.eval()
     n = len(split) if index is None else index.shape[-1]
     n = n if max_batches is None else min(n, max_batches * batch_size)
@@ -105,9 +111,13 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: 
     correct: Any = 0
     for start in range(0, n, batch_size):
         rows = slice(start, start + batch_size) if index is None else index[..., start:start + batch_size]
-        x, y = normalize(split.images[rows]), split.labels[rows]
-        with autocast(x.device, amp):
-            logits = model(x)  # (B, C) or (K, B, C)
+        images, y = split.images[rows], split.labels[rows]
+        with autocast(images.device, amp):
+            if tta:  # mean probability over the views, as log-probabilities for the loss
+                logits = torch.stack([model(normalize(v)).float().log_softmax(-1) for v in tta_views(images, tta)])
+                logits = logits.logsumexp(0) - math.log(len(logits))
+            else:
+                logits = model(normalize(images))  # (B, C) or (K, B, C)
         y = y.expand(logits.shape[:-1])  # one test set for K models: the same labels for each
         losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), reduction="none")
         loss_sum = loss_sum + losses.view(y.shape).sum(-1)
@@ -115,6 +125,20 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: 
     # The count divided on the host in float64: 9,900 of 10,000 is 0.99, where float32
     # would say 0.98999995 and miss a target (and MPS has no float64).
     return loss_sum / max(1, n), torch.as_tensor(correct).cpu().double() / max(1, n)
+
+
+def tta_views(images: torch.Tensor, kinds: tuple[str, ...]) -> list[torch.Tensor]:
+    """The image and its test-time views: "flip" (left-right), "shift" (one pixel in each
+    of the four directions, zeros coming in). uint8 (..., 1, H, W) in, the same out."""
+    views = [images]
+    if "flip" in kinds:
+        views.append(images.flip(-1))
+    if "shift" in kinds:
+        padded = nn.functional.pad(images, (1, 1, 1, 1))
+        height, width = images.shape[-2:]
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            views.append(padded[..., dy:dy + height, dx:dx + width])
+    return views
 
 
 def epoch_row(epoch: int, loss_sum: float, correct: int, seen: int, val: tuple[float, float] | None,
@@ -138,7 +162,9 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
              f"train loss {row['train_loss']:.4f}", f"train acc {row['train_accuracy']:.4f}"]
     if row.get("val_accuracy") is not None:
         parts += [f"val loss {row['val_loss']:.4f}", f"val acc {row['val_accuracy']:.4f}"]
-    parts += [f"test acc {row['test_accuracy']:.4f}", f"lr {row['lr']:.3g}",
+    also = [f"{label} {row[key]:.4f}" for key, label in (("test_accuracy_raw", "raw"), ("test_accuracy_tta", "tta"))
+            if row.get(key) is not None]
+    parts += [f"test acc {row['test_accuracy']:.4f}" + (f" ({', '.join(also)})" if also else ""), f"lr {row['lr']:.3g}",
               f"{row['epoch_seconds']:.1f} s", f"{row['examples_per_second']:,.0f} ex/s"]
     return "  ".join(parts)
 
@@ -194,13 +220,15 @@ class Position:
 
 def checkpoint_state(model_state: dict[str, Any], optimizer_state: dict[str, Any], cfg: RunConfig,
                      history: list[dict[str, Any]], shuffle: torch.Generator, epoch: int, step: int = 0,
-                     partial: dict[str, Any] | None = None, speed: dict[str, Any] | None = None) -> dict[str, Any]:
+                     partial: dict[str, Any] | None = None, speed: dict[str, Any] | None = None,
+                     **extra: Any) -> dict[str, Any]:
     """Everything needed to continue at (epoch, step); ``partial``: the sums of an epoch
     stopped half-way (partial_epoch). The lr needs no state: it is a function of the
     step (optim.learning_rate)."""
     out = {"epoch": epoch, "step": step, "model": model_state, "optimizer": optimizer_state,
            "metrics": list(history), "rng": ckpt.rng_state(shuffle), "config": cfg.to_dict(),
-           "speed": speed or {}}  # the precision and layout it ran with: a resume keeps them
+           "speed": speed or {},  # the precision and layout it ran with: a resume keeps them
+           **extra}  # the learner's own state: the weights' moving average, the augmentation's generator
     if step > 0 and partial is not None:
         out.update(partial)
     return out

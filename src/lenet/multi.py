@@ -63,7 +63,9 @@ REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs")
 
 def group_key(cfg: RunConfig) -> str | None:
     """Runs with equal keys can train together; None for runs that cannot batch at all."""
-    if cfg.model.batch_norm or cfg.train.dry_run or any(getattr(cfg.train, s) for s in REFUSED_SWITCHES):
+    if cfg.model.batch_norm or cfg.train.dry_run or any(getattr(cfg.train, s) for s in REFUSED_SWITCHES) \
+            or cfg.data.augment.active or cfg.optim.ema or cfg.train.tta:
+        # Augmentation, weight averaging and test-time augmentation are the single loop's.
         # BN keeps running statistics per model, which the stacked step does not.
         return None
     flat = flatten(cfg.to_dict())

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .augment import NAMED as AUGMENTATIONS
+from .augment import AugmentConfig, named
 from .catalog import DATASETS
 from .models import MODEL_REGISTRY, ModelConfig, Strict, check_architecture
 
 
 class DataConfig(Strict):
     dataset: Literal["fashion-mnist", "mnist"] = "fashion-mnist"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="random changes to training images")
     data_dir: str | None = Field(None, description="folder holding <dataset>/ subfolders")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out; 0 = none")
     normalize: Literal["unit", "standard"] = Field(
@@ -53,6 +56,8 @@ class OptimConfig(Strict):
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: lr factor per decay")
     warmup_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="onecycle: share of steps rising")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ema: float = Field(0.0, ge=0.0, lt=1.0, description="decay of an exponential moving average of the weights "
+                                                       "(0: none); with it, the averaged weights are the run's model")
 
 
 class TrainConfig(Strict):
@@ -62,6 +67,7 @@ class TrainConfig(Strict):
     dry_run: bool = Field(False, description="one batch of training and evaluation, for smoke tests")
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
+    tta: bool = Field(False, description="also report test accuracy with test-time augmentation (flips, shifts)")
     # Speed switches; each reaches the plain path's accuracy (test_train.py). "auto" and
     # None are decided per machine when the run starts (runtime.resolve_speed) and the
     # choice is recorded in environment.json and the checkpoint.
@@ -103,6 +109,13 @@ class RunConfig(Strict):
         if base not in ("auto", "cpu", "cuda", "mps") or (index and not (base == "cuda" and index.isdigit())):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
+
+    @model_validator(mode="after")
+    def _no_mirrored_digits(self) -> "RunConfig":
+        if self.data.dataset == "mnist" and self.data.augment.flip and not self.data.augment.force_flip:
+            raise ValueError("data.augment.flip on MNIST: digits are not mirror-symmetric (a mirrored 2 is no 2); "
+                             "leave flip off, or set data.augment.force_flip=true to flip anyway")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -347,6 +360,10 @@ FLAGS: tuple[Flag, ...] = (
          f"registered architecture: {' | '.join(sorted(MODEL_REGISTRY))} (default: from preset)"),
     Flag("name", "name", "run directory name (default: <preset>-<dataset>-<time>)"),
     Flag("out", "out", "folder for run directories (default: runs)"),
+    Flag("augment", "data.augment", f"augment training images: a comma list of {', '.join(AUGMENTATIONS)} "
+                                    "(default: none; strengths: --set data.augment.rotate=15 ...)"),
+    Flag("ema", "optim.ema", "decay of a moving average of the weights, e.g. 0.999 (default: 0, none)", float),
+    Flag("tta", "train.tta", "also report test accuracy with test-time augmentation", bool),
     Flag("dry_run", "train.dry_run", "one batch of training and evaluation (smoke test)", bool),
     Flag("deterministic", "train.deterministic", "deterministic algorithms (slower)", bool),
     # Speed switches: each has a trade-off, so each is off unless given.
@@ -373,6 +390,12 @@ def flag_fields(values: dict[str, Any]) -> dict[str, Any]:
                               "any other field: set={'section.field': value})")
         flag = FLAGS_BY_NAME[name]
         if value is None or (flag.type is bool and value is False):
+            continue
+        if name == "augment":  # names -> the fields they turn on (augment.NAMED)
+            try:
+                fields.update({f"data.augment.{k}": v for k, v in named(value).items()})
+            except ValueError as exc:
+                raise ConfigError(f"--augment {value}: {exc}") from None
             continue
         fields[flag.key] = value
     return fields

@@ -16,6 +16,7 @@ trains K same-shaped models at once through the same code.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .augment import Augmenter
 from .data import DeviceData, Normalizer, Split, prepare_data
 from .errors import DivergedError, Interrupted, UsageError
 from .loop import (NAN_CHECK_EVERY_CUDA, EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit,
@@ -69,6 +71,38 @@ class Learner:
             from .graphs import CudaGraphStep
 
             self.graphed = CudaGraphStep(model, self.forward, self.optimizer, self.loss_fn, speed.bf16)
+        # optim.ema: the weights' moving average, which becomes the run's model.
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.optim.ema > 0 else None
+        # data.augment: random changes to each batch, from a generator of the run's own.
+        self.augment = (Augmenter(cfg.data.augment, torch.Generator().manual_seed(cfg.seed))
+                        if cfg.data.augment.active else None)
+
+    @property
+    def final_model(self) -> nn.Module:
+        """The model the run reports and saves: the moving average where there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    def _update_ema(self) -> None:
+        with torch.no_grad():  # ema <- decay * ema + (1 - decay) * weights; buffers (BN) copied
+            ema, live = list(self.ema.parameters()), list(self.model.parameters())
+            torch._foreach_lerp_(ema, live, 1.0 - self.cfg.optim.ema)
+            for mine, theirs in zip(self.ema.buffers(), self.model.buffers()):
+                mine.copy_(theirs)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the model and optimiser to continue this learner."""
+        extra: dict[str, Any] = {}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
+        if self.augment is not None:
+            extra["augment_rng"] = self.augment.generator.get_state()
+        return extra
+
+    def load_extra(self, saved: dict[str, Any]) -> None:
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        if self.augment is not None:
+            self.augment.generator.set_state(saved["augment_rng"])
 
     def load_optimizer(self, state: dict[str, Any]) -> None:
         """A checkpoint's optimiser state; a graphable optimiser keeps its lr on the device."""
@@ -81,13 +115,16 @@ class Learner:
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         set_lr(self.optimizer, learning_rate(self.cfg, global_step, self.steps_per_epoch))
         if self.graphed is not None:
-            return self.graphed(x, y)
-        with autocast(x.device, self.amp):
-            logits = self.forward(x)
-        loss = self.loss_fn(logits.float(), y)  # the loss in float32 whatever the forward ran in
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+            loss, logits = self.graphed(x, y)
+        else:
+            with autocast(x.device, self.amp):
+                logits = self.forward(x)
+            loss = self.loss_fn(logits.float(), y)  # the loss in float32 whatever the forward ran in
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        if self.ema is not None:
+            self._update_ema()
         return loss.detach(), logits.detach()
 
     def check_finite(self, state: EpochState) -> None:
@@ -207,7 +244,7 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
             state = at.state or EpochState.zeros((), device)
             s = EpochSettings(cfg.train.batch_size, steps, normalize,
                               1 if device.type == "cpu" else NAN_CHECK_EVERY_CUDA, stop,
-                              progress.bar(epoch + 1, epochs, steps, state.step))
+                              progress.bar(epoch + 1, epochs, steps, state.step), learner.augment)
             tic = time.perf_counter()
             try:
                 train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
@@ -222,37 +259,61 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
             seconds = at.seconds + time.perf_counter() - tic
             if stop.requested:
                 interrupt(rec, learner, cfg, history, shuffle, epoch, state, start_shuffle, seconds, speed)
-            val = (evaluate_split(learner, data.dataset.train, normalize, cfg, data.val_index, eval_batches)
-                   if data.val_index is not None else None)
-            test = evaluate_split(learner, data.dataset.test, normalize, cfg, None, eval_batches)
-            row = epoch_row(epoch + 1, float(state.loss_sum), int(state.correct), state.seen, val, test,
-                            learning_rate(cfg, (epoch + 1) * steps - 1, steps), seconds, state.seen)
+            scores = evaluate_epoch(learner, data, normalize, cfg, eval_batches)
+            row = {**epoch_row(epoch + 1, float(state.loss_sum), int(state.correct), state.seen, scores.pop("val"),
+                               scores.pop("test"), learning_rate(cfg, (epoch + 1) * steps - 1, steps), seconds,
+                               state.seen), **scores}
             history.append(row)
             at = Position()
             rec.epoch_done(row, history, format_epoch(row, epochs),
                            checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg,
-                                            history, shuffle, epoch + 1, speed=speed.to_dict()))
+                                            history, shuffle, epoch + 1, speed=speed.to_dict(),
+                                            **learner.checkpoint_extra()))
             progress.epoch(history)
             if on_epoch is not None:
                 on_epoch(row)
             if until is not None and until(row):
                 rec.log(f"stopping after epoch {epoch + 1}: the target is reached")
                 break
-    rec.finish(learner.model, cfg, data.dataset.class_names, history, speed.to_dict(),
+    rec.finish(learner.final_model, cfg, data.dataset.class_names, history, speed.to_dict(),
                **({"dry_run": True} if cfg.train.dry_run else {}))
     rec.log(closing_lines(history, device, rec.run_dir))
     progress.finish(f"{len(history)} epoch(s) of {steps} batches in "
                     f"{sum(r['epoch_seconds'] for r in history):.1f} s of training")
-    return Run(cfg, learner.model, history, rec.run_dir, FINISHED, data.dataset.class_names, speed.to_dict())
+    return Run(cfg, learner.final_model, history, rec.run_dir, FINISHED, data.dataset.class_names, speed.to_dict())
 
 
-def evaluate_split(learner: Learner, split: Split, normalize: Normalizer, cfg: RunConfig,
-                   index: torch.Tensor | None, max_batches: int | None) -> tuple[float, float]:
-    """(loss, accuracy) of one model on a split (index None: all of it) or on its rows ``index``.
-    Always in float32, whatever the training precision: the accuracy reported is the one
+def evaluate_epoch(learner: Learner, data: DeviceData, normalize: Normalizer, cfg: RunConfig,
+                   max_batches: int | None) -> dict[str, Any]:
+    """The epoch's validation (if any) and test (loss, accuracy) as "val" and "test", of
+    the run's model (the moving average with optim.ema, the raw weights' accuracy then
+    as *_accuracy_raw), and with train.tta the test accuracy under test-time
+    augmentation (test_accuracy_tta).
+    Always float32, whatever the training precision: the accuracy reported is the one
     `lenet eval`, predict and the exported model give (evaluation is a small share of an epoch)."""
-    loss, accuracy = evaluate(learner.forward, split, normalize, cfg.train.eval_batch_size, index, max_batches)
-    return float(loss), float(accuracy)
+    def measure(model: nn.Module, split: Split, index: torch.Tensor | None, tta: tuple[str, ...] = ()):
+        loss, accuracy = evaluate(model, split, normalize, cfg.train.eval_batch_size, index, max_batches, tta=tta)
+        return float(loss), float(accuracy)
+
+    model = learner.final_model if learner.ema is not None else learner.forward
+    out: dict[str, Any] = {"val": None}
+    if data.val_index is not None:
+        out["val"] = measure(model, data.dataset.train, data.val_index)
+    out["test"] = measure(model, data.dataset.test, None)
+    if learner.ema is not None:
+        if data.val_index is not None:
+            out["val_accuracy_raw"] = measure(learner.forward, data.dataset.train, data.val_index)[1]
+        out["test_accuracy_raw"] = measure(learner.forward, data.dataset.test, None)[1]
+    if cfg.train.tta:
+        out["test_accuracy_tta"] = measure(model, data.dataset.test, None, tta_kinds(cfg))[1]
+    return out
+
+
+def tta_kinds(cfg: RunConfig) -> tuple[str, ...]:
+    """The test-time views of a dataset: shifts always; mirror images where the training
+    flipped, or could have (not MNIST, whose digits are not mirror-symmetric)."""
+    flips = cfg.data.dataset != "mnist" or cfg.data.augment.force_flip
+    return ("flip", "shift") if flips else ("shift",)
 
 
 def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None,
@@ -301,7 +362,8 @@ def interrupt(rec: Recorder, learner: Learner, cfg: RunConfig, history: list[dic
         shuffle.set_state(start_shuffle)
     partial = partial_epoch(state.loss_sum, state.correct, state.seen, start_shuffle, seconds)
     rec.interrupted(checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg, history,
-                                     shuffle, epoch, state.step, partial, speed=speed.to_dict()), epoch + 1, state.step)
+                                     shuffle, epoch, state.step, partial, speed=speed.to_dict(),
+                                     **learner.checkpoint_extra()), epoch + 1, state.step)
     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; "
                       f"checkpoint saved. Continue with: lenet train --resume {rec.run_dir}")
 
@@ -313,6 +375,7 @@ def restore(saved: dict[str, Any], learner: Learner, shuffle: torch.Generator, d
     with checkpoint_misfit(rec.run_dir):
         learner.model.load_state_dict(saved["model"])
         learner.load_optimizer(saved["optimizer"])
+        learner.load_extra(saved)
         ckpt.set_rng_state(saved["rng"], shuffle)
         history, at = position(saved, device)
     rec.rewrite_history(history)

@@ -26,6 +26,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/activations)")
     p.set_defaults(func=cmd_activations)
 
+    p = sub.add_parser("augment", help="a grid of training images and their augmented versions (PNG)",
+                       description="What the network sees: training images, each followed by augmented "
+                                   "versions drawn as the config's data.augment would draw them.")
+    p.add_argument("--show", action="store_true", help="write the grid (the only action; kept for clarity)")
+    p.add_argument("--preset", default=None, help="a recipe whose augmentation to show (default: d2l)")
+    p.add_argument("--augment", default=None, help="augmentations to show, e.g. crop,flip,affine,erase")
+    p.add_argument("--config", type=Path, help="a YAML or TOML config file instead of a preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--run", metavar="RUN_OR_MODEL", help="a trained run's config instead")
+    p.add_argument("--images", type=int, default=8, help="training images, one per row (default: 8)")
+    p.add_argument("--versions", type=int, default=5, help="augmented versions of each (default: 5)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: search)")
+    p.add_argument("--out", type=Path, default=Path("runs/augment.png"), help="PNG path (default: runs/augment.png)")
+    p.set_defaults(func=cmd_augment)
+
     p = sub.add_parser("filters", help="the learned conv kernels as images")
     p.add_argument("run", metavar="RUN_OR_MODEL")
     p.add_argument("--out", type=Path, help="PNG path (default: RUN/filters.png)")
@@ -113,6 +128,27 @@ def cmd_activations(args: argparse.Namespace) -> int:
                                       out=args.out)
     for path in paths:
         print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from ..augment import augment_figure
+    from ..viz import _save
+
+    if args.images < 1 or args.versions < 1:
+        raise UsageError("--images and --versions must be at least 1")
+    if args.run:
+        from . import run_arg
+
+        target = run_arg(args.run)
+    else:
+        from ..api import config
+        from . import _parse_sets
+
+        preset = args.preset or (None if args.config else "d2l")
+        target = config(preset, file=args.config, set=_parse_sets(args.overrides), augment=args.augment)
+    path = _save(augment_figure(target, args.images, args.versions, data_dir=args.data_dir), args.out)
+    print(f"wrote {path}")
     return EXIT_OK
 
 
