@@ -150,4 +150,7 @@ def test_an_augmented_run_on_the_real_data_learns(real_data_dir):
     cfg = lenet.config("keras-v2", epochs=3, data_dir=str(real_data_dir), device="cpu", augment="crop,flip",
                        set={"train.progress": "never"})
     run = lenet.train(cfg)
-    assert run.test_accuracy > 0.85  # keras-v2 without augmentation: about 0.86 after 3 epochs
+    # keras-v2 without augmentation: about 0.86 after 3 epochs; with shifts and flips the
+    # task is harder and 3 epochs gave 0.846 (torch 2.13 CPU, one thread). Broken
+    # augmentation (labels and images out of step) would stay near 0.1.
+    assert run.test_accuracy > 0.83

@@ -24,7 +24,7 @@ _EXPORTS = {
     "evaluate": "evaluation", "Evaluation": "evaluation",
     "load_dataset": "data", "Dataset": "data", "Split": "data", "Normalizer": "data",
     "Predictor": "predict",
-    "activations": "inspect", "filters": "inspect", "augment_figure": "augment",
+    "activations": "inspect", "filters": "inspect", "augment_figure": "inspect",
     "RunConfig": "runconfig", "PRESETS": "runconfig",
     "ModelConfig": "models", "LeNet": "models", "create_model": "models", "list_models": "models",
     "train_many": "multi",

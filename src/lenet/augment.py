@@ -134,27 +134,3 @@ def augmented_examples(images: torch.Tensor, cfg: AugmentConfig, seed: int = 0, 
     views = [images.float()] + [augmenter(images) for _ in range(versions)]
     return torch.stack(views, 1).reshape(len(images), 1 + versions, *images.shape[-2:]).round().clamp(0, 255) \
         .to(torch.uint8)
-
-
-def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, data_dir: str | None = None):
-    """A grid: ``count`` training images (one per row), each followed by ``versions``
-    augmented versions, as the run's config would make them. ``target``: a RunConfig
-    (lenet.config), a Run, or a run directory / model file (its stored config)."""
-    from .data import load_dataset
-    from .viz import image_grid_figure
-
-    cfg = getattr(target, "config", target)
-    if not hasattr(cfg, "data"):
-        from .checkpoint import load_model
-
-        cfg = load_model(target)[1]
-    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
-    picked = torch.linspace(0, len(data.train) - 1, count).long()
-    grid = augmented_examples(data.train.images[picked], cfg.data.augment, seed, versions)  # (count, 1+v, H, W)
-    names = data.spec.class_names
-    titles = [f"{names[int(data.train.labels[i])]}" if v == 0 else f"augmented {v}"
-              for i in picked for v in range(1 + versions)]
-    on = [f"{k}={v}" for k, v in cfg.data.augment.model_dump().items() if v and k != "erase_size"]
-    return image_grid_figure(grid.reshape(-1, *grid.shape[-2:]).numpy(), titles, columns=1 + versions,
-                             title=f"{cfg.data.dataset}: each image, then {versions} augmented versions "
-                                   f"({', '.join(on) or 'no augmentation'})")

@@ -1,10 +1,12 @@
-"""Seeing inside a trained network: feature maps per input, and the learned kernels.
+"""Seeing inside a trained network (feature maps per input, the learned kernels) and
+what it is shown (training images and their augmented versions).
 
     feature_maps(model, images, normalize) -> [Activations]: forward hooks on every
         conv block's activation (act1, act2, ...) and pooling layer (pool1, ...)
     plot_activations(...)  one PNG per input: the image, the class probabilities and
         each layer's maps as a mosaic on one colour scale per layer
     plot_filters(...)      every conv layer's kernels, (out, in) grid, a symmetric scale
+    augment_figure(...)    training images, each followed by augmented versions of it
 
 Works for any architecture a ModelConfig describes (any number of blocks, pooling
 or none, batch norm): layers are found by their names in ``model.features``.
@@ -344,3 +346,28 @@ def write_filters(run: str | Path, out: str | Path | None = None) -> Path:
     trained = load_trained(run)
     path = Path(out) if out else trained.path.parent / "filters.png"
     return plot_filters(trained.model, path, title=f"{trained.path.parent.name}: learned conv kernels")
+
+
+def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, data_dir: str | None = None):
+    """A grid: ``count`` training images (one per row), each followed by ``versions``
+    augmented versions, as the run's config would make them. ``target``: a RunConfig
+    (lenet.config), a Run, or a run directory / model file (its stored config)."""
+    from .augment import augmented_examples
+    from .data import load_dataset
+    from .viz import image_grid_figure
+
+    cfg = getattr(target, "config", target)
+    if not hasattr(cfg, "data"):
+        from .checkpoint import load_model
+
+        cfg = load_model(target)[1]
+    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    picked = torch.linspace(0, len(data.train) - 1, count).long()
+    grid = augmented_examples(data.train.images[picked], cfg.data.augment, seed, versions)  # (count, 1+v, H, W)
+    names = data.spec.class_names
+    titles = [f"{names[int(data.train.labels[i])]}" if v == 0 else f"augmented {v}"
+              for i in picked for v in range(1 + versions)]
+    on = [f"{k}={v}" for k, v in cfg.data.augment.model_dump().items() if v and k != "erase_size"]
+    return image_grid_figure(grid.reshape(-1, *grid.shape[-2:]).numpy(), titles, columns=1 + versions,
+                             title=f"{cfg.data.dataset}: each image, then {versions} augmented versions "
+                                   f"({', '.join(on) or 'no augmentation'})")
