@@ -211,6 +211,8 @@ def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, 
         learner = GroupLearner(models, cfgs, steps, speed)
     else:
         learner, histories, at = _restore_group(models, cfgs, recs, saved, shuffles, steps, device, speed)
+        for c, rec in zip(cfgs, recs):
+            rec.open_scalars(c, at.epoch + 1)
     normalize = Normalizer.for_config(first)
     diverged = [False] * K
     say = Recorder(None, verbose)

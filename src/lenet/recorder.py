@@ -1,7 +1,8 @@
 """One object owns a run directory's files; the training loop only tells it what happened.
 
     Recorder(run_dir)   config.yaml, environment.json, metrics.jsonl/csv, checkpoint.pt,
-                        status.json, train.log, curves.png, model.safetensors
+                        status.json, train.log, curves.png, model.safetensors, and
+                        TensorBoard's events.out.tfevents.* (tracking.py)
     Recorder(None)      a run in memory (``lenet.train(cfg)``): writes nothing, and prints
                         the log lines only when asked to (``verbose``)
 
@@ -27,6 +28,7 @@ from . import checkpoint as ckpt
 from .errors import DivergedError, Interrupted, LenetError
 from .files import read_json_or_empty, write_json
 from .runconfig import RunConfig
+from .tracking import Scalars
 from .runs import environment_record, load_run_config, remove_stray_temp_files, save_config, write_metrics
 
 RUNNING, INTERRUPTED, FINISHED, DIVERGED, FAILED = "running", "interrupted", "finished", "diverged", "failed"
@@ -60,6 +62,19 @@ class Recorder:
     def __init__(self, run_dir: str | Path | None, verbose: bool = False):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.verbose = verbose
+        self.scalars: Scalars | None = None  # TensorBoard, opened by start and on resuming
+
+    def open_scalars(self, cfg: RunConfig, first_epoch: int) -> None:
+        """TensorBoard from ``first_epoch`` on (a resume calls it once the checkpoint is read)."""
+        if self.run_dir is not None and cfg.train.tensorboard and not cfg.train.dry_run:
+            self.scalars = Scalars.open(self.run_dir, first_epoch, self.log)
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (a finished, interrupted or failed run)."""
+        if self.scalars is not None:
+            with contextlib.suppress(OSError):
+                self.scalars.close()
+            self.scalars = None
 
     @property
     def on_disk(self) -> bool:
@@ -98,6 +113,7 @@ class Recorder:
             save_config(self.run_dir, cfg)
             write_json(self.run_dir / "environment.json", {**environment_record(device, cfg.seed), **environment})
         self.log(header)
+        self.open_scalars(cfg, 1)
         if self.run_dir is not None and stray:
             self.log(f"removed {len(stray)} unfinished temporary file(s) that a killed process left: "
                      f"{', '.join(stray)}")
@@ -125,6 +141,8 @@ class Recorder:
         if self.run_dir is not None:
             write_metrics(self.run_dir, list(history))
             ckpt.save_checkpoint(self.run_dir, checkpoint)
+        if self.scalars is not None:
+            self.scalars.epoch(row)
         self.log(line)
 
     @contextlib.contextmanager
@@ -135,11 +153,17 @@ class Recorder:
             yield
         except DivergedError:
             raise
-        except (Interrupted, KeyboardInterrupt):
+        except (Interrupted, KeyboardInterrupt, SystemExit) as exc:
+            # SystemExit: the process was told to end (Ray ends the tasks of a driver that
+            # died this way); like a Ctrl-C, the run is resumable, not failed.
             status = read_status(self.run_dir) if self.run_dir is not None else {}
             if status.get("status") == RUNNING:  # stopped at once, before it could save
-                self._best_effort(INTERRUPTED, status.get("epoch", 1), "stopped by Ctrl-C; the last epoch's "
-                                  "checkpoint stands")
+                # An Interrupted raised from an epoch hook says who stopped the run (a search).
+                reason = (str(exc) if isinstance(exc, Interrupted) and str(exc) else
+                          f"its process was told to exit ({type(exc).__name__})" if isinstance(exc, SystemExit)
+                          else "stopped by Ctrl-C")
+                self._best_effort(INTERRUPTED, status.get("epoch", 1), f"{reason}; the last epoch's checkpoint "
+                                  "stands")
             raise
         except BaseException as exc:
             # Only a run that was training: a resume refused before it starts (a damaged
@@ -149,6 +173,8 @@ class Recorder:
                 reason = str(exc) if isinstance(exc, LenetError) else f"{type(exc).__name__}: {exc}"
                 self._best_effort(FAILED, status.get("epoch", 1), reason)
             raise
+        finally:
+            self.close()
 
     def _best_effort(self, status: str, epoch: int, reason: str) -> None:
         with contextlib.suppress(LenetError, OSError):
@@ -158,6 +184,7 @@ class Recorder:
         if self.run_dir is not None:
             ckpt.save_checkpoint(self.run_dir, checkpoint)
         self.status(INTERRUPTED, epoch, step=step)
+        self.close()
 
     def finish(self, model: nn.Module, cfg: RunConfig, class_names: Sequence[str],
                history: Sequence[dict[str, Any]], speed: dict[str, Any] | None = None, **extra: Any) -> None:
@@ -173,3 +200,4 @@ class Recorder:
                         extra={"test_accuracy": last.get("test_accuracy"), "epochs": len(history),
                                "speed": speed or {}})
         self.status(FINISHED, len(history), **extra)
+        self.close()

@@ -1,0 +1,74 @@
+"""TensorBoard scalars for every run on disk, so ``tensorboard --logdir runs`` shows
+single runs, sweeps and searches side by side.
+
+The event files lie in the run directory itself (``runs/<run>/events.out.tfevents.*``),
+so TensorBoard names each run by its path under the log dir. Tags are grouped by
+quantity (``accuracy/train``, ``accuracy/val``, ``accuracy/test``, ``loss/...``, ``lr``,
+``speed/examples_per_second``), the step is the epoch, and every epoch is flushed at
+once: a run killed later keeps the scalars of the epochs it finished.
+
+The writer is optional (``pip install tensorboard``). Without it a run trains as
+before and says so in one line (stderr once per process, and in each run's train.log).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+# metrics.jsonl key -> TensorBoard tag
+TAGS = {
+    "train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test",
+    "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val", "test_accuracy": "accuracy/test",
+    "test_accuracy_tta": "accuracy/test_tta", "test_accuracy_raw": "accuracy/test_raw",
+    "val_accuracy_raw": "accuracy/val_raw",
+    "lr": "lr", "examples_per_second": "speed/examples_per_second", "epoch_seconds": "speed/epoch_seconds",
+}
+MISSING = ("TensorBoard scalars are not written: the tensorboard package is not installed "
+           "(pip install tensorboard, or pip install -e '.[ray]'); --set train.tensorboard=false turns this off")
+_said_missing = False
+
+
+class Scalars:
+    """One run's TensorBoard writer; ``Scalars.open`` returns None where there is none."""
+
+    def __init__(self, writer: Any):
+        self._writer = writer
+
+    @classmethod
+    def open(cls, run_dir: Path, first_epoch: int, log: Callable[[str], None]) -> "Scalars | None":
+        """A writer appending to ``run_dir``'s events from ``first_epoch`` on: steps at or
+        after it that an earlier, killed process wrote are purged, so a resumed run
+        shows each epoch once."""
+        global _said_missing
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if not _said_missing:
+                print(f"lenet: {MISSING}", file=sys.stderr)
+                _said_missing = True
+            log(MISSING)
+            return None
+        purge = first_epoch if first_epoch > 1 else None
+        return cls(SummaryWriter(log_dir=str(run_dir), purge_step=purge, flush_secs=3600))
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        step = int(row["epoch"])
+        for key, tag in TAGS.items():
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(tag, float(value), step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of a run's event files, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

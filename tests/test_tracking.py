@@ -1,0 +1,74 @@
+"""TensorBoard scalars: every run on disk writes them, a resumed run shows each epoch
+once, and a missing tensorboard package is one clear line, not a failure."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+
+import pytest
+
+from lenet import tracking
+from lenet.api import config
+from lenet.errors import Interrupted
+from lenet.training import resume, train
+
+
+def tiny_config(data_dir: Path, **changes):
+    return config("d2l", set={"data.data_dir": str(data_dir), "train.epochs": 3, "train.batch_size": 64,
+                              "data.val_split": 0.2, **changes})
+
+
+def test_every_epoch_is_a_scalar_under_the_names_tensorboard_groups(tiny_data_dir, tmp_path):
+    run = train(tiny_config(tiny_data_dir, name="tb"), out=tmp_path / "runs")
+    scalars = tracking.read_scalars(run.run_dir)
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for key, tag in (("train_loss", "loss/train"), ("val_accuracy", "accuracy/val"),
+                     ("test_accuracy", "accuracy/test"), ("lr", "lr"),
+                     ("examples_per_second", "speed/examples_per_second")):
+        assert [step for step, _ in scalars[tag]] == [1, 2, 3]
+        assert [value for _, value in scalars[tag]] == pytest.approx([r[key] for r in rows], rel=1e-6)
+
+
+def test_a_resumed_run_shows_each_epoch_once(tiny_data_dir, tmp_path):
+    cfg = tiny_config(tiny_data_dir, name="tb", **{"train.epochs": 4})
+
+    def interrupt(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt  # a Ctrl-C right after epoch 2's checkpoint and scalars
+
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path / "runs", on_epoch=interrupt)
+    run_dir = tmp_path / "runs" / "tb"
+    assert [s for s, _ in tracking.read_scalars(run_dir)["loss/train"]] == [1, 2]
+    resume(run_dir)
+    scalars = tracking.read_scalars(run_dir)
+    assert [s for s, _ in scalars["loss/train"]] == [1, 2, 3, 4]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [v for _, v in scalars["loss/train"]] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
+
+
+def test_without_tensorboard_a_run_trains_and_says_so_once(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(tracking, "_said_missing", False)
+    first = train(tiny_config(tiny_data_dir, name="a", **{"train.epochs": 1}), out=tmp_path / "runs")
+    second = train(tiny_config(tiny_data_dir, name="b", **{"train.epochs": 1}), out=tmp_path / "runs")
+    err = capsys.readouterr().err
+    assert err.count("TensorBoard scalars are not written") == 1 and "pip install tensorboard" in err
+    for run in (first, second):
+        assert run.status == "finished" and not list(run.run_dir.glob("events.out.tfevents.*"))
+        assert tracking.MISSING in (run.run_dir / "train.log").read_text()
+
+
+def test_tensorboard_can_be_turned_off(tiny_data_dir, tmp_path):
+    run = train(tiny_config(tiny_data_dir, name="off", **{"train.epochs": 1, "train.tensorboard": False}),
+                out=tmp_path / "runs")
+    assert run.status == "finished" and not list(run.run_dir.glob("events.out.tfevents.*"))
