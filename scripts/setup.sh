@@ -3,6 +3,7 @@
 #   bash scripts/setup.sh          # the tool
 #   bash scripts/setup.sh test     # the tool and its test dependencies
 #   bash scripts/setup.sh notebook # the tool and Jupyter (docs/lenet-chapter.ipynb)
+#   bash scripts/setup.sh ray      # the tool, Ray (sweeps on a cluster, lenet search) and TensorBoard
 # torch comes first, pinned to the CPU build that lies on this kind of machine's disk:
 # an open range on a machine without torch makes pip fetch a multi-GB CUDA build.
 # Where the system Python already has torch (a GPU machine), the venv reuses it.
@@ -41,7 +42,8 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 extras=""
 case "${1:-}" in
-  test|notebook) extras="[$1]" ;;
+  test) extras="[test,ray]" ;;  # the Ray tests run real Ray: the tests need the extra
+  notebook|ray) extras="[$1]" ;;
 esac
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=".venv/.lenet-installed$extras"

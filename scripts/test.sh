@@ -9,4 +9,5 @@ bash scripts/setup.sh test
 . .venv/bin/activate
 # -n auto: one test worker per core (pytest-xdist); each test computes on one torch
 # thread (conftest.py), so two cores run two tests at once instead of one test slowly.
-exec python -m pytest -n auto "$@"
+# --dist loadgroup: the Ray tests (xdist_group "ray") share one worker, so one Ray serves them.
+exec python -m pytest -n auto --dist loadgroup "$@"

@@ -51,4 +51,4 @@ def test_report_of_a_sweep_has_the_summary_and_plots(capsys, tmp_path):
 
 def test_report_of_something_else_is_exit_1(capsys, tmp_path):
     code, _, err = run(capsys, "report", tmp_path)
-    assert code == 1 and "neither a sweep directory" in err
+    assert code == 1 and "not a sweep (sweep.json), a search (search.json) or a run directory" in err

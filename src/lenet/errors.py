@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # runtime failure: data missing or corrupt, divergence, I/O
 EXIT_USAGE = 2  # bad command line, bad config value, impossible architecture
+EXIT_CLUSTER = 3  # Ray missing, no cluster at the address, token refused, storage not shared
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 
 
@@ -50,6 +51,13 @@ class RunError(LenetError):
 
 class RunBusy(RunError):
     """Another lenet process holds the run directory's lock (it is training it now)."""
+
+
+class ClusterError(LenetError):
+    """Ray is not installed, the cluster cannot be reached or refuses us, or its nodes
+    cannot all see the output folder."""
+
+    exit_code = EXIT_CLUSTER
 
 
 class Interrupted(LenetError):

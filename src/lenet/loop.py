@@ -142,13 +142,13 @@ def tta_views(images: torch.Tensor, kinds: tuple[str, ...]) -> list[torch.Tensor
 
 
 def epoch_row(epoch: int, loss_sum: float, correct: int, seen: int, val: tuple[float, float] | None,
-              test: tuple[float, float], lr: float, seconds: float, examples: int) -> dict[str, Any]:
+              test: tuple[float, float] | None, lr: float, seconds: float, examples: int) -> dict[str, Any]:
     """One line of metrics.jsonl; ``examples`` per ``seconds`` of wall time."""
     return {
         "epoch": epoch,
         "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
         "val_loss": val[0] if val else None, "val_accuracy": val[1] if val else None,
-        "test_loss": test[0], "test_accuracy": test[1],
+        "test_loss": test[0] if test else None, "test_accuracy": test[1] if test else None,
         # The rate of the epoch's last step (the optimiser already holds the next one's).
         "lr": lr,
         "epoch_seconds": round(seconds, 4),
@@ -164,8 +164,9 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
         parts += [f"val loss {row['val_loss']:.4f}", f"val acc {row['val_accuracy']:.4f}"]
     also = [f"{label} {row[key]:.4f}" for key, label in (("test_accuracy_raw", "raw"), ("test_accuracy_tta", "tta"))
             if row.get(key) is not None]
-    parts += [f"test acc {row['test_accuracy']:.4f}" + (f" ({', '.join(also)})" if also else ""), f"lr {row['lr']:.3g}",
-              f"{row['epoch_seconds']:.1f} s", f"{row['examples_per_second']:,.0f} ex/s"]
+    if row.get("test_accuracy") is not None:
+        parts.append(f"test acc {row['test_accuracy']:.4f}" + (f" ({', '.join(also)})" if also else ""))
+    parts += [f"lr {row['lr']:.3g}", f"{row['epoch_seconds']:.1f} s", f"{row['examples_per_second']:,.0f} ex/s"]
     return "  ".join(parts)
 
 

@@ -194,15 +194,62 @@ def sweep_report(sweep_dir: Path) -> str:
     return page(title, body)
 
 
+# --------------------------------------------------------------------------- searches
+
+
+def search_report(search_dir: Path) -> str:
+    """A search (lenet search): how it chose, the chosen config and its test accuracy,
+    the metric against each field, and every trial."""
+    import csv
+
+    if not (search_dir / "summary.json").is_file() or not (search_dir / "search.png").is_file():
+        from .search import collect
+
+        collect(search_dir, log=lambda _line: None)
+    summary = read_json_or_empty(search_dir / "summary.json")
+    spec = read_json_or_empty(search_dir / "search.json").get("spec", {})
+    title = f"Search {summary.get('name', search_dir.name)}"
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if spec.get("description"):
+        body.append(f"<p>{html.escape(spec['description'].strip())}</p>")
+    metric = summary.get("metric", "val_accuracy")
+    body.append(f"<p>{html.escape(spec.get('algorithm', 'tpe'))} search over "
+                + ", ".join(f"<code>{html.escape(k)}</code>" for k in spec.get("search", {}))
+                + f" on the base <code>{html.escape(json.dumps(spec.get('base')))}</code>, chosen on "
+                f"<code>{html.escape(metric)}</code> (the validation split) among trials that ran all their epochs. "
+                "The test set was evaluated once, for the chosen config, after the choice.</p>")
+    if summary.get("best"):
+        values = ", ".join(f"{k} = {json.dumps(v)}" for k, v in (summary.get("best_values") or {}).items())
+        body += ["<h2>Chosen</h2>", f"<p><b>{html.escape(summary['best'])}</b>: {html.escape(values)}; "
+                 f"{html.escape(metric)} {_fmt(summary.get('best_metric'))}; test accuracy "
+                 f"{_fmt(summary.get('test_accuracy'))}</p>"]
+        best_config = search_dir / "best-config.yaml"
+        if best_config.is_file():
+            body.append(f"<pre>{html.escape(best_config.read_text())}</pre>")
+    else:
+        body.append("<p>No trial ran all its epochs, so none was chosen.</p>")
+    body += ["<h2>The metric against each searched field</h2>", image(search_dir / "search.png", "search plot")]
+    trials_csv = search_dir / "trials.csv"
+    if trials_csv.is_file():
+        rows = list(csv.reader(trials_csv.read_text().splitlines()))
+        if rows:
+            body += ["<h2>Trials</h2>", table(rows[0], rows[1:], numeric=[len(rows[0]) - 4, len(rows[0]) - 2,
+                                                                         len(rows[0]) - 1])]
+    return page(title, body)
+
+
 def write_report(path: str | Path, out: str | Path | None = None) -> Path:
-    """PATH/report.html (or ``out``) for a sweep directory or a run directory."""
+    """PATH/report.html (or ``out``) for a sweep, a search or a run directory."""
     path = Path(path)
-    if (path / "sweep.json").is_file():
+    if (path / "search.json").is_file():
+        text = search_report(path)
+    elif (path / "sweep.json").is_file():
         text = sweep_report(path)
     elif (path / "metrics.jsonl").is_file():
         text = run_report(path)
     else:
-        raise RunError(f"{path}: neither a sweep directory (sweep.json) nor a run directory (metrics.jsonl)")
+        raise RunError(f"{path}: not a sweep (sweep.json), a search (search.json) or a run directory "
+                       "(metrics.jsonl)")
     target = Path(out) if out else path / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, text)

@@ -68,6 +68,9 @@ class TrainConfig(Strict):
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
     tta: bool = Field(False, description="also report test accuracy with test-time augmentation (flips, shifts)")
+    tensorboard: bool = Field(True, description="also write TensorBoard scalars into the run directory")
+    evaluate_test: bool = Field(True, description="test loss and accuracy after every epoch; a search turns it "
+                                                  "off, so choosing a config never sees the test set")
     # Speed switches; each reaches the plain path's accuracy (test_train.py). "auto" and
     # None are decided per machine when the run starts (runtime.resolve_speed) and the
     # choice is recorded in environment.json and the checkpoint.

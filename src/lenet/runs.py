@@ -194,6 +194,10 @@ def environment_record(device: torch.device, seed: int) -> dict[str, Any]:
     if device.type == "cuda":
         record["cuda"] = torch.version.cuda
         record["gpu"] = torch.cuda.get_device_name(device)
+    ray = sys.modules.get("ray")  # trained as a Ray task or Tune trial: which node, for the record
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        record["host"] = platform.node()
+        record["ray_node_id"] = ray.get_runtime_context().get_node_id()
     return record
 
 

@@ -299,12 +299,14 @@ def evaluate_epoch(learner: Learner, data: DeviceData, normalize: Normalizer, cf
     out: dict[str, Any] = {"val": None}
     if data.val_index is not None:
         out["val"] = measure(model, data.dataset.train, data.val_index)
-    out["test"] = measure(model, data.dataset.test, None)
+    test = cfg.train.evaluate_test
+    out["test"] = measure(model, data.dataset.test, None) if test else None
     if learner.ema is not None:
         if data.val_index is not None:
             out["val_accuracy_raw"] = measure(learner.forward, data.dataset.train, data.val_index)[1]
-        out["test_accuracy_raw"] = measure(learner.forward, data.dataset.test, None)[1]
-    if cfg.train.tta:
+        if test:
+            out["test_accuracy_raw"] = measure(learner.forward, data.dataset.test, None)[1]
+    if cfg.train.tta and test:
         out["test_accuracy_tta"] = measure(model, data.dataset.test, None, tta_kinds(cfg))[1]
     return out
 
@@ -339,8 +341,10 @@ def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: 
         last = history[-1]
         total_seconds = sum(r["epoch_seconds"] for r in history)
         total_examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in history)
-        lines += [f"loss {last['train_loss']:.3f}, train acc {last['train_accuracy']:.3f}, "
-                  f"test acc {last['test_accuracy']:.3f}",
+        held_out = (f"test acc {last['test_accuracy']:.3f}" if last.get("test_accuracy") is not None
+                    else f"val acc {last['val_accuracy']:.3f}" if last.get("val_accuracy") is not None
+                    else "no test evaluation")
+        lines += [f"loss {last['train_loss']:.3f}, train acc {last['train_accuracy']:.3f}, {held_out}",
                   f"{total_examples / max(total_seconds, 1e-9):.1f} examples/sec on {device}"]
     if run_dir is not None:
         lines.append(f"saved {run_dir}/: model.safetensors, metrics.jsonl, metrics.csv, curves.png, config.yaml")
@@ -379,6 +383,7 @@ def restore(saved: dict[str, Any], learner: Learner, shuffle: torch.Generator, d
         ckpt.set_rng_state(saved["rng"], shuffle)
         history, at = position(saved, device)
     rec.rewrite_history(history)
+    rec.open_scalars(learner.cfg, at.epoch + 1)
     rec.log(f"resuming {rec.run_dir} at epoch {at.epoch + 1}" + (f", step {at.state.step + 1}" if at.state else ""))
     if read_status(rec.run_dir).get("status") == FINISHED or at.epoch >= learner.cfg.train.epochs:
         rec.log("nothing to do: the run had already finished")

@@ -67,15 +67,65 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train runs that share layer shapes in one vmapped process (default: on CUDA only)")
     p.add_argument("--separately", dest="together", action="store_false",
                    help="train every run on its own, even on CUDA")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted sweep: only its unfinished runs train (refused if there is none)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and what would happen, train nothing")
     p.add_argument("--show-spec", action="store_true", help="print the spec as YAML and exit")
+    add_ray_options(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("search", help="hyperparameter search on Ray Tune, chosen on the validation split",
+                       description="Search a spec's space (YAML: name, base, common, search, metric) with Ray Tune "
+                                   "into OUT/<name>/: one lenet run per trial in trials/, ASHA stopping weak trials, "
+                                   "then trials.csv, summary.md, search.png and best-config.yaml. The test set is "
+                                   "evaluated once, for the chosen config, at the end.")
+    p.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    p.add_argument("--trials", type=int, help="configs to try (default: the spec's, else 16)")
+    p.add_argument("--algorithm", choices=["tpe", "random"], help="tpe (Optuna) or random (default: the spec's, "
+                                                                  "else tpe)")
+    p.add_argument("--time-budget", metavar="DURATION", help="stop after this long: 3600, 90s, 30m, 2h "
+                                                              "(default: the spec's, else none)")
+    p.add_argument("--metric", choices=["val_accuracy", "val_loss"], help="what to optimise (default: the spec's, "
+                                                                          "else val_accuracy)")
+    p.add_argument("--no-asha", action="store_true", help="no early stopping: every trial runs all its epochs")
+    p.add_argument("--seed", type=int, help="the searcher's and the trials' seed (default: the spec's, else 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config field for every trial, e.g. --set train.epochs=5")
+    p.add_argument("--data-dir", help="folder holding the datasets, on every node (default: search)")
+    p.add_argument("--device", help="auto | cpu | cuda for every trial (default: the spec's, auto)")
+    p.add_argument("--name", help="search directory name (default: the spec's name)")
+    p.add_argument("--out", default="runs", help="parent folder (default: runs)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted search (the same command, plus this)")
+    add_ray_options(p, search=True)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("report", help="one self-contained HTML page of a sweep or a run",
                        description="Write PATH/report.html: tables and figures, images embedded, no links out.")
     p.add_argument("path", metavar="SWEEP_OR_RUN", type=Path)
     p.add_argument("--out", type=Path, help="HTML path (default: PATH/report.html)")
     p.set_defaults(func=cmd_report)
+
+
+def add_ray_options(p: argparse.ArgumentParser, search: bool = False) -> None:
+    """Where runs execute: this machine's processes, or Ray (pip install -e '.[ray]')."""
+    ray = p.add_argument_group("on Ray (pip install -e '.[ray]'; see the README, \"On a cluster\")")
+    if not search:
+        ray.add_argument("--backend", choices=["local", "ray"], default="local",
+                         help="local: this machine's processes (--jobs); ray: one Ray task per run (default: local)")
+    ray.add_argument("--address", help="the Ray cluster, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else a local "
+                                       "Ray with this machine's cores)")
+    ray.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each run asks for (default: 1)")
+    ray.add_argument("--gpus-per-run", type=float, default=0.0,
+                     help="GPUs each run asks for; 0.25 lets four runs share one GPU (default: 0)")
+    ray.add_argument("--max-failures", type=int, default=3,
+                     help="retries of a run whose worker or node died, from its last checkpoint (default: 3)")
+
+
+def _absolute(args: argparse.Namespace) -> None:
+    """Ray's workers do not share this shell's working directory: paths they get are absolute."""
+    args.out = str(Path(args.out).resolve())
+    if args.data_dir:
+        args.data_dir = str(Path(args.data_dir).resolve())
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -89,6 +139,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.show_spec:
         print(sweep.spec_to_yaml(spec), end="")
         return EXIT_OK
+    ray = args.backend == "ray"
+    if not ray:
+        given = [flag for flag, value, default in (("--address", args.address, None), ("--cpus-per-run",
+                 args.cpus_per_run, 1.0), ("--gpus-per-run", args.gpus_per_run, 0.0),
+                 ("--max-failures", args.max_failures, 3)) if value != default]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --backend ray")
+    else:
+        if args.jobs != 1:
+            raise UsageError("--jobs is for the local backend; on Ray, each run asks for --cpus-per-run and Ray "
+                             "runs as many at once as the cluster has room for")
+        _absolute(args)
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
@@ -98,9 +160,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(sweep.format_dry_run(plan, args.retry_failed))
         return EXIT_OK
+    if args.resume and not (plan.sweep_dir / "sweep.json").is_file():
+        raise UsageError(f"there is no sweep to resume in {plan.sweep_dir}; run the same command without --resume "
+                         "to start it")
     tic = time.perf_counter()
-    outcomes = sweep.run_sweep(plan, jobs=args.jobs, retry_failed=args.retry_failed, together=args.together,
-                               log=lambda line: print(line, flush=True))
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if ray:
+        from ..cluster import run_on_ray
+
+        outcomes = run_on_ray(plan, address=args.address, cpus_per_run=args.cpus_per_run,
+                              gpus_per_run=args.gpus_per_run, max_failures=args.max_failures,
+                              retry_failed=args.retry_failed, together=args.together, log=say)
+    else:
+        outcomes = sweep.run_sweep(plan, jobs=args.jobs, retry_failed=args.retry_failed, together=args.together,
+                                   log=say)
     failed = [o for o in outcomes if o.failed]
     busy = [o for o in outcomes if o.action == "left"]
     finished = sum(1 for o in outcomes if o.status == "finished")
@@ -118,6 +191,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if busy else EXIT_OK  # not complete yet: the summary lacks those runs
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .. import search
+
+    spec = search.load_search_spec(args.spec)
+    changes = {key: value for key, value in (("name", args.name), ("trials", args.trials),
+                                             ("algorithm", args.algorithm), ("metric", args.metric),
+                                             ("seed", args.seed),
+                                             ("time_budget", search.parse_duration(args.time_budget)))
+               if value is not None}
+    if args.no_asha:
+        changes["asha"] = False
+    if changes:
+        spec = search.parse_search_spec({**search.spec.spec_to_dict(spec), **changes}, "(command line)")
+    _absolute(args)
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    tic = time.perf_counter()
+    result = search.run_search(spec, args.out, overrides=overrides, address=args.address,
+                               cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                               max_failures=args.max_failures, resume=args.resume,
+                               log=lambda line: print(line, flush=True))
+    print(f"search {spec.name}: {len(result.trials)} trials in {time.perf_counter() - tic:.0f} s; wrote "
+          f"{result.search_dir}/summary.md, trials.csv, search.png"
+          + (", best-config.yaml" if result.best else ""))
+    return EXIT_OK if result.best is not None else EXIT_FAILURE
+
+
 def cmd_activations(args: argparse.Namespace) -> int:
     from .. import inspect
 
@@ -132,7 +235,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from ..augment import augment_figure
+    from ..inspect import augment_figure
     from ..viz import _save
 
     if args.images < 1 or args.versions < 1:

@@ -49,6 +49,7 @@ class RunOutcome:
     reason: str | None = None
     test_accuracy: float | None = None
     seconds: float = 0.0  # wall time this sweep spent on the run
+    node: str | None = None  # the Ray node that trained it (--backend ray)
 
     @property
     def failed(self) -> bool:
@@ -81,7 +82,7 @@ def check_same_config(run: PlannedRun) -> None:
                        "Use a new sweep name (--name) or --out, or delete that run directory")
 
 
-def _record_failure(path: Path, reason: str) -> None:
+def record_failure(path: Path, reason: str) -> None:
     """status.json says "failed" with the reason (a diverged run keeps its own status)."""
     if read_status(path).get("status") in FAILED_STATUSES:
         return
@@ -116,14 +117,14 @@ def execute_run(config: dict[str, Any], run_dir: str, action: str) -> dict[str, 
         raise
     except DivergedError as exc:
         outcome.update(status=read_status(path).get("status", FAILED), reason=str(exc))
-        _record_failure(path, str(exc))
+        record_failure(path, str(exc))
     except LenetError as exc:  # data missing or corrupt, a bad checkpoint, a full disk...
         outcome.update(status=FAILED, reason=str(exc))
-        _record_failure(path, str(exc))
+        record_failure(path, str(exc))
     except Exception as exc:  # noqa: BLE001 - any other crash fails this run, not the sweep
         reason = f"{type(exc).__name__}: {exc}"
         outcome.update(status=FAILED, reason=reason)
-        _record_failure(path, reason)
+        record_failure(path, reason)
     outcome["seconds"] = time.perf_counter() - tic
     return outcome
 
@@ -155,7 +156,7 @@ def execute_together(configs: list[dict[str, Any]], run_dirs: list[str], action:
         except Exception as exc:  # noqa: BLE001 - the group failed as one: so does each of its runs
             reason = str(exc) if isinstance(exc, LenetError) else f"{type(exc).__name__}: {exc}"
             for run_dir in run_dirs:
-                _record_failure(Path(run_dir), reason)
+                record_failure(Path(run_dir), reason)
             return [{"run_dir": d, "status": FAILED, "reason": reason, "test_accuracy": None,
                      "seconds": (time.perf_counter() - tic) / len(run_dirs)} for d in run_dirs]
     seconds = (time.perf_counter() - tic) / len(results)
@@ -267,7 +268,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, retry_failed: bool = False,
         verb = "resumed" if action == RESUME else "started"
         outcome = RunOutcome(run.variant, run.seed, result["run_dir"], result["status"],
                              verb if result["status"] is not None else "left", result["reason"],
-                             result["test_accuracy"], result["seconds"])
+                             result["test_accuracy"], result["seconds"], result.get("node"))
         outcomes[run.run_dir.name] = outcome
         if outcome.status == FINISHED:
             what = f"test acc {outcome.test_accuracy:.4f}"
@@ -276,7 +277,8 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, retry_failed: bool = False,
         else:
             what = f"FAILED: {short(outcome.reason)}"
         resumed = ", resumed" if verb == "resumed" else ""
-        line = f"[{done}/{total}] {run.label}: {what} ({outcome.seconds:.1f} s{resumed})"
+        node = f", node {outcome.node[:8]}" if outcome.node else ""
+        line = f"[{done}/{total}] {run.label}: {what} ({outcome.seconds:.1f} s{resumed}{node})"
         if bar is not None:
             bar.write(line)
             bar.update(1)
@@ -298,7 +300,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, retry_failed: bool = False,
             _run_parallel(units, jobs, finish)
     except Interrupted as exc:
         first = str(exc).split(";")[0]
-        raise Interrupted(f"{first}; checkpoint saved. Run the same `lenet sweep` command again to finish: "
+        raise Interrupted(f"{first}; checkpoint saved. Run the same `lenet sweep` command with --resume to finish: "
                           "finished runs are skipped and interrupted ones resume") from None
     finally:
         if bar is not None:

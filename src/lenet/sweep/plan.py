@@ -114,7 +114,7 @@ class SweepPlan:
         }
 
 
-def _base_source(base: str | dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
+def base_source(base: str | dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
     """(preset, file, dotted overrides) of a spec's base."""
     if isinstance(base, str):
         return (None, base, {}) if _looks_like_file(base) else (base, None, {})
@@ -147,7 +147,7 @@ def plan_sweep(spec: SweepSpec, out: str | Path = "runs", overrides: list[str] |
         if seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {seeds}")
         spec = spec.model_copy(update={"seeds": seeds})
-    preset, file, base_fields = _base_source(spec.base)
+    preset, file, base_fields = base_source(spec.base)
     common = flatten(spec.common)
     cli = dict(parse_override(text) for text in overrides)
     _check_reserved({**base_fields, **common, **cli}, f"sweep {spec.name!r}")
