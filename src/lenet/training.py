@@ -82,12 +82,23 @@ class Learner:
         """The model the run reports and saves: the moving average where there is one."""
         return self.ema if self.ema is not None else self.model
 
-    def _update_ema(self) -> None:
-        with torch.no_grad():  # ema <- decay * ema + (1 - decay) * weights; buffers (BN) copied
+    def _update_ema(self, global_step: int) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, batch-norm statistics included.
+
+        The decay warms up as (1 + t) / (10 + t) until it reaches optim.ema: a fixed
+        0.999 keeps 23% of the random initial weights after 1,500 steps, and live batch
+        statistics under averaged weights do not match them (measured on MNIST: 0.18
+        validation accuracy at epoch 7 against 0.99 for the live weights). Averaged
+        statistics follow the averaged weights."""
+        decay = min(self.cfg.optim.ema, (1 + global_step) / (10 + global_step))
+        with torch.no_grad():
             ema, live = list(self.ema.parameters()), list(self.model.parameters())
-            torch._foreach_lerp_(ema, live, 1.0 - self.cfg.optim.ema)
+            torch._foreach_lerp_(ema, live, 1.0 - decay)
             for mine, theirs in zip(self.ema.buffers(), self.model.buffers()):
-                mine.copy_(theirs)
+                if mine.is_floating_point():
+                    mine.lerp_(theirs, 1.0 - decay)
+                else:
+                    mine.copy_(theirs)  # num_batches_tracked
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """What a checkpoint needs beyond the model and optimiser to continue this learner."""
@@ -124,7 +135,7 @@ class Learner:
             loss.backward()
             self.optimizer.step()
         if self.ema is not None:
-            self._update_ema()
+            self._update_ema(global_step)
         return loss.detach(), logits.detach()
 
     def check_finite(self, state: EpochState) -> None:
@@ -287,8 +298,8 @@ def evaluate_epoch(learner: Learner, data: DeviceData, normalize: Normalizer, cf
                    max_batches: int | None) -> dict[str, Any]:
     """The epoch's validation (if any) and test (loss, accuracy) as "val" and "test", of
     the run's model (the moving average with optim.ema, the raw weights' accuracy then
-    as *_accuracy_raw), and with train.tta the test accuracy under test-time
-    augmentation (test_accuracy_tta).
+    as *_accuracy_raw), and with train.tta the accuracies under test-time
+    augmentation (val_accuracy_tta, test_accuracy_tta).
     Always float32, whatever the training precision: the accuracy reported is the one
     `lenet eval`, predict and the exported model give (evaluation is a small share of an epoch)."""
     def measure(model: nn.Module, split: Split, index: torch.Tensor | None, tta: tuple[str, ...] = ()):
@@ -306,8 +317,11 @@ def evaluate_epoch(learner: Learner, data: DeviceData, normalize: Normalizer, cf
             out["val_accuracy_raw"] = measure(learner.forward, data.dataset.train, data.val_index)[1]
         if test:
             out["test_accuracy_raw"] = measure(learner.forward, data.dataset.test, None)[1]
-    if cfg.train.tta and test:
-        out["test_accuracy_tta"] = measure(model, data.dataset.test, None, tta_kinds(cfg))[1]
+    if cfg.train.tta:  # on the validation split too, so choosing TTA never needs the test set
+        if data.val_index is not None:
+            out["val_accuracy_tta"] = measure(model, data.dataset.train, data.val_index, tta_kinds(cfg))[1]
+        if test:
+            out["test_accuracy_tta"] = measure(model, data.dataset.test, None, tta_kinds(cfg))[1]
     return out
 
 

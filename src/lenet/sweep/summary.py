@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,10 @@ from ..runs import read_metrics
 from .plan import format_changes
 
 CURVES_PER_GROUP = 7  # + the baseline = 8 lines, within tab10's distinct colours
+# Final-epoch metrics beside the test accuracy, where the runs have them (a validation
+# split, test-time augmentation, a moving average of the weights): name in the table.
+EXTRA_METRICS = {"val_accuracy": "val accuracy", "val_accuracy_tta": "val accuracy, TTA",
+                 "test_accuracy_tta": "test accuracy, TTA", "test_accuracy_raw": "test accuracy, raw weights"}
 
 
 def short(reason: str | None, limit: int = 90) -> str:
@@ -42,6 +46,7 @@ class VariantSummary:
     failed: list[str]  # reasons
     pending: int
     note: str | None = None
+    extras: dict[str, list[float]] = field(default_factory=dict)  # EXTRA_METRICS key -> per finished seed
 
     @property
     def n(self) -> int:
@@ -77,9 +82,24 @@ class VariantSummary:
         return ", ".join(parts)
 
     def accuracy_text(self) -> str:
-        if not self.n:
-            return "—"
-        return f"{self.mean:.4f}" if self.n < 2 else f"{self.mean:.4f} ± {self.std:.4f}"
+        return mean_std_text(self.accuracies)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; NaN for fewer than two)."""
+    if not values:
+        return math.nan, math.nan
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, math.nan
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_std_text(values: list[float]) -> str:
+    if not values:
+        return "—"
+    m, sd = mean_std(values)
+    return f"{m:.4f}" if len(values) < 2 else f"{m:.4f} ± {sd:.4f}"
 
 
 def best_epoch(rows: list[dict[str, Any]]) -> int | None:
@@ -120,6 +140,9 @@ def summarize(sweep_dir: str | Path) -> tuple[list[VariantSummary], dict[str, An
                 if epoch is not None:
                     s.best_epochs.append(epoch)
                 s.train_seconds.append(sum(float(r.get("epoch_seconds") or 0) for r in rows))
+                for key in EXTRA_METRICS:
+                    if rows[-1].get(key) is not None:
+                        s.extras.setdefault(key, []).append(float(rows[-1][key]))
             elif status.get("status") in FAILED_STATUSES:
                 s.failed.append(failure_reason(status))
             else:
@@ -159,6 +182,13 @@ def summary_markdown(summaries: list[VariantSummary], info: dict[str, Any]) -> s
     lines.append("|" + "|".join(["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---"]) + "|")
     for row in summary_rows(summaries):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    keys = [k for k in EXTRA_METRICS if any(k in s.extras for s in summaries)]
+    if keys:
+        lines += ["", "Other final-epoch accuracies, mean ± sample std over the finished seeds:", "",
+                  "| variant | " + " | ".join(EXTRA_METRICS[k] for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for s in summaries:
+            lines.append(f"| {s.name} | " + " | ".join(mean_std_text(s.extras.get(k, [])) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +235,8 @@ def write_summary(sweep_dir: str | Path, plots: bool = True) -> list[VariantSumm
                       "mult_adds": s.mult_adds, "test_accuracies": s.accuracies,
                       "test_accuracy_mean": s.mean if s.n else None, "test_accuracy_std": s.std if s.n > 1 else None,
                       "best_epoch": s.best_epoch, "train_seconds_mean": s.mean_seconds if s.train_seconds else None,
-                      "failed": s.failed, "pending": s.pending, "note": s.note} for s in summaries],
+                      "failed": s.failed, "pending": s.pending, "note": s.note,
+                      "other_final_accuracies": s.extras} for s in summaries],
     })
     if plots:
         write_plots(sweep_dir, summaries, info)
