@@ -100,7 +100,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Connecti
                     if b"InvalidAuthToken" in logged or b"Unauthenticated" in logged:
                         raise AuthenticationError("the cluster refused this machine's token, or it has none") \
                             from None
-                    raise
+                    said_last = next((line for line in reversed(logged.decode(errors="replace").splitlines())
+                                      if line.strip()), "")
+                    raise ConnectionError(f"Ray said: {said_last[-300:]}" if said_last else "no answer") from None
         else:
             # Ray 2.59+ turns token authentication on for a local cluster by itself.
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,

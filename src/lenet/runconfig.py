@@ -175,6 +175,31 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "label_smoothing": 0.1},
         "train": {"epochs": 6, "batch_size": 256},
     },
+    # Records for at most 100k parameters (docs/accuracy.md): the speedrun network,
+    # trained longer with augmentation on the device. Every choice was made on the 10%
+    # validation split (docs/specs/search-*.yaml); the test set only reports. Fashion-MNIST:
+    # shifts and flips (erasing lost 0.001), 50 epochs (val 0.9287 against 0.9268 at 30),
+    # TTA on (val 0.9323 against 0.9280), the moving average off (it tied).
+    "best-fashion-mnist": {
+        "model": {"name": "lenet5-bn", "conv_channels": [16, 32], "dense": [96], "activation": "relu",
+                  "pool": "max", "init": "kaiming"},  # 91,258 parameters
+        "data": {"dataset": "fashion-mnist", "normalize": "standard", "val_split": 0.1,
+                 "augment": {"translate": 2, "flip": True}},
+        "optim": {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.01, "schedule": "onecycle",
+                  "label_smoothing": 0.1},
+        "train": {"epochs": 50, "batch_size": 256, "tta": True},
+    },
+    # MNIST: shifts and LeCun's affine distortions, never mirror images; the moving
+    # average and TTA tied the plain weights on validation (0.9948 each), so they are out.
+    "best-mnist": {
+        "model": {"name": "lenet5-bn", "conv_channels": [16, 32], "dense": [96], "activation": "relu",
+                  "pool": "max", "init": "kaiming"},  # 91,258 parameters
+        "data": {"dataset": "mnist", "normalize": "standard", "val_split": 0.1,
+                 "augment": {"translate": 2, "rotate": 10.0, "scale": 0.1, "shear": 10.0}},
+        "optim": {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.01, "schedule": "onecycle",
+                  "label_smoothing": 0.1},
+        "train": {"epochs": 20, "batch_size": 256},
+    },
 }
 
 

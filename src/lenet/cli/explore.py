@@ -99,8 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_ray_options(p, search=True)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("report", help="one self-contained HTML page of a sweep or a run",
-                       description="Write PATH/report.html: tables and figures, images embedded, no links out.")
+    p = sub.add_parser("report", help="one self-contained HTML page of a sweep, a search or a run",
+                       description="Write PATH/report.html for a sweep, a search or a run: tables and "
+                                   "figures, images embedded, no links out.")
     p.add_argument("path", metavar="SWEEP_OR_RUN", type=Path)
     p.add_argument("--out", type=Path, help="HTML path (default: PATH/report.html)")
     p.set_defaults(func=cmd_report)
