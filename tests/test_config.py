@@ -127,3 +127,14 @@ def test_speedrun_presets_stay_within_100k_parameters():
         cfg = build_config(name)
         assert count_parameters(LeNet(cfg.model)) <= 100_000
         assert cfg.model.batch_norm and cfg.optim.schedule == "onecycle"
+
+
+def test_the_record_presets_stay_within_100k_parameters_and_choose_on_validation():
+    from lenet.models import LeNet, count_parameters
+
+    for name, dataset in (("best-fashion-mnist", "fashion-mnist"), ("best-mnist", "mnist")):
+        cfg = build_config(name)
+        assert count_parameters(LeNet(cfg.model)) <= 100_000
+        assert cfg.data.dataset == dataset and cfg.data.val_split > 0 and cfg.data.augment.active
+    assert build_config("best-fashion-mnist").data.augment.flip
+    assert not build_config("best-mnist").data.augment.flip  # digits are not mirror images
