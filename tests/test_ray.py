@@ -39,7 +39,8 @@ def local_ray(tmp_path_factory):
         # Ray lowers its workers' priority (nice 15); the other test worker would starve them.
         patch.setenv("RAY_worker_niceness", "0")
         patch.delenv("RAY_ADDRESS", raising=False)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        # One GPU as a Ray resource (no CUDA behind it): enough to show runs sharing it.
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:
@@ -140,11 +141,32 @@ def test_a_worker_killed_mid_run_is_retried_from_its_checkpoint(local_ray, tmp_p
 def test_a_cluster_without_room_for_a_run_is_refused_before_anything_starts(local_ray, tiny_data_dir, tmp_path,
                                                                             capsys):
     spec = write_spec(tmp_path / "spec.yaml", tiny_data_dir, name="big", seeds=1, variants=[{"name": "a"}])
-    assert main(["sweep", str(spec), "--backend", "ray", "--gpus-per-run", "0.25"]) == 2
-    assert "--gpus-per-run 0.25 but the cluster has no GPU" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--backend", "ray", "--gpus-per-run", "2"]) == 2
+    assert "--gpus-per-run 2 but no node has more than 1" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--backend", "ray", "--cpus-per-run", "4"]) == 2
     assert "no node has more than 2 CPU(s)" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "big").exists()
+
+
+def test_runs_asking_for_a_quarter_of_a_gpu_share_one(local_ray, tiny_data_dir, tmp_path, capsys):
+    # The local Ray has one GPU as a resource; on this CPU-only torch the runs train on
+    # the CPU, but Ray gives each of them a share of GPU 0, as it would on a GPU machine.
+    spec = write_spec(tmp_path / "spec.yaml", tiny_data_dir, name="share", seeds=2,
+                      common={"train.epochs": 1}, grid={"model.pool": ["avg", "max"]})
+    assert main(["sweep", str(spec), "--backend", "ray", "--gpus-per-run", "0.25", "--cpus-per-run", "0.5",
+                 "--separately"]) == 0
+    assert "each run asks for 0.5 CPU(s) and 0.25 GPU" in capsys.readouterr().out
+    runs = sorted((tmp_path / "runs" / "share").glob("pool=*"))
+    assert len(runs) == 4
+    for run_dir in runs:
+        assert json.loads((run_dir / "environment.json").read_text())["ray_gpu_ids"] == ["0"]
+
+
+def test_a_bucket_url_is_refused_with_how_to_use_a_bucket(tiny_data_dir, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_data_dir, name="s", seeds=1, variants=[{"name": "a"}])
+    assert main(["sweep", str(spec), "--backend", "ray", "--out", "s3://bucket/runs"]) == 2
+    err = capsys.readouterr().err
+    assert "give a path, not a URI" in err and "mount it at the same path on every node" in err
 
 
 # --------------------------------------------------------------------------- searches

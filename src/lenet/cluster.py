@@ -208,6 +208,14 @@ def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0) 
                            "Install the same version on every node")
 
 
+def refuse_uri(out: str) -> None:
+    """Runs are files that every node writes and this machine reads: a path, not a URI."""
+    if "://" in out or out.startswith(("s3:", "gs:")):
+        raise ConfigError(f"--out {out}: give a path, not a URI. Runs are written as files by the nodes that train "
+                          "them; for a cloud bucket, mount it at the same path on every node and on this machine "
+                          "(mountpoint-s3, s3fs, gcsfuse) and give that path")
+
+
 def _run_unit_remotely(payload: list[tuple[dict[str, Any], str, str]], threads: int) -> list[dict[str, Any]]:
     """A Ray task: train (or resume) one unit of a sweep on whichever node got it."""
     import torch
@@ -335,6 +343,7 @@ def run_on_ray(plan: Any, *, address: str | None = None, cpus_per_run: float = 1
     from .sweep.execute import run_sweep
 
     backend = RayBackend(cpus_per_run, gpus_per_run, max_failures, log)
+    refuse_uri(str(plan.sweep_dir))
     if not Path(plan.sweep_dir).is_absolute():
         raise ConfigError(f"the sweep folder must be an absolute path on Ray, got {plan.sweep_dir}")
     connection = connect(address)

@@ -124,6 +124,9 @@ def add_ray_options(p: argparse.ArgumentParser, search: bool = False) -> None:
 
 def _absolute(args: argparse.Namespace) -> None:
     """Ray's workers do not share this shell's working directory: paths they get are absolute."""
+    from ..cluster import refuse_uri
+
+    refuse_uri(args.out)
     args.out = str(Path(args.out).resolve())
     if args.data_dir:
         args.data_dir = str(Path(args.data_dir).resolve())
