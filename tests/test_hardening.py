@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -313,6 +314,50 @@ def _rss_mib(pid: int, key: str) -> float:
         if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_mid_upload_costs_one_log_line_not_a_traceback(untrained_model):
+    import socket
+
+    import httpx
+
+    from lenet.serve import ServerProcess
+
+    with ServerProcess(untrained_model) as server:
+        host, port = server.url.split("//")[1].strip("/").split(":")
+        for _ in range(3):
+            quitter = socket.create_connection((host, int(port)))
+            boundary = "b0undary"
+            quitter.sendall((f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+                             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n--{boundary}\r\n"
+                             "Content-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+                             "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG" + b"\0" * 20_000)
+            quitter.close()  # gone, 980 KB short
+        assert httpx.get(server.url + "healthz", timeout=5).json() == {"status": "ok"}
+        time.sleep(0.5)
+        log = server.log
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-2000:]
+
+
+def test_a_tiff_sent_as_png_is_refused_by_its_bytes(untrained_model):
+    import io
+    import warnings
+
+    from PIL import Image
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    from lenet.serve import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=StarletteDeprecationWarning)
+        from fastapi.testclient import TestClient
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 200).save(buffer, "TIFF")
+    with TestClient(create_app(untrained_model)) as client:
+        response = client.post("/predict", files={"image": ("x.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+    assert "TIFF" in response.json()["detail"]
 
 
 @pytest.mark.slow
