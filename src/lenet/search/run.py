@@ -132,31 +132,36 @@ def run_search(spec: SearchSpec, out: str | Path = "runs", *, overrides: list[st
     from .results import collect
 
     configs = TrialConfigs(spec, overrides)  # every value the space can give, validated first
-    RayBackend(cpus_per_run, gpus_per_run, max_failures)  # the same checks as a sweep's
+    backend = RayBackend(cpus_per_run, gpus_per_run, max_failures)  # the same checks as a sweep's
     import_ray()
+    from ray import tune
+
     search_dir = search_dir_for(spec, out)
     record = {"spec": spec_to_dict(spec), "overrides": list(overrides or []), "base": configs.base.to_dict()}
     saved = read_json_or_empty(search_dir / "search.json")
+    # Tune's saved state is what a search can resume from; a search.json without it is a
+    # start that never got going, and starts again.
+    started = (search_dir / "tune").is_dir() and tune.Tuner.can_restore(str(search_dir / "tune"))
     if resume:
-        if not saved or not (search_dir / "tune").is_dir():
+        if not saved or not started:
             raise UsageError(f"there is no search to resume in {search_dir}; run the same command without "
                              "--resume to start it")
         if saved.get("spec") != record["spec"] or saved.get("overrides") != record["overrides"]:
             raise ConfigError(f"{search_dir} holds a search with another spec or --set; resume it with the "
                               "command that started it, or give this one a new --name")
-    elif saved:
+    elif saved and started:
         raise UsageError(f"{search_dir} already holds a search; add --resume to finish it, or give a new --name "
                          "or --out")
-    search_dir.mkdir(parents=True, exist_ok=True)
-    write_json(search_dir / "search.json", record)
     connection = connect(address)
     try:
         log(f"search {spec.name}: {spec.trials} trials, {spec.algorithm}"
             + (f", ASHA (grace {spec.asha.grace_epochs} epoch(s), keeps 1/{spec.asha.reduction_factor})"
                if spec.asha else ", no early stopping")
             + f", choosing on {spec.metric} ({spec.mode}); on {connection.describe()}")
-        RayBackend(cpus_per_run, gpus_per_run, max_failures).check_fits(connection)
+        backend.check_fits(connection)
         check_nodes(search_dir.parent, connection)
+        search_dir.mkdir(parents=True, exist_ok=True)
+        write_json(search_dir / "search.json", record)
         _fit(spec, configs, search_dir, cpus_per_run, gpus_per_run, max_failures, resume, log)
     except KeyboardInterrupt:
         raise Interrupted(f"search interrupted; run the same command with --resume to finish it "
