@@ -264,4 +264,4 @@ def test_errors_are_shown_on_the_page(browser, mnist_server, tmp_path):
     assert page.page.text_content("#error") == "Draw something first."
     (tmp_path / "notes.png").write_text("not a picture")
     page.upload(tmp_path / "notes.png")
-    assert "not a picture" in page.page.text_content("#error") and page.page.is_visible("#error")
+    assert "notes.png: not a PNG, JPEG" in page.page.text_content("#error") and page.page.is_visible("#error")

@@ -120,9 +120,12 @@ def test_usage_error_is_exit_2(capsys):
 # --------------------------------------------------------------------------- a new user's first hour
 
 
-def test_help_lists_come_from_their_registries(capsys):
+@pytest.mark.parametrize("columns", ["60", "100"])
+def test_help_lists_come_from_their_registries(capsys, monkeypatch, columns):
     from lenet.models import list_models
     from lenet.runconfig import PRESETS
+
+    monkeypatch.setenv("COLUMNS", columns)  # argparse wraps to the terminal: never inside `best-mnist`
 
     for argv in (["train", "-h"], ["bench", "-h"]):
         with pytest.raises(SystemExit):

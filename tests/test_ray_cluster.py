@@ -177,3 +177,19 @@ def test_an_address_where_no_cluster_listens_is_one_line_at_once(cluster):
                          "--address", "127.0.0.1:1", "--out", str(cluster.root / "runs"))
     assert code == 3 and "no Ray cluster answers at 127.0.0.1:1" in err and "Traceback" not in err
     assert time.monotonic() - tic < 30  # not Ray's minute of retries
+
+
+def test_without_an_address_a_local_ray_of_its_own_is_started_not_the_last_ray_start(cluster):
+    # The cluster above wrote its address to /tmp/ray/ray_current_cluster, as `ray start`
+    # does (and a dead one leaves it behind); plain ray.init() would join it and then
+    # refuse num_cpus. No --address and no RAY_ADDRESS means a Ray of lenet's own.
+    from ray._private.utils import read_ray_address
+
+    assert read_ray_address() == cluster.address
+    out = cluster.root / "own"
+    code, printed, err = lenet(cluster, "sweep", str(spec(cluster, "own", epochs=1, seeds=1)), "--backend", "ray",
+                               "--cpus-per-run", "1", "--out", str(out))
+    assert code == 0, err
+    assert "on a local Ray: 1 node(s)" in printed
+    used = {json.loads((d / "environment.json").read_text())["ray_node_id"] for d in (out / "own").glob("pool=*")}
+    assert len(used) == 1 and not used & set(cluster.nodes)

@@ -105,7 +105,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Connecti
                     raise ConnectionError(f"Ray said: {said_last[-300:]}" if said_last else "no answer") from None
         else:
             # Ray 2.59+ turns token authentication on for a local cluster by itself.
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+            # address="local": without it Ray joins whatever /tmp/ray/ray_current_cluster
+            # names (the last `ray start` on this machine, possibly long dead) and then
+            # refuses num_cpus; no --address means a Ray of our own, as the README says.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      logging_level=logging.WARNING, log_to_driver=False)
     except AuthenticationError as exc:
         raise ClusterError(

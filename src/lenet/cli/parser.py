@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
+import textwrap
 from typing import NoReturn
 
 # Words people reach for that difflib cannot connect to our flag names.
@@ -25,9 +27,18 @@ SYNONYMS = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, but never wrapping a line at a hyphen: help lists preset names and
+    flags (`best-mnist`, `--cpus-per-run`) that people copy whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(re.sub(r"\s+", " ", text).strip(), width, break_on_hyphens=False)
+
+
 class LenetParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def option_strings(self) -> list[str]:
