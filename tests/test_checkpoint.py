@@ -434,6 +434,8 @@ def test_a_run_in_training_is_locked_and_a_sigkill_leaves_no_stale_lock(sub_data
     busy = f"{run} is being trained by another lenet process (pid {proc.pid} on "
     assert stderr.count(busy) == 2 and f"continue with `lenet train --resume {run}`" in stderr, stderr
     assert "Traceback" not in stderr
+    status = json.loads((run / "status.json").read_text())
+    assert status == {"status": "running", "epoch": 2}, status  # killed outright: how far it got
     # The kernel dropped the killed process's lock: no stale lock file blocks the resume,
     # which ends as the run that was never stopped.
     assert main(["train", "--resume", str(run)]) == 0

@@ -128,6 +128,7 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
     dirs = [Path("runs/cut0"), Path("runs/cut1")]
     status = json.loads((dirs[0] / "status.json").read_text())
     assert status["status"] == ("running" if where == "killed after epoch 1" else "interrupted")
+    assert status["epoch"] == 2  # a process killed outright still says how far it got
     resumed = resume_many(dirs)
     for ref, run in zip(reference, resumed):
         assert [r["epoch"] for r in run.history] == [1, 2, 3]

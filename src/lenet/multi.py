@@ -217,10 +217,11 @@ def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, 
     diverged = [False] * K
     say = Recorder(None, verbose)
     say.log(f"training {K} runs together on {device} (stacked parameters, grouped convolutions)")
-    for rec, h in zip(recs, histories):
-        rec.status(RUNNING, len(h) + 1)
     with StopFlag(recs[0].run_dir) as stop:
         for epoch in range(at.epoch, first.train.epochs):
+            for k, rec in enumerate(recs):  # each epoch: a run killed outright says how far it got
+                if not diverged[k]:
+                    rec.status(RUNNING, epoch + 1)
             if at.shuffle_state is not None:
                 for g, s in zip(shuffles, at.shuffle_state):
                     g.set_state(s)

@@ -244,9 +244,11 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
     progress = Progress(cfg.train.progress, rec.verbose, rec.run_dir.name if rec.run_dir else cfg.preset or "run")
     eval_batches = 1 if cfg.train.dry_run else None
     normalize = Normalizer.for_config(cfg, speed.channels_last)
-    rec.status(RUNNING, at.epoch + 1)
     with StopFlag(rec.run_dir) as stop:
         for epoch in range(at.epoch, epochs):
+            # Each epoch, not once: a run killed outright (power, OOM killer) still says
+            # how far it got.
+            rec.status(RUNNING, epoch + 1)
             # The permutation is drawn from a saved generator state, so a resumed epoch
             # visits the examples in the very order the interrupted one did.
             if at.shuffle_state is not None:
