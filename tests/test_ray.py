@@ -41,7 +41,8 @@ def local_ray(tmp_path_factory):
         patch.delenv("RAY_ADDRESS", raising=False)
         # One GPU as a Ray resource (no CUDA behind it): enough to show runs sharing it.
         # address="local": a fresh Ray even where /tmp/ray/ray_current_cluster names another.
-        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:

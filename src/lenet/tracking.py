@@ -21,8 +21,8 @@ from typing import Any, Callable
 TAGS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test",
     "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val", "test_accuracy": "accuracy/test",
-    "test_accuracy_tta": "accuracy/test_tta", "val_accuracy_tta": "accuracy/val_tta", "test_accuracy_raw": "accuracy/test_raw",
-    "val_accuracy_raw": "accuracy/val_raw",
+    "test_accuracy_tta": "accuracy/test_tta", "val_accuracy_tta": "accuracy/val_tta",
+    "test_accuracy_raw": "accuracy/test_raw", "val_accuracy_raw": "accuracy/val_raw",
     "lr": "lr", "examples_per_second": "speed/examples_per_second", "epoch_seconds": "speed/epoch_seconds",
 }
 MISSING = ("TensorBoard scalars are not written: the tensorboard package is not installed "
