@@ -1,7 +1,7 @@
 """How fast lenet trains the d2l recipe on this CPU, against the loops people write.
 
     python benchmarks/speed.py [--data-dir DIR] [--repeats 3] [--epochs 2] [--process-epochs 3]
-                               [--accuracy-epochs 10] [--out speed.json]
+                               [--accuracy-epochs 10] [--accuracy-paths PATH...] [--out speed.json]
 
 In one run, on one machine, for each path:
 
@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--process-epochs", type=int, default=3, help="epochs per whole-process run (default: 3)")
     parser.add_argument("--accuracy-epochs", type=int, default=10, help="0: skip the accuracy runs (default: 10)")
     parser.add_argument("--paths", nargs="*", default=["plain", "book", *LENET_PATHS], help="(default: all)")
+    parser.add_argument("--accuracy-paths", nargs="*", default=None,
+                        help="paths whose --accuracy-epochs accuracy is measured (default: all of --paths)")
     parser.add_argument("--out", default=None, help="JSON file for every figure")
     args = parser.parse_args()
 
@@ -123,7 +125,7 @@ def main() -> None:
                   flush=True)
     accuracy = {}
     if args.accuracy_epochs:
-        for path in args.paths:
+        for path in args.accuracy_paths or args.paths:
             accuracy[path] = throughput(path, args.accuracy_epochs, data, args.data_dir)[1]
             print(f"accuracy after {args.accuracy_epochs} epochs: {path:<24} {accuracy[path]:.4f}", flush=True)
 
