@@ -24,7 +24,7 @@ from lenet.cli import main
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e '.[ray]' (scripts/test.sh installs it)")
 
-pytestmark = pytest.mark.xdist_group("ray")  # one worker runs them all, against one Ray
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]  # one worker runs them all, against one Ray; ~2.5 min
 
 
 @pytest.fixture(scope="module")

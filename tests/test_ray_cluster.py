@@ -24,7 +24,7 @@ from conftest import write_tiny_dataset
 
 pytest.importorskip("ray", reason="Ray is an extra: pip install -e '.[ray]' (scripts/test.sh installs it)")
 
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]
 HELPER = Path(__file__).with_name("ray_cluster_helper.py")
 RAY = Path(sys.executable).with_name("ray")
 
