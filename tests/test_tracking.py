@@ -11,6 +11,7 @@ import pytest
 
 from lenet import tracking
 from lenet.api import config
+from lenet.cli import main
 from lenet.errors import Interrupted
 from lenet.training import resume, train
 
@@ -63,6 +64,14 @@ def test_without_tensorboard_a_run_trains_and_says_so_once(tiny_data_dir, tmp_pa
     second = train(tiny_config(tiny_data_dir, name="b", **{"train.epochs": 1}), out=tmp_path / "runs")
     err = capsys.readouterr().err
     assert err.count("TensorBoard scalars are not written") == 1 and "pip install tensorboard" in err
+    # The CLI (verbose, as a new process would be): still one line on the terminal, not
+    # one on stderr and its echo among the epoch lines.
+    monkeypatch.setattr(tracking, "_said_missing", False)
+    assert main(["train", "--data-dir", str(tiny_data_dir), "--epochs", "1", "--batch-size", "64",
+                 "--name", "c", "--out", str(tmp_path / "runs")]) == 0
+    said = capsys.readouterr()
+    assert "epoch 1/1" in said.out and "TensorBoard" not in said.out
+    assert said.err.count("TensorBoard scalars are not written") == 1
     for run in (first, second):
         assert run.status == "finished" and not list(run.run_dir.glob("events.out.tfevents.*"))
         assert tracking.MISSING in (run.run_dir / "train.log").read_text()

@@ -67,7 +67,8 @@ class Recorder:
     def open_scalars(self, cfg: RunConfig, first_epoch: int) -> None:
         """TensorBoard from ``first_epoch`` on (a resume calls it once the checkpoint is read)."""
         if self.run_dir is not None and cfg.train.tensorboard and not cfg.train.dry_run:
-            self.scalars = Scalars.open(self.run_dir, first_epoch, self.log)
+            # The missing-writer line goes to stderr once per process; train.log gets it too.
+            self.scalars = Scalars.open(self.run_dir, first_epoch, self.note)
 
     def close(self) -> None:
         """Close the TensorBoard writer (a finished, interrupted or failed run)."""
@@ -84,6 +85,10 @@ class Recorder:
         """A line for the terminal (when verbose) and for train.log (on disk)."""
         if self.verbose:
             print(line, flush=True)
+        self.note(line)
+
+    def note(self, line: str) -> None:
+        """A line for train.log only (what the terminal was already told another way)."""
         if self.run_dir is not None:
             try:
                 with open(self.run_dir / "train.log", "a") as handle:
