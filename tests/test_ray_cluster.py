@@ -193,3 +193,8 @@ def test_without_an_address_a_local_ray_of_its_own_is_started_not_the_last_ray_s
     assert "on a local Ray: 1 node(s)" in printed
     used = {json.loads((d / "environment.json").read_text())["ray_node_id"] for d in (out / "own").glob("pool=*")}
     assert len(used) == 1 and not used & set(cluster.nodes)
+    # --address auto is Ray's way to join that last `ray start` instead.
+    code, printed, err = lenet(cluster, "sweep", str(spec(cluster, "auto", epochs=1, seeds=1)), "--backend", "ray",
+                               "--address", "auto", "--out", str(out))
+    assert code == 0, err
+    assert f"on the Ray cluster at auto: {cluster.ask('count')} node(s)" in printed
