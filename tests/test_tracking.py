@@ -81,3 +81,29 @@ def test_tensorboard_can_be_turned_off(tiny_data_dir, tmp_path):
     run = train(tiny_config(tiny_data_dir, name="off", **{"train.epochs": 1, "train.tensorboard": False}),
                 out=tmp_path / "runs")
     assert run.status == "finished" and not list(run.run_dir.glob("events.out.tfevents.*"))
+
+
+def test_a_parallel_sweep_without_tensorboard_says_so_once_not_once_per_worker(tiny_data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    # A `tensorboard` that cannot be imported, first on the path of the sweep and of the
+    # workers it spawns (they inherit the environment, not this process's monkeypatches).
+    fake = tmp_path / "no-tensorboard" / "tensorboard"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no tensorboard in this test')\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "quiet", "base": "d2l", "seeds": 1,
+                                    "common": {"train.epochs": 1, "train.batch_size": 64,
+                                               "data.data_dir": str(tiny_data_dir)},
+                                    "grid": {"model.pool": ["avg", "max"]}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "lenet", "sweep", str(spec), "--jobs", "2", "--out",
+                           str(tmp_path / "runs")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("TensorBoard scalars are not written") == 1, done.stderr
+    logs = [p.read_text() for p in (tmp_path / "runs" / "quiet").glob("pool=*/train.log")]
+    assert len(logs) == 2 and all(tracking.MISSING in log for log in logs)

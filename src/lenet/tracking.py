@@ -41,13 +41,10 @@ class Scalars:
         """A writer appending to ``run_dir``'s events from ``first_epoch`` on: steps at or
         after it that an earlier, killed process wrote are purged, so a resumed run
         shows each epoch once."""
-        global _said_missing
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            if not _said_missing:
-                print(f"lenet: {MISSING}", file=sys.stderr)
-                _said_missing = True
+            say_missing_once()
             log(MISSING)
             return None
         purge = first_epoch if first_epoch > 1 else None
@@ -63,6 +60,28 @@ class Scalars:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def writer_available() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def say_missing_once() -> None:
+    """MISSING on stderr, once per process."""
+    global _said_missing
+    if not _said_missing:
+        print(f"lenet: {MISSING}", file=sys.stderr)
+        _said_missing = True
+
+
+def stay_quiet_about_missing() -> None:
+    """For worker processes whose parent has already said it (a sweep's pool)."""
+    global _said_missing
+    _said_missing = True
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DivergedError, Interrupted, LenetError, RunBusy, RunError
+from .. import tracking
 from ..files import write_json
 from ..recorder import FAILED, FAILED_STATUSES, FINISHED, Recorder, failure_reason, read_status
 from ..runconfig import RunConfig
@@ -214,6 +215,7 @@ def _init_worker(threads: int) -> None:
     # Each of N workers gets cores/N threads: N processes of all-core torch fight over
     # the same cores and run slower together than one alone.
     torch.set_num_threads(threads)
+    tracking.stay_quiet_about_missing()  # the sweep said it once; each train.log still says it
 
 
 def execute_unit(unit: Work) -> list[dict[str, Any]]:
@@ -317,6 +319,8 @@ def _run_parallel(units: list[Work], jobs: int, finish: Callable[[PlannedRun, st
     # spawn, not fork: forking a process that has started torch's thread pools can hang.
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    if any(run.config.train.tensorboard for unit in units for run, _ in unit) and not tracking.writer_available():
+        tracking.say_missing_once()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                              initargs=(threads,)) as pool:
         pending = {pool.submit(execute_unit, unit): unit for unit in units}
