@@ -191,6 +191,7 @@ def test_without_an_address_a_local_ray_of_its_own_is_started_not_the_last_ray_s
                                "--cpus-per-run", "1", "--out", str(out))
     assert code == 0, err
     assert "on a local Ray: 1 node(s)" in printed
+    assert "RAY_AUTH_MODE=disabled" not in err  # Ray's advice to switch the token off is not passed on
     used = {json.loads((d / "environment.json").read_text())["ray_node_id"] for d in (out / "own").glob("pool=*")}
     assert len(used) == 1 and not used & set(cluster.nodes)
     # --address auto is Ray's way to join that last `ray start` instead.

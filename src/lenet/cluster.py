@@ -108,6 +108,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Connecti
             # address="local": without it Ray joins whatever /tmp/ray/ray_current_cluster
             # names (the last `ray start` on this machine, possibly long dead) and then
             # refuses num_cpus; no --address means a Ray of our own, as the README says.
+            # Ray logs "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to
+            # opt out" for every new local Ray; lenet keeps the token on and does not
+            # advertise switching it off.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+                lambda record: not record.getMessage().startswith("Token authentication is enabled"))
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      logging_level=logging.WARNING, log_to_driver=False)
     except AuthenticationError as exc:
