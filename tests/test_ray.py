@@ -207,8 +207,9 @@ def test_a_search_without_a_validation_split_is_refused(local_ray, tiny_data_dir
     assert "chooses on a validation split" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stop", ["SIGKILL", "ctrl-c"])
 def test_a_search_whose_driver_dies_resumes_and_finishes_only_the_trials_left(local_ray, tiny_data_dir, tmp_path,
-                                                                             capsys):
+                                                                             capsys, stop):
     spec = search_spec(tmp_path, tiny_data_dir, name="again", trials=6)
     search_dir = tmp_path / "runs" / "again"
     driver = lenet_subprocess("search", str(spec), "--out", str(tmp_path / "runs"), "--address", local_ray,
@@ -220,8 +221,16 @@ def test_a_search_whose_driver_dies_resumes_and_finishes_only_the_trials_left(lo
 
     wait_for(lambda: len(finished()) >= 2 and list((search_dir / "tune").glob("experiment_state-*.json")),
              120, "two finished trials and Tune's saved state")
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.communicate()
+    if stop == "SIGKILL":
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.communicate()
+    else:  # Tune stops gracefully, and the search ends as interrupted, not as done
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+        assert driver.returncode == 130, err
+        assert "search interrupted; run the same command with --resume" in err
+        assert "Tuner.restore" not in err  # Tune's advice, for Python users, is not passed on
+        assert not (search_dir / "summary.json").exists()
     done_before = {d.name: (d / "model.safetensors").stat().st_mtime_ns for d in finished()}
     assert main(["search", str(spec), "--resume", "--no-asha"]) == 0
     summary = json.loads((search_dir / "summary.json").read_text())

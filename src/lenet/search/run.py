@@ -15,8 +15,11 @@ interrupted, ``--resume`` restores Tune's state and finishes only the trials lef
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -202,8 +205,49 @@ def _fit(spec: SearchSpec, configs: TrialConfigs, search_dir: Path, cpus: float,
                 name="tune", storage_path=str(search_dir), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[TrialLines(configs, spec.trials, log)]))
-    tuner.fit()
+    with _ctrl_c_stops_tune() as interrupted:
+        tuner.fit()
+    if interrupted():
+        raise KeyboardInterrupt  # Tune saved its state and returned as if done: it was not
     mark_unfinished(trials_dir)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_tune():
+    """Ctrl-C during ``tuner.fit()``: Tune's graceful stop (it saves its state one last
+    time), reached through SIGUSR1, its other stop signal; Tune's own SIGINT handler is
+    off because after it ``fit`` returns as if the search had finished, and the search
+    would be summarised and closed instead of left to ``--resume``. A second Ctrl-C aborts."""
+    said = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield said.is_set
+        return
+
+    def on_ctrl_c(signum, frame) -> None:
+        if said.is_set():
+            raise KeyboardInterrupt
+        said.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def tunes_own_words(record: logging.LogRecord) -> bool:
+        # "Stop signal received ..." and "Resume experiment with: Tuner.restore(...)":
+        # lenet says instead what to type (the same command plus --resume).
+        return not record.getMessage().startswith(("Stop signal received", "Experiment has been interrupted"))
+
+    tune_logger = logging.getLogger("ray.tune.tune")
+    previous_handler, previous_env = signal.signal(signal.SIGINT, on_ctrl_c), os.environ.get(
+        "TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    tune_logger.addFilter(tunes_own_words)
+    try:
+        yield said.is_set
+    finally:
+        tune_logger.removeFilter(tunes_own_words)
+        signal.signal(signal.SIGINT, previous_handler)
+        if previous_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def _count_finished(trials_dir: Path) -> int:
