@@ -104,17 +104,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Connecti
                                       if line.strip()), "")
                     raise ConnectionError(f"Ray said: {said_last[-300:]}" if said_last else "no answer") from None
         else:
-            # Ray 2.59+ turns token authentication on for a local cluster by itself.
-            # address="local": without it Ray joins whatever /tmp/ray/ray_current_cluster
-            # names (the last `ray start` on this machine, possibly long dead) and then
-            # refuses num_cpus; no --address means a Ray of our own, as the README says.
-            # Ray logs "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to
-            # opt out" for every new local Ray; lenet keeps the token on and does not
-            # advertise switching it off.
-            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-                lambda record: not record.getMessage().startswith("Token authentication is enabled"))
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False)
+            _start_local_ray(ray, num_cpus or os.cpu_count() or 1)
     except AuthenticationError as exc:
         raise ClusterError(
             f"the Ray cluster at {address} refused this machine ({exc.message}). Give this machine the "
@@ -128,6 +118,25 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Connecti
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
         raise ClusterError(f"cannot start a local Ray: {exc}") from None
     return Connection(address, alive_nodes(), started_here=True)
+
+
+def _start_local_ray(ray: Any, num_cpus: int) -> None:
+    """A Ray of lenet's own on this machine (Ray 2.59+ turns token authentication on for
+    it by itself).
+
+    - ``address="local"``: without it Ray joins whatever /tmp/ray/ray_current_cluster
+      names (the last `ray start` here, possibly long dead) and then refuses num_cpus.
+    - Workers at normal priority: Ray runs them at nice 15, and on a machine doing
+      anything else (a second sweep, a test run) a search crawled, 1 trial in 12 min
+      where 16 take 3 min idle. The user asked for this job; it should not yield to all.
+    - Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out"
+      is not passed on: lenet keeps the token on and does not advertise turning it off.
+    """
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: not record.getMessage().startswith("Token authentication is enabled"))
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
 
 
 def _probe(address: str) -> None:

@@ -198,6 +198,7 @@ def environment_record(device: torch.device, seed: int) -> dict[str, Any]:
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         record["host"] = platform.node()
         record["ray_node_id"] = ray.get_runtime_context().get_node_id()
+        record["nice"] = os.nice(0)  # Ray lowers its workers' priority unless told not to
         gpus = ray.get_gpu_ids()
         if gpus:  # the GPU(s) Ray gave this task; --gpus-per-run 0.25: four runs share one
             record["ray_gpu_ids"] = [str(g) for g in gpus]
