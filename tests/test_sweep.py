@@ -198,6 +198,7 @@ def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, tiny
     assert rows["boom"]["failed"] == "1" and rows["boom"]["n"] == "0" and "diverged" in rows["boom"]["failure_reason"]
     assert rows["ok"]["finished"] == "1" and float(rows["ok"]["test_accuracy_mean"]) > 0
     assert "0 finished, 1 failed (training diverged" in Path("runs/f/summary.md").read_text()
+    assert "baseline variant: none (the base itself is not run)" in Path("runs/f/summary.md").read_text()
     status = json.loads(Path("runs/f/boom-s0/status.json").read_text())
     assert status["status"] == "diverged" and "lower learning rate" in status["reason"]
 

@@ -174,8 +174,9 @@ def summary_markdown(summaries: list[VariantSummary], info: dict[str, Any]) -> s
     if overrides:
         lines += ["Set on the command line for every run (a variant's own fields win): "
                   + ", ".join(f"`{o}`" for o in overrides) + ".", ""]
+    baseline = f"`{info['baseline']}`" if info.get("baseline") else "none (the base itself is not run)"
     lines += [f"Base: `{json.dumps(base) if isinstance(base, dict) else base}`; seeds: {seeds}; "
-              f"baseline variant: `{info.get('baseline')}`. Test accuracy is the final epoch's, "
+              f"baseline variant: {baseline}. Test accuracy is the final epoch's, "
               "mean ± sample std over the finished seeds (n); best epoch is the epoch of the highest "
               "validation accuracy (test accuracy without a validation split), mean over seeds.", ""]
     lines.append("| " + " | ".join(SUMMARY_COLUMNS) + " |")
