@@ -133,10 +133,13 @@ def _start_local_ray(ray: Any, num_cpus: int) -> None:
       is not passed on: lenet keeps the token on and does not advertise turning it off.
     """
     os.environ.setdefault("RAY_worker_niceness", "0")
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: not record.getMessage().startswith("Token authentication is enabled"))
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_not_opt_out_advice)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
+
+
+def _not_opt_out_advice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def _probe(address: str) -> None:

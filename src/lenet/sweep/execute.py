@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DivergedError, Interrupted, LenetError, RunBusy, RunError
 from .. import tracking
+from ..errors import ConfigError, DivergedError, Interrupted, LenetError, RunBusy, RunError
 from ..files import write_json
 from ..recorder import FAILED, FAILED_STATUSES, FINISHED, Recorder, failure_reason, read_status
 from ..runconfig import RunConfig
