@@ -52,13 +52,18 @@ def cluster(tmp_path_factory):
         write_tiny_dataset(root / "bigger" / "fashion-mnist", n_train=6000)
         yield SimpleNamespace(address=info["address"], nodes=info["nodes"], env=env, ask=ask, root=root)
     finally:
-        helper.stdin.close()
-        try:
-            helper.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(helper.pid, signal.SIGKILL)
-            helper.wait()
+        helper.stdin.close()  # the helper's cue to shut its cluster down
+        wait_or_kill_group(helper, 90)
         helper.stdout.close()
+
+
+def wait_or_kill_group(proc: subprocess.Popen, timeout: float) -> None:
+    """Give a process asked to stop ``timeout`` s, then SIGKILL its whole group."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def spec(cluster, name: str, data: str = "data", epochs: int = 2, seeds: int = 2) -> Path:
@@ -153,11 +158,7 @@ def test_a_folder_one_node_cannot_see_is_refused_before_any_run(cluster):
         assert not (private / "private").exists()
     finally:
         os.killpg(node.pid, signal.SIGTERM)
-        try:
-            node.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
+        wait_or_kill_group(node, 30)
         node.stderr.close()
 
 

@@ -240,14 +240,10 @@ def _run_unit_remotely(payload: list[tuple[dict[str, Any], str, str]], threads: 
     """A Ray task: train (or resume) one unit of a sweep on whichever node got it."""
     import torch
 
-    from .sweep.execute import execute_run, execute_together
+    from .sweep.execute import execute_payload
 
     torch.set_num_threads(threads)
-    if len(payload) == 1:
-        config, run_dir, action = payload[0]
-        results = [execute_run(config, run_dir, action)]
-    else:
-        results = execute_together([c for c, _, _ in payload], [d for _, d, _ in payload], payload[0][2])
+    results = execute_payload(payload)
     import ray
 
     host, node = platform.node(), ray.get_runtime_context().get_node_id()
@@ -285,9 +281,9 @@ class RayBackend:
 
     def run(self, units: list, finish: Callable[[Any, str, dict[str, Any]], None]) -> None:
         ray = import_ray()
-        from ray.exceptions import RayError, TaskCancelledError
+        from ray.exceptions import RayError
 
-        from .sweep.execute import RESUME, START, action_for, record_failure
+        from .sweep.execute import RESUME, START, action_for, record_failure, unit_payload
 
         task = ray.remote(_run_unit_remotely).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
@@ -297,8 +293,7 @@ class RayBackend:
         threads = max(1, int(self.cpus_per_run))
 
         def submit(unit: list) -> Any:
-            payload = [(run.config.to_dict(), str(run.run_dir), action) for run, action in unit]
-            return task.remote(payload, threads)
+            return task.remote(unit_payload(unit), threads)
 
         pending = {submit(unit): (unit, 0) for unit in units}
         try:
@@ -334,7 +329,7 @@ class RayBackend:
             for ref in pending:
                 try:
                     ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-                except (RayError, TaskCancelledError, Exception):  # noqa: BLE001 - only waiting here
+                except Exception:  # noqa: BLE001 - only waiting here; a cancelled task raises, as it should
                     pass
             raise Interrupted(f"sweep interrupted with {len(pending)} run(s) in flight") from None
 

@@ -55,12 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exercises", action="store_true",
                    help="the built-in spec answering the chapter's exercises 1-3 (see --show-spec)")
     p.add_argument("--seeds", type=int, help="seeds per variant, overriding the spec's (spec default: 3)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config field for every run, e.g. --set train.epochs=5 (a variant's own fields win)")
-    p.add_argument("--data-dir", help="folder holding the datasets (default: search)")
-    p.add_argument("--device", help="auto | cpu | cuda | ... for every run (default: the spec's, auto)")
-    p.add_argument("--name", help="sweep directory name (default: the spec's name)")
-    p.add_argument("--out", default="runs", help="parent folder (default: runs)")
+    add_spec_run_options(p, "sweep", "run", set_note=" (a variant's own fields win)", devices="cpu | cuda | ...")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default: 1)")
     p.add_argument("--retry-failed", action="store_true", help="train failed runs again (default: keep them failed)")
     p.add_argument("--together", dest="together", action="store_true", default=None,
@@ -89,12 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                           "else val_accuracy)")
     p.add_argument("--no-asha", action="store_true", help="no early stopping: every trial runs all its epochs")
     p.add_argument("--seed", type=int, help="the searcher's and the trials' seed (default: the spec's, else 0)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config field for every trial, e.g. --set train.epochs=5")
-    p.add_argument("--data-dir", help="folder holding the datasets, on every node (default: search)")
-    p.add_argument("--device", help="auto | cpu | cuda for every trial (default: the spec's, auto)")
-    p.add_argument("--name", help="search directory name (default: the spec's name)")
-    p.add_argument("--out", default="runs", help="parent folder (default: runs)")
+    add_spec_run_options(p, "search", "trial", data_note=", on every node")
     p.add_argument("--resume", action="store_true", help="finish an interrupted search (the same command, plus this)")
     add_ray_options(p, search=True)
     p.set_defaults(func=cmd_search)
@@ -105,6 +95,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="SWEEP_OR_RUN", type=Path)
     p.add_argument("--out", type=Path, help="HTML path (default: PATH/report.html)")
     p.set_defaults(func=cmd_report)
+
+
+def add_spec_run_options(p: argparse.ArgumentParser, folder: str, unit: str, *, set_note: str = "",
+                         data_note: str = "", devices: str = "cpu | cuda") -> None:
+    """The options `sweep` and `search` share: what every run (or trial) of a spec gets,
+    and where its folder goes."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"config field for every {unit}, e.g. --set train.epochs=5{set_note}")
+    p.add_argument("--data-dir", help=f"folder holding the datasets{data_note} (default: search)")
+    p.add_argument("--device", help=f"auto | {devices} for every {unit} (default: the spec's, auto)")
+    p.add_argument("--name", help=f"{folder} directory name (default: the spec's name)")
+    p.add_argument("--out", default="runs", help="parent folder (default: runs)")
 
 
 def add_ray_options(p: argparse.ArgumentParser, search: bool = False) -> None:

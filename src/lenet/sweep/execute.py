@@ -218,13 +218,25 @@ def _init_worker(threads: int) -> None:
     tracking.stay_quiet_about_missing()  # the sweep said it once; each train.log still says it
 
 
+Payload = list[tuple[dict[str, Any], str, str]]  # (config, run_dir, action) per run: what crosses processes
+
+
+def unit_payload(unit: Work) -> Payload:
+    return [(run.config.to_dict(), str(run.run_dir), action) for run, action in unit]
+
+
+def execute_payload(payload: Payload) -> list[dict[str, Any]]:
+    """Run one unit of work, in this process, a pool worker or a Ray task: one run
+    alone, or several trained together."""
+    if len(payload) == 1:
+        config, run_dir, action = payload[0]
+        return [execute_run(config, run_dir, action)]
+    return execute_together([c for c, _, _ in payload], [d for _, d, _ in payload], payload[0][2])
+
+
 def execute_unit(unit: Work) -> list[dict[str, Any]]:
     """Run one unit of work (in this process or a worker's)."""
-    if len(unit) == 1:
-        run, action = unit[0]
-        return [execute_run(run.config.to_dict(), str(run.run_dir), action)]
-    return execute_together([run.config.to_dict() for run, _ in unit], [str(run.run_dir) for run, _ in unit],
-                            unit[0][1])
+    return execute_payload(unit_payload(unit))
 
 
 def write_plan(plan: SweepPlan) -> None:
