@@ -12,12 +12,15 @@ import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .errors import LenetError, UsageError
+
+if TYPE_CHECKING:
+    from .optim import LeanSGD
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -166,6 +169,7 @@ def bf16_speedup(rounds: int = 5) -> float:
     import time
 
     from .models import LeNet, ModelConfig
+    from .optim import LeanSGD
 
     cache, key = calibration_file(), calibration_key()
     try:
@@ -179,7 +183,7 @@ def bf16_speedup(rounds: int = 5) -> float:
         x = torch.rand(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (256,))
         nets = {bf16: LeNet(ModelConfig()).to(memory_format=torch.channels_last) for bf16 in (False, True)}
-        optimizers = {bf16: torch.optim.SGD(net.parameters(), lr=0.01) for bf16, net in nets.items()}
+        optimizers = {bf16: LeanSGD(net.parameters(), lr=0.01) for bf16, net in nets.items()}
         for bf16 in (False, True):  # warm-up: oneDNN picks and builds its kernels
             _train_step(nets[bf16], optimizers[bf16], x, y, bf16)
         # Alternating rounds of 3 steps each; the median of the ratios taken side by side
@@ -218,7 +222,7 @@ def record_bf16_speedup(ratio: float) -> None:
         pass  # a cache that cannot be written only means measuring again next time
 
 
-def _train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def _train_step(net: torch.nn.Module, optimizer: LeanSGD, x: torch.Tensor, y: torch.Tensor,
                 bf16: bool) -> None:
     with autocast(torch.device("cpu"), bf16):
         logits = net(x)
