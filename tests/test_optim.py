@@ -1,5 +1,5 @@
-"""lenet.optim: LeanSGD is torch.optim.SGD's arithmetic and state without its import cost;
-the schedules."""
+"""lenet.optim: LeanSGD is torch.optim.SGD's arithmetic and state without its import cost
+(the schedules are tested in test_train.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lenet.optim import LeanSGD, learning_rate, set_lr
-from lenet.runconfig import RunConfig
+from lenet.optim import LeanSGD, set_lr
 
 SETTINGS = [
     {},
@@ -107,11 +106,3 @@ def test_training_the_book_recipe_never_imports_torch_dynamo(tiny_data_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
-
-
-def test_learning_rate_follows_the_schedule():
-    cfg = RunConfig(optim={"lr": 0.1, "schedule": "step", "gamma": 0.5, "step_epochs": 2}, train={"epochs": 6})
-    assert [learning_rate(cfg, epoch * 10, 10) for epoch in range(6)] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
-    onecycle = RunConfig(optim={"lr": 0.1, "schedule": "onecycle"}, train={"epochs": 2})
-    lrs = [learning_rate(onecycle, step, 10) for step in range(20)]
-    assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == pytest.approx(0.1) and lrs[-1] < 0.01

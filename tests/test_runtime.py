@@ -46,6 +46,29 @@ def test_asked_and_recorded_precisions_win():
         runtime.resolve_speed(TrainConfig(precision="tf32"), CPU)
 
 
+def test_micro_batches_are_automatic_on_the_cpu_for_networks_without_batch_norm():
+    assert runtime.resolve_speed(TrainConfig(), CPU).micro_batch == runtime.MICRO_BATCH_CPU
+    assert runtime.resolve_speed(TrainConfig(), CPU, batch_norm=True).micro_batch == 0
+    assert runtime.resolve_speed(TrainConfig(batch_size=128), CPU).micro_batch == 0  # nothing to split
+    assert runtime.resolve_speed(TrainConfig(), torch.device("meta")).micro_batch == 0  # not a CPU
+    assert runtime.resolve_speed(TrainConfig(micro_batch=0), CPU).micro_batch == 0
+    assert runtime.resolve_speed(TrainConfig(micro_batch=32), CPU).micro_batch == 32
+    with pytest.raises(UsageError, match="batch norm would take its statistics per part"):
+        runtime.resolve_speed(TrainConfig(micro_batch=32), CPU, batch_norm=True)
+    with pytest.raises(UsageError, match="does not combine with --cuda-graphs"):
+        runtime.resolve_speed(TrainConfig(micro_batch=32, cuda_graphs=True), CPU)
+    # A checkpoint from before micro-batches resumes as it began: whole batches.
+    old = runtime.resolve_speed(TrainConfig(), CPU, {"precision": "fp32", "channels_last": True})
+    assert old.micro_batch == 0
+    assert runtime.resolve_speed(TrainConfig(), CPU, old.to_dict() | {"micro_batch": 64}).micro_batch == 64
+
+
+def test_evaluation_batches_are_small_on_the_cpu_and_big_elsewhere():
+    assert runtime.eval_batch_size(None, CPU) == runtime.EVAL_BATCH_CPU < runtime.EVAL_BATCH_GPU
+    assert runtime.eval_batch_size(None, torch.device("meta")) == runtime.EVAL_BATCH_GPU
+    assert runtime.eval_batch_size(700, CPU) == 700  # asked for
+
+
 def test_the_measurement_is_real_and_kept_per_machine(tmp_path):
     runtime.calibration_file().unlink()
     ratio = runtime.bf16_speedup(rounds=1)

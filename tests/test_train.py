@@ -102,6 +102,47 @@ def test_resume_from_a_checkpoint_gives_identical_weights(tiny_data_dir):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
 
 
+def test_micro_batches_sum_to_the_whole_batchs_gradient():
+    """Parts of 128, 128 and 44 images give the gradient, loss and logits of one batch of
+    300, up to float rounding; the whole batch is the path with micro_batch 0."""
+    from lenet.models import LeNet
+    from lenet.runtime import Speed
+    from lenet.training import Learner
+
+    cfg = build_config("d2l", overrides=["optim.label_smoothing=0.1"])
+    x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
+    results = []
+    for micro in (0, 128):
+        torch.manual_seed(0)
+        learner = Learner(LeNet(cfg.model), cfg, torch.device("cpu"), 10, Speed("fp32", True, micro_batch=micro))
+        loss, logits = learner._forward_backward(x.contiguous(memory_format=torch.channels_last), y)
+        results.append((loss, logits, [p.grad.clone() for p in learner.model.parameters()]))
+    (loss0, logits0, grads0), (loss1, logits1, grads1) = results
+    assert logits1.shape == (300, 10) and torch.allclose(logits0, logits1, atol=1e-6)
+    assert loss1.item() == pytest.approx(loss0.item(), rel=1e-6)
+    for g0, g1 in zip(grads0, grads1):
+        assert torch.allclose(g0, g1, rtol=1e-4, atol=1e-7)
+    assert any(not torch.equal(g0, g1) for g0, g1 in zip(grads0, grads1))  # it did take the other path
+
+
+def test_a_run_in_micro_batches_records_them_and_resumes_exactly(tiny_data_dir):
+    """d2l's batches of 256 go in parts of 128 on the CPU by default; the choice is in
+    environment.json and the log, and a resumed run continues bit for bit."""
+    full = train(tiny_config(tiny_data_dir, preset="d2l", name="full", epochs=3), out="runs")
+    env = json.loads((full.run_dir / "environment.json").read_text())
+    assert env["speed"]["micro_batch"] == 128
+    assert "micro-batches of 128" in (full.run_dir / "train.log").read_text()
+    with pytest.raises(_Stop):
+        train(tiny_config(tiny_data_dir, preset="d2l", name="part", epochs=3), out="runs",
+              on_epoch=_stop_after_epoch_2)
+    resumed = resume(tiny_data_dir.parent / "runs" / "part")
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    whole = train(tiny_config(tiny_data_dir, "train.micro_batch=0", preset="d2l", name="whole", epochs=3),
+                  out="runs")
+    assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["micro_batch"] == 0
+
+
 class _Stop(Exception):
     pass
 

@@ -240,8 +240,12 @@ class TrainedModel:
         return self.config.name or self.config.preset or self.config.model.name
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-        """Logits (N, classes) on the CPU for uint8 images (N, 1, 28, 28), in big batches."""
+    def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Logits (N, classes) on the CPU for uint8 images (N, 1, 28, 28), in batches of
+        ``batch_size`` (None: the device's default, runtime.eval_batch_size)."""
+        from .runtime import eval_batch_size
+
+        batch_size = eval_batch_size(batch_size, self.device)
         self.model.eval()
         outputs = [self.model(self.normalize(images[s:s + batch_size].to(self.device))).float().cpu()
                    for s in range(0, len(images), batch_size)]

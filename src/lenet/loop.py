@@ -28,7 +28,7 @@ from . import checkpoint as ckpt
 from .data import Normalizer, Split
 from .errors import Interrupted, RunError
 from .runconfig import RunConfig
-from .runtime import autocast
+from .runtime import autocast, eval_batch_size
 
 # How often (steps) a CUDA run looks for a NaN loss: each look is a host sync, and the
 # step that went bad is recorded on the device, so the message still names it exactly.
@@ -96,15 +96,17 @@ def train_one_epoch(learner: Any, split: Split, order: torch.Tensor, state: Epoc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: int,
+def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: int | None,
              index: torch.Tensor | None = None, max_batches: int | None = None,
              amp: bool = False, tta: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean cross-entropy loss, accuracy) over ``split``, or over its rows ``index``
     ((N,), or (K, N): each of K models its own rows); big batches, no gradients.
     Shapes: () for one model, (K,) when ``model`` maps a batch to (K, B, classes).
     ``tta``: test-time augmentation, the predicted probabilities averaged over the image
-    and its views (tta_views: "flip", "shift")."""
+    and its views (tta_views: "flip", "shift"). ``batch_size`` None: the device's default
+    (runtime.eval_batch_size)."""
     model.eval()
+    batch_size = eval_batch_size(batch_size, split.images.device)
     n = len(split) if index is None else index.shape[-1]
     n = n if max_batches is None else min(n, max_batches * batch_size)
     loss_sum: Any = 0.0

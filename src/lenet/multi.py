@@ -19,8 +19,8 @@ format, its random states), so an interrupted group resumes together
 (``resume_many``) or each run alone (``lenet train --resume``).
 
 Speed switches: ``--amp`` and ``--deterministic`` apply as in a single run;
-``--channels-last``, ``--compile`` and ``--cuda-graphs`` do not fit the stacked step
-and are refused (a sweep trains such runs one by one instead).
+``--channels-last``, ``--compile``, ``--cuda-graphs`` and ``--micro-batch`` do not fit
+the stacked step and are refused (a sweep trains such runs one by one instead).
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ VARYING = {
     "optim.gamma", "optim.warmup_fraction", "model.init", "model.name",
 }
 # Switches the stacked step does not honour: torch.compile and CUDA graphs capture one
-# model's graph, and channels-last has no layout for the (K, B, C, H, W) batch.
-REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs")
+# model's graph, channels-last has no layout for the (K, B, C, H, W) batch, and the
+# stacked step takes each batch whole (a single run's micro-batches are automatic on
+# the CPU; a group simply has none).
+REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs", "micro_batch")
 
 
 def group_key(cfg: RunConfig) -> str | None:
@@ -199,8 +201,9 @@ def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, 
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     at = Position()
-    # The stacked step has no channels-last layout (REFUSED_SWITCHES); precision as a run's.
-    speed = resolve_speed(first.train.model_copy(update={"channels_last": False}), device,
+    # The stacked step has no channels-last layout or micro-batches (REFUSED_SWITCHES);
+    # precision as a run's.
+    speed = resolve_speed(first.train.model_copy(update={"channels_last": False, "micro_batch": 0}), device,
                           recorded_speed(first, saved[0] if saved else None))
     configure_backends(device, speed, False, first.train.deterministic)
     if saved is None:

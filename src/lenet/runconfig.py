@@ -63,7 +63,8 @@ class OptimConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(256, ge=1, le=1_000_000)
-    eval_batch_size: int = Field(2048, ge=1, description="evaluation needs no gradients: big batches")
+    eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch "
+                                        "(default: 2048 on a GPU, 256 on a CPU, where big batches outgrow the caches)")
     dry_run: bool = Field(False, description="one batch of training and evaluation, for smoke tests")
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
@@ -82,6 +83,10 @@ class TrainConfig(Strict):
     channels_last: bool | None = Field(None, description="NHWC memory layout; None: on for the CPU, where it is "
                                                          "faster, off elsewhere")
     cuda_graphs: bool = Field(False, description="CUDA only: record the whole step as a CUDA graph and replay it")
+    micro_batch: int | None = Field(None, ge=0, le=1_000_000, description=(
+        "forward and backward in parts of this many images, gradients summed (the same update up to "
+        "rounding), so activations stay in the CPU's caches; None: automatic on the CPU for networks without "
+        "batch norm, off elsewhere; 0: off"))
 
 
 class RunConfig(Strict):
@@ -401,6 +406,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("amp", "train.amp", "bfloat16 autocast on CPU and CUDA (= --precision bf16)", bool),
     Flag("channels_last", "train.channels_last", "channels-last (NHWC) memory layout (default: on for the CPU)", bool),
     Flag("cuda_graphs", "train.cuda_graphs", "CUDA only: record the whole step as a CUDA graph, replay it", bool),
+    Flag("micro_batch", "train.micro_batch", "forward and backward in parts of N images, gradients summed; 0: off "
+         "(default: automatic on the CPU without batch norm)", int),
 )
 FLAGS_BY_NAME = {f.name: f for f in FLAGS}
 

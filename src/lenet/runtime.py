@@ -45,6 +45,21 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
+# Images per evaluation batch where the config leaves it open. A GPU wants big batches to
+# stay busy. On a CPU a 2,048-image batch's first activations (2048x6x28x28 float32,
+# 38 MB, and as much again for the sigmoid's output) outgrow the caches: the d2l LeNet
+# evaluated 10,000 images at 10.5k images/s in batches of 2,048 and 27k in batches of 256
+# (1 thread, 2-core AMD EPYC, benchmarks/eval_batch.py).
+EVAL_BATCH_GPU, EVAL_BATCH_CPU = 2048, 256
+
+
+def eval_batch_size(requested: int | None, device: torch.device) -> int:
+    """train.eval_batch_size, or this device's default where it is None."""
+    if requested is not None:
+        return requested
+    return EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_GPU
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -99,13 +114,15 @@ class Speed:
     precision: str  # fp32 | bf16 | tf32
     channels_last: bool
     reason: str = ""
+    micro_batch: int = 0  # images per forward/backward part of a step; 0: the whole batch at once
 
     @property
     def bf16(self) -> bool:
         return self.precision == "bf16"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "channels_last": self.channels_last, "reason": self.reason}
+        return {"precision": self.precision, "channels_last": self.channels_last, "reason": self.reason,
+                "micro_batch": self.micro_batch}
 
 
 def cpu_flags() -> set[str]:
@@ -126,26 +143,53 @@ def fast_bf16_hardware() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
-def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | None = None) -> Speed:
-    """The run's precision and layout. ``train``: its TrainConfig; ``recorded``: the
-    choice a checkpoint holds (a resumed run keeps it, so it continues exactly)."""
+def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | None = None,
+                  batch_norm: bool = False) -> Speed:
+    """The run's precision, layout and micro-batches. ``train``: its TrainConfig;
+    ``recorded``: the choice a checkpoint holds (a resumed run keeps it, so it continues
+    exactly); ``batch_norm``: whether the network has any (no micro-batches then)."""
     if recorded:
-        return Speed(recorded["precision"], bool(recorded["channels_last"]), recorded.get("reason", ""))
+        return Speed(recorded["precision"], bool(recorded["channels_last"]), recorded.get("reason", ""),
+                     int(recorded.get("micro_batch", 0)))  # checkpoints before micro-batches: none
     channels_last = train.channels_last if train.channels_last is not None else device.type == "cpu"
+    precision, reason = _precision(train, device)
+    return Speed(precision, channels_last, reason, _micro_batch(train, device, batch_norm))
+
+
+def _precision(train: Any, device: torch.device) -> tuple[str, str]:
     precision = "bf16" if train.amp else train.precision
     if precision == "tf32" and device.type != "cuda":
         raise UsageError(f"--precision tf32 needs a CUDA device; this run is on {device}")
     if precision != "auto":
-        return Speed(precision, channels_last, "asked for")
+        return precision, "asked for"
     if device.type != "cpu" or not fast_bf16_hardware():
-        return Speed("fp32", channels_last, "auto: fp32" + ("" if device.type != "cpu" else
-                                                               " (no AMX or AVX-512 BF16 on this CPU)"))
+        return "fp32", "auto: fp32" + ("" if device.type != "cpu" else " (no AMX or AVX-512 BF16 on this CPU)")
     if train.deterministic:
-        return Speed("fp32", channels_last, "auto: fp32 (--deterministic: no measured choice)")
+        return "fp32", "auto: fp32 (--deterministic: no measured choice)"
     ratio = bf16_speedup()
     # bf16 only where it pays clearly: a 10% margin keeps timing noise from choosing it.
     chosen = "bf16" if ratio > BF16_MARGIN else "fp32"
-    return Speed(chosen, channels_last, f"auto: bf16 measured at {ratio:.2f}x fp32 on this CPU")
+    return chosen, f"auto: bf16 measured at {ratio:.2f}x fp32 on this CPU"
+
+
+# Images per forward/backward part of a CPU step (train.micro_batch None). A batch of 256
+# in one piece has 256x6x28x28 float32 activations (4.8 MB per tensor, several alive at
+# once) that outgrow a core's caches, and the sigmoid, pooling and convolution passes over
+# them wait on memory; in parts of 128 they fit.
+MICRO_BATCH_CPU = 128
+
+
+def _micro_batch(train: Any, device: torch.device, batch_norm: bool) -> int:
+    if train.micro_batch is not None:
+        if train.micro_batch and batch_norm:
+            raise UsageError(f"--micro-batch {train.micro_batch}: batch norm would take its statistics per part, "
+                             "not per batch; use --micro-batch 0 with batch-norm networks")
+        if train.micro_batch and train.cuda_graphs:
+            raise UsageError("--micro-batch does not combine with --cuda-graphs (one recorded step per batch)")
+        return train.micro_batch
+    if device.type != "cpu" or batch_norm or train.cuda_graphs or train.batch_size <= MICRO_BATCH_CPU:
+        return 0
+    return MICRO_BATCH_CPU
 
 
 BF16_MARGIN = 1.1

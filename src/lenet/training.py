@@ -63,6 +63,7 @@ class Learner:
         if speed.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, speed.bf16
+        self.micro_batch = speed.micro_batch
         self.forward = torch.compile(model) if t.compile else model
         self.optimizer = make_optimizer(model, cfg, graphable=t.cuda_graphs)
         # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
@@ -129,15 +130,31 @@ class Learner:
         if self.graphed is not None:
             loss, logits = self.graphed(x, y)
         else:
-            with autocast(x.device, self.amp):
-                logits = self.forward(x)
-            loss = self.loss_fn(logits.float(), y)  # the loss in float32 whatever the forward ran in
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = self._forward_backward(x, y)
             self.optimizer.step()
         if self.ema is not None:
             self._update_ema(global_step)
         return loss.detach(), logits.detach()
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean loss and its logits, its gradients accumulated. With
+        micro-batches, part by part: each part's mean loss weighted by its share of the
+        batch, so the gradients sum to the whole batch's (up to rounding)."""
+        parts = x.split(self.micro_batch) if 0 < self.micro_batch < len(x) else (x,)
+        losses, outputs = [], []
+        for xs, ys in zip(parts, y.split(len(parts[0]))):
+            with autocast(x.device, self.amp):
+                logits = self.forward(xs)
+            loss = self.loss_fn(logits.float(), ys)  # the loss in float32 whatever the forward ran in
+            if len(parts) > 1:
+                loss = loss * (len(ys) / len(y))
+            loss.backward()
+            losses.append(loss.detach())
+            outputs.append(logits.detach())
+        if len(parts) == 1:
+            return losses[0], outputs[0]
+        return torch.stack(losses).sum(), torch.cat(outputs)
 
     def check_finite(self, state: EpochState) -> None:
         bad = int(state.first_bad_step)
@@ -231,7 +248,7 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
     data = prepare_data(cfg, device, data)
     steps = 1 if cfg.train.dry_run else math.ceil(data.n_train / cfg.train.batch_size)
     epochs = 1 if cfg.train.dry_run else cfg.train.epochs
-    speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved))
+    speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved), cfg.model.batch_norm)
     configure_backends(device, speed, cfg.train.cuda_graphs, cfg.train.deterministic)
     learner = Learner(LeNet(cfg.model).to(device), cfg, device, steps, speed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -342,7 +359,8 @@ def tta_kinds(cfg: RunConfig) -> tuple[str, ...]:
 
 def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None,
            speed: Speed) -> str:
-    layout = ", channels-last" if speed.channels_last else ""
+    layout = (", channels-last" if speed.channels_last else "") + (
+        f", micro-batches of {speed.micro_batch}" if 0 < speed.micro_batch < cfg.train.batch_size else "")
     return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
             f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
             f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.precision}{layout})")
