@@ -105,9 +105,7 @@ def _session_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
         patch.setenv("LENET_NO_DOWNLOAD", "1")
-        from lenet.runtime import record_bf16_speedup
-
-        record_bf16_speedup(1.0)
+        _pin_cpu_speed()
         yield
 
 
@@ -121,12 +119,17 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LENET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("LENET_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    # precision "auto" measures bf16 against fp32 once per machine (runtime.bf16_speedup);
-    # tests pin that answer to fp32, so every test computes alike on any CPU (test_runtime
-    # measures for real).
-    from lenet.runtime import record_bf16_speedup
+    _pin_cpu_speed()
 
-    record_bf16_speedup(1.0)
+
+def _pin_cpu_speed() -> None:
+    """Precision "auto" and micro-batches are chosen from step times measured once per
+    machine (runtime.cpu_speedups). Tests pin that answer, so every test computes alike
+    on any CPU: float32, in micro-batches where a batch is split (the CPU default on the
+    machines measured so far). test_runtime measures for real."""
+    from lenet.runtime import record_cpu_speedups
+
+    record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.4, "bf16": 1.0, "bf16 micro": 1.0})
 
 
 @pytest.fixture

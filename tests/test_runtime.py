@@ -21,19 +21,22 @@ def test_channels_last_is_on_for_the_cpu_unless_asked_otherwise():
 
 
 @pytest.mark.parametrize("hardware, measured, deterministic, expected", [
-    (False, 3.0, False, "fp32"),  # no bf16 units: never measured, never bf16
-    (True, 1.5, False, "bf16"),  # bf16 units that pay: bf16
-    (True, 1.05, False, "fp32"),  # inside the 10% margin: fp32
-    (True, 1.5, True, "fp32"),  # --deterministic: no measured choice
+    (False, {"bf16": 3.0}, False, "fp32"),  # no bf16 units: never measured, never bf16
+    (True, {"bf16": 1.5}, False, "bf16"),  # bf16 units that pay: bf16
+    (True, {"bf16": 1.05}, False, "fp32"),  # inside the 10% margin: fp32
+    (True, {"bf16": 1.5}, True, "fp32"),  # --deterministic: no measured choice
+    # bf16 against float32's best step: micro-batches made fp32 as fast
+    (True, {"bf16": 1.5, "fp32 micro": 1.45}, False, "fp32"),
+    (True, {"bf16 micro": 1.8, "fp32 micro": 1.45}, False, "bf16"),
 ])
 def test_auto_precision_takes_bf16_only_where_it_was_measured_faster(monkeypatch, hardware, measured,
                                                                      deterministic, expected):
     monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: hardware)
-    runtime.record_bf16_speedup(measured)
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.0, "bf16": 1.0, "bf16 micro": 1.0, **measured})
     speed = runtime.resolve_speed(TrainConfig(deterministic=deterministic), CPU)
     assert speed.precision == expected
     if hardware and not deterministic:
-        assert f"{measured:.2f}x" in speed.reason
+        assert "x fp32 on this CPU" in speed.reason
 
 
 def test_asked_and_recorded_precisions_win():
@@ -46,11 +49,24 @@ def test_asked_and_recorded_precisions_win():
         runtime.resolve_speed(TrainConfig(precision="tf32"), CPU)
 
 
-def test_micro_batches_are_automatic_on_the_cpu_for_networks_without_batch_norm():
+@pytest.mark.parametrize("measured, expected", [
+    ({"fp32 micro": 1.4}, runtime.MICRO_BATCH_CPU),  # measured faster: on
+    ({"fp32 micro": 1.02}, 0),  # inside the 5% margin: whole batches
+    ({"fp32 micro": 0.8}, 0),
+])
+def test_micro_batches_are_taken_where_they_measured_faster(monkeypatch, measured, expected):
+    monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: False)
+    runtime.record_cpu_speedups({"fp32": 1.0, **measured})
+    assert runtime.resolve_speed(TrainConfig(), CPU).micro_batch == expected
+
+
+def test_micro_batches_only_where_a_batch_can_be_split():
+    """(conftest pins micro-batches as measured faster.)"""
     assert runtime.resolve_speed(TrainConfig(), CPU).micro_batch == runtime.MICRO_BATCH_CPU
     assert runtime.resolve_speed(TrainConfig(), CPU, batch_norm=True).micro_batch == 0
     assert runtime.resolve_speed(TrainConfig(batch_size=128), CPU).micro_batch == 0  # nothing to split
     assert runtime.resolve_speed(TrainConfig(), torch.device("meta")).micro_batch == 0  # not a CPU
+    assert runtime.resolve_speed(TrainConfig(deterministic=True), CPU).micro_batch == 0  # no measured choice
     assert runtime.resolve_speed(TrainConfig(micro_batch=0), CPU).micro_batch == 0
     assert runtime.resolve_speed(TrainConfig(micro_batch=32), CPU).micro_batch == 32
     with pytest.raises(UsageError, match="batch norm would take its statistics per part"):
@@ -69,13 +85,17 @@ def test_evaluation_batches_are_small_on_the_cpu_and_big_elsewhere():
     assert runtime.eval_batch_size(700, CPU) == 700  # asked for
 
 
-def test_the_measurement_is_real_and_kept_per_machine(tmp_path):
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_the_measurement_is_real_and_kept_per_machine(monkeypatch, bf16_units):
+    monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: bf16_units)
     runtime.calibration_file().unlink()
-    ratio = runtime.bf16_speedup(rounds=1)
-    assert 0.05 < ratio < 50  # a timing, whatever this CPU makes of bf16
+    speedups = runtime.cpu_speedups(rounds=1)
+    assert set(speedups) == set(runtime.CANDIDATES if bf16_units else ("fp32", "fp32 micro"))
+    assert speedups["fp32"] == 1.0  # the baseline
+    assert all(0.05 < v < 50 for v in speedups.values())  # timings, whatever this CPU makes of them
     saved = json.loads(runtime.calibration_file().read_text())
-    assert saved == {runtime.calibration_key(): round(ratio, 3)}
-    assert runtime.bf16_speedup() == round(ratio, 3)  # measured once: the next run reads it
+    assert saved == {runtime.calibration_key(): speedups}
+    assert runtime.cpu_speedups() == speedups  # measured once: the next run reads it
 
 
 def test_device_names_are_checked():

@@ -138,7 +138,7 @@ def cpu_flags() -> set[str]:
 
 def fast_bf16_hardware() -> bool:
     """AMX or AVX-512 BF16: the CPU computes bf16 dot products natively. Whether that makes
-    a LeNet faster is measured (calibrate_bf16), not assumed: autocast adds casts."""
+    a LeNet faster is measured (cpu_speedups), not assumed: autocast adds casts."""
     flags = cpu_flags()
     return bool({"amx_bf16", "avx512_bf16"} & flags)
 
@@ -147,107 +147,132 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
                   batch_norm: bool = False) -> Speed:
     """The run's precision, layout and micro-batches. ``train``: its TrainConfig;
     ``recorded``: the choice a checkpoint holds (a resumed run keeps it, so it continues
-    exactly); ``batch_norm``: whether the network has any (no micro-batches then)."""
+    exactly); ``batch_norm``: whether the network has any (no micro-batches then).
+
+    On the CPU, what "auto" and None leave open is chosen from this machine's measured
+    step times (cpu_speedups): micro-batches where they were faster, bf16 where the CPU
+    has bf16 units and its best step beat float32's best by BF16_MARGIN. --deterministic
+    takes no measured choice: float32, whole batches."""
     if recorded:
         return Speed(recorded["precision"], bool(recorded["channels_last"]), recorded.get("reason", ""),
                      int(recorded.get("micro_batch", 0)))  # checkpoints before micro-batches: none
     channels_last = train.channels_last if train.channels_last is not None else device.type == "cpu"
-    precision, reason = _precision(train, device)
-    return Speed(precision, channels_last, reason, _micro_batch(train, device, batch_norm))
-
-
-def _precision(train: Any, device: torch.device) -> tuple[str, str]:
     precision = "bf16" if train.amp else train.precision
     if precision == "tf32" and device.type != "cuda":
         raise UsageError(f"--precision tf32 needs a CUDA device; this run is on {device}")
+    _check_micro_batch(train, batch_norm)
+    can_split = (device.type == "cpu" and not batch_norm and not train.cuda_graphs
+                 and train.batch_size > MICRO_BATCH_CPU)
+    bf16_units = device.type == "cpu" and fast_bf16_hardware()
+    measure = device.type == "cpu" and not train.deterministic and (
+        (precision == "auto" and bf16_units) or (train.micro_batch is None and can_split))
+    measured = cpu_speedups() if measure else {}
+
     if precision != "auto":
-        return precision, "asked for"
-    if device.type != "cpu" or not fast_bf16_hardware():
-        return "fp32", "auto: fp32" + ("" if device.type != "cpu" else " (no AMX or AVX-512 BF16 on this CPU)")
-    if train.deterministic:
-        return "fp32", "auto: fp32 (--deterministic: no measured choice)"
-    ratio = bf16_speedup()
-    # bf16 only where it pays clearly: a 10% margin keeps timing noise from choosing it.
-    chosen = "bf16" if ratio > BF16_MARGIN else "fp32"
-    return chosen, f"auto: bf16 measured at {ratio:.2f}x fp32 on this CPU"
+        reason = "asked for"
+    elif device.type != "cpu":
+        precision, reason = "fp32", "auto: fp32"
+    elif not bf16_units:
+        precision, reason = "fp32", "auto: fp32 (no AMX or AVX-512 BF16 on this CPU)"
+    elif train.deterministic:
+        precision, reason = "fp32", "auto: fp32 (--deterministic: no measured choice)"
+    else:
+        def best(p: str) -> float:
+            return max(measured.get(p, 1.0), measured.get(f"{p} micro", 0.0) if can_split else 0.0)
 
+        # bf16 only where it pays clearly: a 10% margin keeps timing noise from choosing it.
+        precision = "bf16" if best("bf16") > BF16_MARGIN * best("fp32") else "fp32"
+        reason = f"auto: bf16 measured at {best('bf16') / best('fp32'):.2f}x fp32 on this CPU"
 
-# Images per forward/backward part of a CPU step (train.micro_batch None). A batch of 256
-# in one piece has 256x6x28x28 float32 activations (4.8 MB per tensor, several alive at
-# once) that outgrow a core's caches, and the sigmoid, pooling and convolution passes over
-# them wait on memory; in parts of 128 they fit.
-MICRO_BATCH_CPU = 128
-
-
-def _micro_batch(train: Any, device: torch.device, batch_norm: bool) -> int:
     if train.micro_batch is not None:
-        if train.micro_batch and batch_norm:
-            raise UsageError(f"--micro-batch {train.micro_batch}: batch norm would take its statistics per part, "
-                             "not per batch; use --micro-batch 0 with batch-norm networks")
-        if train.micro_batch and train.cuda_graphs:
-            raise UsageError("--micro-batch does not combine with --cuda-graphs (one recorded step per batch)")
-        return train.micro_batch
-    if device.type != "cpu" or batch_norm or train.cuda_graphs or train.batch_size <= MICRO_BATCH_CPU:
-        return 0
-    return MICRO_BATCH_CPU
+        micro = train.micro_batch
+    elif not can_split or train.deterministic:
+        micro = 0
+    else:  # bf16 asked on a CPU without bf16 units was not measured: fp32's verdict stands in
+        key = precision if f"{precision} micro" in measured else "fp32"
+        micro = MICRO_BATCH_CPU if measured[f"{key} micro"] > MICRO_MARGIN * measured.get(key, 1.0) else 0
+    return Speed(precision, channels_last, reason, micro)
 
 
+def _check_micro_batch(train: Any, batch_norm: bool) -> None:
+    if train.micro_batch and batch_norm:
+        raise UsageError(f"--micro-batch {train.micro_batch}: batch norm would take its statistics per part, "
+                         "not per batch; use --micro-batch 0 with batch-norm networks")
+    if train.micro_batch and train.cuda_graphs:
+        raise UsageError("--micro-batch does not combine with --cuda-graphs (one recorded step per batch)")
+
+
+# Images per forward/backward part of a CPU step, where micro-batches measured faster. A
+# batch of 256 in one piece has 256x6x28x28 float32 activations (4.8 MB per tensor,
+# several alive at once) that outgrow a core's L2 cache, and the sigmoid, pooling and
+# convolution passes over them wait on memory. Parts of 128 trained the d2l recipe at
+# 1.43x whole batches (21.5k against 15.0k examples/s, 2 threads, 2-core AMD EPYC with
+# 1 MB of L2 per core); parts of 64 at 1.28x (the per-part overhead grows).
+MICRO_BATCH_CPU = 128
+MICRO_MARGIN = 1.05  # micro-batches only where they are clearly faster
 BF16_MARGIN = 1.1
 
 
 def calibration_key() -> str:
-    """This machine, as far as the bf16 measurement cares: the CPU, torch and the threads."""
+    """This machine, as far as the step-time measurement cares: the CPU, torch, the threads."""
     return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
 def calibration_file() -> Path:
-    return _cache_dir() / "bf16-speedup.json"
+    return _cache_dir() / "cpu-speed.json"
 
 
-def bf16_speedup(rounds: int = 5) -> float:
-    """How much faster the d2l LeNet trains (batch 256, channels-last) under bf16 autocast
-    than in float32 on this CPU (>1: bf16 faster). Measured once per machine and kept in
-    the user cache, so every run here makes the same choice: delete
-    ~/.cache/lenet/bf16-speedup.json to measure again."""
+CANDIDATES = ("fp32", "fp32 micro", "bf16", "bf16 micro")
+
+
+def cpu_speedups(rounds: int = 5) -> dict[str, float]:
+    """Speed-ups of the d2l LeNet's training step (batch 256, channels-last) on this CPU
+    over a whole-batch float32 step: {"fp32": 1.0, "fp32 micro": ..., "bf16": ...,
+    "bf16 micro": ...} ("micro": in micro-batches of MICRO_BATCH_CPU; the bf16 entries
+    only where the CPU has bf16 units). Measured once per machine and kept in the user
+    cache, so every run here makes the same choice: delete ~/.cache/lenet/cpu-speed.json
+    to measure again."""
     import json
     import time
 
     from .models import LeNet, ModelConfig
     from .optim import LeanSGD
 
-    cache, key = calibration_file(), calibration_key()
+    wanted = CANDIDATES if fast_bf16_hardware() else CANDIDATES[:2]
     try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
-        return float(known[key])
+        known = json.loads(calibration_file().read_text()).get(calibration_key())
+    except (OSError, ValueError, AttributeError):
+        known = None
+    if isinstance(known, dict) and all(isinstance(known.get(c), (int, float)) for c in wanted):
+        return {c: float(known[c]) for c in wanted}
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
         torch.manual_seed(0)
         x = torch.rand(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (256,))
-        nets = {bf16: LeNet(ModelConfig()).to(memory_format=torch.channels_last) for bf16 in (False, True)}
-        optimizers = {bf16: LeanSGD(net.parameters(), lr=0.01) for bf16, net in nets.items()}
-        for bf16 in (False, True):  # warm-up: oneDNN picks and builds its kernels
-            _train_step(nets[bf16], optimizers[bf16], x, y, bf16)
-        # Alternating rounds of 3 steps each; the median of the ratios taken side by side
+        nets = {c: LeNet(ModelConfig()).to(memory_format=torch.channels_last) for c in wanted}
+        optimizers = {c: LeanSGD(net.parameters(), lr=0.01) for c, net in nets.items()}
+        for c in wanted:  # warm-up: oneDNN picks and builds its kernels
+            _train_step(nets[c], optimizers[c], x, y, c)
+        # Rounds of 3 steps per candidate, taking turns; the median of each round's ratios
         # is not fooled by a neighbour's burst of load.
-        ratios = []
+        ratios: dict[str, list[float]] = {c: [] for c in wanted}
         for _ in range(rounds):
             seconds = {}
-            for bf16 in (False, True):
+            for c in wanted:
                 tic = time.perf_counter()
                 for _ in range(3):
-                    _train_step(nets[bf16], optimizers[bf16], x, y, bf16)
-                seconds[bf16] = time.perf_counter() - tic
-            ratios.append(seconds[False] / max(seconds[True], 1e-9))
-    ratio = sorted(ratios)[len(ratios) // 2]
-    record_bf16_speedup(ratio)
-    return ratio
+                    _train_step(nets[c], optimizers[c], x, y, c)
+                seconds[c] = time.perf_counter() - tic
+            for c in wanted:
+                ratios[c].append(seconds["fp32"] / max(seconds[c], 1e-9))
+    speedups = {c: sorted(r)[len(r) // 2] for c, r in ratios.items()}
+    record_cpu_speedups(speedups)
+    return {c: round(v, 3) for c, v in speedups.items()}
 
 
-def record_bf16_speedup(ratio: float) -> None:
-    """Keep this machine's measurement (or a user's decision: ratio 0 = never bf16)."""
+def record_cpu_speedups(speedups: dict[str, float]) -> None:
+    """Keep this machine's measurement (or a user's decision: {"bf16": 0, "bf16 micro": 0}
+    = never bf16)."""
     import json
 
     from .files import atomic_write_text
@@ -260,19 +285,19 @@ def record_bf16_speedup(ratio: float) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         known = known if isinstance(known, dict) else {}
-        known[calibration_key()] = round(ratio, 3)
+        known[calibration_key()] = {c: round(float(v), 3) for c, v in speedups.items()}
         atomic_write_text(cache, json.dumps(known, indent=1) + "\n")
     except (OSError, LenetError):
         pass  # a cache that cannot be written only means measuring again next time
 
 
-def _train_step(net: torch.nn.Module, optimizer: LeanSGD, x: torch.Tensor, y: torch.Tensor,
-                bf16: bool) -> None:
-    with autocast(torch.device("cpu"), bf16):
-        logits = net(x)
-    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+def _train_step(net: torch.nn.Module, optimizer: LeanSGD, x: torch.Tensor, y: torch.Tensor, candidate: str) -> None:
+    parts = MICRO_BATCH_CPU if candidate.endswith("micro") else len(x)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    for xs, ys in zip(x.split(parts), y.split(parts)):
+        with autocast(torch.device("cpu"), candidate.startswith("bf16")):
+            logits = net(xs)
+        (torch.nn.functional.cross_entropy(logits.float(), ys) * (len(ys) / len(y))).backward()
     optimizer.step()
 
 
