@@ -12,15 +12,12 @@ import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import LenetError, UsageError
-
-if TYPE_CHECKING:
-    from .optim import LeanSGD
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -237,7 +234,6 @@ def cpu_speedups(rounds: int = 5) -> dict[str, float]:
     import time
 
     from .models import LeNet, ModelConfig
-    from .optim import LeanSGD
 
     wanted = CANDIDATES if fast_bf16_hardware() else CANDIDATES[:2]
     try:
@@ -251,9 +247,8 @@ def cpu_speedups(rounds: int = 5) -> dict[str, float]:
         x = torch.rand(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (256,))
         nets = {c: LeNet(ModelConfig()).to(memory_format=torch.channels_last) for c in wanted}
-        optimizers = {c: LeanSGD(net.parameters(), lr=0.01) for c, net in nets.items()}
         for c in wanted:  # warm-up: oneDNN picks and builds its kernels
-            _train_step(nets[c], optimizers[c], x, y, c)
+            _train_step(nets[c], x, y, c)
         # Rounds of 3 steps per candidate, taking turns; the median of each round's ratios
         # is not fooled by a neighbour's burst of load.
         ratios: dict[str, list[float]] = {c: [] for c in wanted}
@@ -262,7 +257,7 @@ def cpu_speedups(rounds: int = 5) -> dict[str, float]:
             for c in wanted:
                 tic = time.perf_counter()
                 for _ in range(3):
-                    _train_step(nets[c], optimizers[c], x, y, c)
+                    _train_step(nets[c], x, y, c)
                 seconds[c] = time.perf_counter() - tic
             for c in wanted:
                 ratios[c].append(seconds["fp32"] / max(seconds[c], 1e-9))
@@ -292,14 +287,19 @@ def record_cpu_speedups(speedups: dict[str, float]) -> None:
         pass  # a cache that cannot be written only means measuring again next time
 
 
-def _train_step(net: torch.nn.Module, optimizer: LeanSGD, x: torch.Tensor, y: torch.Tensor, candidate: str) -> None:
+def _train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, candidate: str) -> None:
+    """One d2l step as training.Learner takes it, its SGD update written out (an
+    inference module may import this one; the optimisers live with the training loop)."""
     parts = MICRO_BATCH_CPU if candidate.endswith("micro") else len(x)
-    optimizer.zero_grad(set_to_none=True)
+    params = list(net.parameters())
+    for p in params:
+        p.grad = None
     for xs, ys in zip(x.split(parts), y.split(parts)):
         with autocast(torch.device("cpu"), candidate.startswith("bf16")):
             logits = net(xs)
         (torch.nn.functional.cross_entropy(logits.float(), ys) * (len(ys) / len(y))).backward()
-    optimizer.step()
+    with torch.no_grad():
+        torch._foreach_add_(params, [p.grad for p in params], alpha=-0.01)
 
 
 def _cache_dir() -> Path:
