@@ -50,6 +50,28 @@ def train_calls(monkeypatch):
 # --------------------------------------------------------------------------- planning
 
 
+def test_a_run_directory_from_another_config_is_refused_but_not_for_how_it_computed(tmp_path):
+    """check_same_config: a different lr is another run; a different evaluation batch or
+    micro-batch (how it computed, e.g. a run made before their defaults changed) is not."""
+    from lenet.errors import RunError
+    from lenet.runs import save_config
+
+    spec = sweep.parse_spec({"name": "same", "base": "d2l", "seeds": 1, "include_base": False,
+                             "variants": [{"name": "v", "set": {"optim.lr": 0.5}}]})
+    planned = sweep.plan_sweep(spec, tmp_path).runs()[0]
+    planned.run_dir.mkdir(parents=True)
+    execute.check_same_config(planned)  # nothing there yet
+    older = planned.config.model_copy(update={"train": planned.config.train.model_copy(
+        update={"eval_batch_size": 2048, "micro_batch": 0, "progress": "never"})}, deep=True)
+    save_config(planned.run_dir, older)
+    execute.check_same_config(planned)
+    other = planned.config.model_copy(update={"optim": planned.config.optim.model_copy(update={"lr": 0.9})},
+                                      deep=True)
+    save_config(planned.run_dir, other)
+    with pytest.raises(RunError, match="optim.lr: 0.9 there, 0.5 now"):
+        execute.check_same_config(planned)
+
+
 def test_grid_is_the_cartesian_product_with_readable_names():
     spec = sweep.parse_spec({"name": "g", "base": "d2l", "seeds": 2, "common": {"train": {"epochs": 3}},
                              "grid": {"model.pool": ["avg", "max"], "optim.lr": [0.1, 0.9, 2.0]}})
