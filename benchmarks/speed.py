@@ -9,14 +9,19 @@ In one run, on one machine, for each path:
                    256, shuffle=True), the book's LeNet-5 and SGD (benchmarks/plain_loop.py)
     book           the book's own loop: per-sample PIL Dataset, 4 DataLoader workers
     lenet default  `lenet train --preset d2l`, as it chooses for this machine
-    lenet whole batches     the default of lenet 0.2: no micro-batches, evaluation in
-                            batches of 2,048 (its SGD's 1.3 s import is not put back)
+    lenet fp32     --precision fp32, micro-batches as measured for float32
+    lenet fp32 whole batches  lenet 0.2's default on a CPU where bf16 does not pay:
+                   float32, channels-last, whole batches, evaluation in batches of 2,048
+                   (its SGD's 1.3 s import of torch._dynamo is not put back)
     lenet fp32 contiguous   the default of lenet 0.1: float32, NCHW layout, whole batches
     lenet --precision bf16  bfloat16 autocast, whatever the hardware
     lenet --compile         torch.compile on the CPU (pays its compile time)
 
-1. examples/s of training (evaluation excluded), in this process; the paths take turns
-   in each repetition, so a burst of load elsewhere hits them all; median of --repeats
+1. examples/s of training (evaluation excluded): lenet's paths in this process, the
+   baselines from their own whole-process runs (2.), so that lenet's process-wide
+   malloc setting (runtime.tune_cpu_allocator) does not reach them; the paths take
+   turns in each repetition, so a burst of load elsewhere hits them all; median of
+   --repeats
 2. whole-process seconds for --process-epochs epochs (start-up, data, training,
    evaluation, files), each path its own process; median of --repeats
 3. test accuracy after --accuracy-epochs epochs (once per path; 0 skips)
@@ -48,7 +53,8 @@ from lenet.runtime import cpu_flags, cpu_name, cpu_speedups  # noqa: E402
 HERE = Path(__file__).resolve().parent
 LENET_PATHS = {
     "lenet default": {},
-    "lenet whole batches": {"set": {"train.micro_batch": 0, "train.eval_batch_size": 2048}},
+    "lenet fp32": {"precision": "fp32"},
+    "lenet fp32 whole batches": {"precision": "fp32", "set": {"train.micro_batch": 0, "train.eval_batch_size": 2048}},
     "lenet fp32 contiguous": {"precision": "fp32", "set": {"train.channels_last": False, "train.micro_batch": 0,
                                                            "train.eval_batch_size": 2048}},
     "lenet --precision bf16": {"precision": "bf16"},
@@ -63,7 +69,8 @@ def lenet_config(path: str, epochs: int, data_dir: str | None):
 
 
 def throughput(path: str, epochs: int, data, data_dir: str | None) -> tuple[float, float, dict]:
-    """(examples/s, test accuracy, the speed choice) of one in-process run."""
+    """(examples/s, test accuracy, the speed choice) of one in-process run (the baselines'
+    accuracy only: their speed comes from a process of their own, whole_process)."""
     if path in ("plain", "book"):
         result = plain_loop.run(path, epochs=epochs, data=data)
         return result["examples_per_second"], result["test_accuracy"], {}
@@ -89,12 +96,15 @@ def process_command(path: str, epochs: int, data_dir: str | None, out: str) -> l
             *(["--data-dir", data_dir] if data_dir else [])]
 
 
-def whole_process(path: str, epochs: int, data_dir: str | None) -> float:
+def whole_process(path: str, epochs: int, data_dir: str | None) -> tuple[float, float | None]:
+    """(seconds, examples/s where the process reports it: the baselines' JSON line)."""
     with tempfile.TemporaryDirectory() as out:
         command = process_command(path, epochs, data_dir, out)
         tic = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - tic
+        done = subprocess.run(command, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        seconds = time.perf_counter() - tic
+    rate = json.loads(done.stdout.splitlines()[-1])["examples_per_second"] if path in ("plain", "book") else None
+    return seconds, rate
 
 
 def main() -> None:
@@ -121,10 +131,11 @@ def main() -> None:
     speed_choice: dict[str, dict] = {}
     for repeat in range(args.repeats):
         for path in args.paths:  # taking turns: each repetition measures every path once
-            rate, _, speed = throughput(path, args.epochs, data, args.data_dir)
+            seconds, rate = whole_process(path, args.process_epochs, args.data_dir)
+            if rate is None:
+                rate, _, speed_choice[path] = throughput(path, args.epochs, data, args.data_dir)
             rates[path].append(rate)
-            speed_choice[path] = speed
-            processes[path].append(whole_process(path, args.process_epochs, args.data_dir))
+            processes[path].append(seconds)
             print(f"repeat {repeat + 1}: {path:<24} {rate:>9,.0f} ex/s  process {processes[path][-1]:6.1f} s",
                   flush=True)
     accuracy = {}

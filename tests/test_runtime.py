@@ -79,6 +79,39 @@ def test_micro_batches_only_where_a_batch_can_be_split():
     assert runtime.resolve_speed(TrainConfig(), CPU, old.to_dict() | {"micro_batch": 64}).micro_batch == 64
 
 
+def test_malloc_is_tuned_once_for_cpu_runs_and_recorded():
+    """glibc's mmap threshold pinned at 32 MB: a freshly allocated 30 MB block then comes
+    from the heap, which keeps freed memory for reuse (no page faults per step). Read
+    back through glibc's own statistics."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        pytest.skip("glibc's malloc is Linux's")
+    speed = runtime.resolve_speed(TrainConfig(), CPU)
+    assert speed.allocator.startswith("glibc ") and "mmap threshold 32 MB" in speed.allocator
+    assert speed.to_dict()["allocator"] == speed.allocator
+    assert runtime.tune_cpu_allocator() is runtime.tune_cpu_allocator()  # once per process
+    assert "malloc tuned" in runtime.calibration_key()
+    assert runtime.resolve_speed(TrainConfig(), torch.device("meta")).allocator == ""
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    mapped_before = libc.mallinfo2().hblkhd
+    block = libc.malloc(30 << 20)
+    try:
+        assert libc.mallinfo2().hblkhd == mapped_before  # not an mmap of its own: from the heap
+    finally:
+        libc.free(block)
+
+
 def test_evaluation_batches_are_small_on_the_cpu_and_big_elsewhere():
     assert runtime.eval_batch_size(None, CPU) == runtime.EVAL_BATCH_CPU < runtime.EVAL_BATCH_GPU
     assert runtime.eval_batch_size(None, torch.device("meta")) == runtime.EVAL_BATCH_GPU
