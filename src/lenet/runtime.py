@@ -238,12 +238,13 @@ def _check_micro_batch(train: Any, batch_norm: bool) -> None:
         raise UsageError("--micro-batch does not combine with --cuda-graphs (one recorded step per batch)")
 
 
-# Images per forward/backward part of a CPU step, where micro-batches measured faster. A
-# batch of 256 in one piece has 256x6x28x28 float32 activations (4.8 MB per tensor,
-# several alive at once) that outgrow a core's L2 cache, and the sigmoid, pooling and
-# convolution passes over them wait on memory. Parts of 128 trained the d2l recipe at
-# 1.43x whole batches (21.5k against 15.0k examples/s, 2 threads, 2-core AMD EPYC with
-# 1 MB of L2 per core); parts of 64 at 1.28x (the per-part overhead grows).
+# Images per forward/backward part of a CPU step, where micro-batches measured faster:
+# a batch of 256 in one piece has 256x6x28x28 float32 activations (4.8 MB a tensor,
+# several alive at once), more than a core's L2 cache. On the 2-core AMD EPYC (1 MB of L2
+# a core) parts of 128 trained the d2l recipe at 1.3-1.4x whole batches before malloc
+# was tuned, and at 0.89-0.99x after: most of that gain was page faults, which the tuning
+# removes, so there the measurement leaves them off. They stay a measured choice for
+# other CPUs and allocators (parts of 64 were slower than 128 everywhere measured).
 MICRO_BATCH_CPU = 128
 MICRO_MARGIN = 1.05  # micro-batches only where they are clearly faster
 BF16_MARGIN = 1.1
