@@ -79,14 +79,33 @@ def test_micro_batches_only_where_a_batch_can_be_split():
     assert runtime.resolve_speed(TrainConfig(), CPU, old.to_dict() | {"micro_batch": 64}).micro_batch == 64
 
 
-def test_malloc_is_tuned_once_for_cpu_runs_and_recorded():
-    """glibc's mmap threshold pinned at 32 MB: a freshly allocated 30 MB block then comes
-    from the heap, which keeps freed memory for reuse (no page faults per step). Read
-    back through glibc's own statistics."""
-    import ctypes
-    import platform
+MAPPED_BY_A_30_MB_BLOCK = """
+import ctypes, sys
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+if sys.argv[1] == "tuned":
+    import lenet.runtime
+    lenet.runtime.tune_cpu_allocator()
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(30 << 20)
+print(libc.mallinfo2().hblkhd - before)
+"""
 
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+
+def test_malloc_is_tuned_once_for_cpu_runs_and_recorded():
+    """glibc's mmap threshold pinned at 32 MB: a 30 MB block then comes from the heap,
+    which keeps freed memory for reuse, instead of pages mapped for it alone. Read back
+    through glibc's statistics in fresh processes (a long-lived one's heap may be unable
+    to grow, and glibc then maps anyway), against one where lenet left malloc alone."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc's malloc is Linux's")
     speed = runtime.resolve_speed(TrainConfig(), CPU)
     assert speed.allocator.startswith("glibc ") and "mmap threshold 32 MB" in speed.allocator
@@ -95,21 +114,13 @@ def test_malloc_is_tuned_once_for_cpu_runs_and_recorded():
     assert "malloc tuned" in runtime.calibration_key()
     assert runtime.resolve_speed(TrainConfig(), torch.device("meta")).allocator == ""
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                     "fordblks", "keepcost")]
+    def mapped(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", MAPPED_BY_A_30_MB_BLOCK, mode], capture_output=True,
+                              text=True, check=True)
+        return int(done.stdout.split()[-1])
 
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = MallInfo2
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    mapped_before = libc.mallinfo2().hblkhd
-    block = libc.malloc(30 << 20)
-    try:
-        assert libc.mallinfo2().hblkhd == mapped_before  # not an mmap of its own: from the heap
-    finally:
-        libc.free(block)
+    assert mapped("default") >= 30 << 20  # glibc's own threshold: the block is mapped for itself
+    assert mapped("tuned") == 0
 
 
 def test_evaluation_batches_are_small_on_the_cpu_and_big_elsewhere():
