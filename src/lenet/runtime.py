@@ -244,7 +244,7 @@ def _check_micro_batch(train: Any, batch_norm: bool) -> None:
 # a core) parts of 128 trained the d2l recipe at 1.3-1.4x whole batches before malloc
 # was tuned, and at 0.89-0.99x after: most of that gain was page faults, which the tuning
 # removes, so there the measurement leaves them off. They stay a measured choice for
-# other CPUs and allocators (parts of 64 were slower than 128 everywhere measured).
+# other CPUs and allocators (parts of 64 were slower than 128 in every run before it).
 MICRO_BATCH_CPU = 128
 MICRO_MARGIN = 1.05  # micro-batches only where they are clearly faster
 BF16_MARGIN = 1.1
@@ -292,11 +292,10 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
         for c in wanted:  # warm-up: oneDNN picks and builds its kernels
             for _ in range(3):
                 _train_step(nets[c], x, y, c)
-        # Rounds of 3 steps per candidate, taking turns; the median of each round's ratios
-        # is not fooled by a neighbour's burst of load. (A sustained one still skews it:
-        # measured beside a dying 4-worker DataLoader, micro-batches came out at 1.00x and
-        # bf16's at 1.64x against 1.24-1.36x and 1.58-1.60x idle; 7 rounds, not 5, and
-        # the cache file to delete.)
+        # Rounds of 3 steps per candidate, each first in turn; the median of each round's
+        # ratios is not fooled by a neighbour's burst of load. The timings also depend on
+        # malloc's state, which is why it is tuned first: untuned, micro-batches measured
+        # 0.92-1.04x in a fresh process and 1.39-1.47x in one that had loaded a dataset.
         ratios: dict[str, list[float]] = {c: [] for c in wanted}
         for r in range(rounds):
             seconds = {}
