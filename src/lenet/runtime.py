@@ -253,7 +253,7 @@ BF16_MARGIN = 1.1
 def calibration_key() -> str:
     """This machine, as far as the step-time measurement cares: the CPU, torch, the
     threads, and whether malloc was tuned (it changes which step is fastest)."""
-    tuned = "" if (_allocator_tuned or "").startswith("unchanged") else " | malloc tuned"
+    tuned = "" if tune_cpu_allocator().startswith("unchanged") else " | malloc tuned"
     return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads{tuned}"
 
 
