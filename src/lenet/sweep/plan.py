@@ -21,12 +21,11 @@ from .spec import SweepSpec, VariantSpec, _looks_like_file
 
 # Fields a sweep owns: each run's seed, directory name and parent folder.
 RESERVED_KEYS = ("seed", "name", "out")
-# Fields that do not change what a run computes, ignored when checking that an
-# existing run directory belongs to the plan (a relative vs absolute --data-dir, say).
-# Fields that say where or how a run computes, not what: a sweep re-run on another
-# machine, or after lenet changed how it evaluates (train.eval_batch_size, 2048 until
-# 0.3) or splits a step (train.micro_batch: the same update up to float rounding), still
-# finds its finished runs.
+# Fields that say where or how a run computes, not what, ignored when checking that an
+# existing run directory belongs to the plan: a sweep re-run with a relative instead of
+# an absolute --data-dir, on another machine, or after lenet changed how it evaluates
+# (train.eval_batch_size, 2048 until 0.3) or splits a step (train.micro_batch: the same
+# update up to float rounding) still finds its finished runs.
 IGNORED_WHEN_COMPARING = ("name", "out", "device", "data.data_dir", "train.progress", "train.eval_batch_size",
                           "train.micro_batch")
 
