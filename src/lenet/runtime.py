@@ -271,17 +271,13 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
     only where the CPU has bf16 units). Measured once per machine and kept in the user
     cache, so every run here makes the same choice: delete ~/.cache/lenet/cpu-speed.json
     to measure again."""
-    import json
     import time
 
     from .models import LeNet, ModelConfig
 
     tune_cpu_allocator()  # measured as training will run
     wanted = CANDIDATES if fast_bf16_hardware() else CANDIDATES[:2]
-    try:
-        known = json.loads(calibration_file().read_text()).get(calibration_key())
-    except (OSError, ValueError, AttributeError):
-        known = None
+    known = _calibrations().get(calibration_key())
     if isinstance(known, dict) and all(isinstance(known.get(c), (int, float)) for c in wanted):
         return {c: float(known[c]) for c in wanted}
     with torch.random.fork_rng(devices=[]):  # the run's own random stream is untouched
@@ -318,18 +314,24 @@ def record_cpu_speedups(speedups: dict[str, float]) -> None:
 
     from .files import atomic_write_text
 
-    cache = calibration_file()
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
+    cache, known = calibration_file(), _calibrations()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        known = known if isinstance(known, dict) else {}
         known[calibration_key()] = {c: round(float(v), 3) for c, v in speedups.items()}
         atomic_write_text(cache, json.dumps(known, indent=1) + "\n")
     except (OSError, LenetError):
         pass  # a cache that cannot be written only means measuring again next time
+
+
+def _calibrations() -> dict[str, Any]:
+    """The cache file's measurements by machine key; {} where it is missing or unreadable."""
+    import json
+
+    try:
+        known = json.loads(calibration_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, candidate: str) -> None:
