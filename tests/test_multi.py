@@ -165,10 +165,11 @@ def test_amp_is_honoured_and_the_other_switches_are_refused(tiny_data_dir):
     # bf16 forward passes round differently: the weights differ, the accuracy does not.
     assert not all(torch_equal(plain[0].model, amp[0].model))
     assert amp[0].test_accuracy == pytest.approx(plain[0].test_accuracy, abs=0.05)
-    for switch in ("compile", "channels_last"):
+    for switch in ("compile", "channels_last", "fused_layers"):
         bad = [cfg(tiny_data_dir, f"seed={seed}", f"train.{switch}=true") for seed in (0, 1)]
         assert group_key(bad[0]) is None  # a sweep trains such runs one by one
-        with pytest.raises(UsageError, match=f"--{switch.replace('_', '-')} does not work for runs trained together"):
+        name = "train.fused_layers" if switch == "fused_layers" else f"--{switch.replace('_', '-')}"
+        with pytest.raises(UsageError, match=f"{name} does not work for runs trained together"):
             train_many(bad)
 
 

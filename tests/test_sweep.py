@@ -62,7 +62,7 @@ def test_a_run_directory_from_another_config_is_refused_but_not_for_how_it_compu
     planned.run_dir.mkdir(parents=True)
     execute.check_same_config(planned)  # nothing there yet
     older = planned.config.model_copy(update={"train": planned.config.train.model_copy(
-        update={"eval_batch_size": 2048, "micro_batch": 0, "progress": "never"})}, deep=True)
+        update={"eval_batch_size": 2048, "micro_batch": 0, "fused_layers": False, "progress": "never"})}, deep=True)
     save_config(planned.run_dir, older)
     execute.check_same_config(planned)
     other = planned.config.model_copy(update={"optim": planned.config.optim.model_copy(update={"lr": 0.9})},

@@ -43,7 +43,7 @@ from .loop import (EpochSettings, EpochState, Position, StopFlag, checkpoint_mis
 from .models import LeNet, count_parameters
 from .optim import learning_rate, lr_factor
 from .recorder import DIVERGED, FINISHED, RUNNING, Recorder
-from .runconfig import RunConfig, flatten
+from .runconfig import FLAGS_BY_NAME, RunConfig, flatten
 from .runs import create_run_dir, default_run_name, run_lock
 from .runtime import Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything, synchronize
 from .stacked import StackedModels, StackedOptimizer
@@ -58,9 +58,9 @@ VARYING = {
 }
 # Switches the stacked step does not honour: torch.compile and CUDA graphs capture one
 # model's graph, channels-last has no layout for the (K, B, C, H, W) batch, and the
-# stacked step takes each batch whole (a single run's micro-batches are automatic on
-# the CPU; a group simply has none).
-REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs", "micro_batch")
+# stacked step takes each batch whole and its own layers (a single run's micro-batches
+# and fused layers are automatic on the CPU; a group simply has none).
+REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs", "micro_batch", "fused_layers")
 
 
 def group_key(cfg: RunConfig) -> str | None:
@@ -91,7 +91,8 @@ def _check_group(cfgs: Sequence[RunConfig]) -> None:
     for cfg in cfgs:
         on = [s for s in REFUSED_SWITCHES if getattr(cfg.train, s)]
         if on:
-            raise UsageError(f"--{on[0].replace('_', '-')} does not work for runs trained together (one stacked "
+            name = f"--{on[0].replace('_', '-')}" if on[0] in FLAGS_BY_NAME else f"train.{on[0]}"
+            raise UsageError(f"{name} does not work for runs trained together (one stacked "
                              "step for all); train such runs one by one (lenet sweep --separately)")
     keys = {group_key(c) for c in cfgs}
     if len(keys) != 1 or None in keys:
@@ -203,7 +204,8 @@ def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, 
     at = Position()
     # The stacked step has no channels-last layout or micro-batches (REFUSED_SWITCHES);
     # precision as a run's.
-    speed = resolve_speed(first.train.model_copy(update={"channels_last": False, "micro_batch": 0}), device,
+    speed = resolve_speed(first.train.model_copy(update={"channels_last": False, "micro_batch": 0,
+                                                         "fused_layers": False}), device,
                           recorded_speed(first, saved[0] if saved else None))
     configure_backends(device, speed, False, first.train.deterministic)
     if saved is None:

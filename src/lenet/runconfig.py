@@ -87,6 +87,10 @@ class TrainConfig(Strict):
         "forward and backward in parts of this many images, gradients summed (the same update up to "
         "rounding), so activations stay in the CPU's caches; None: automatic on the CPU for networks without "
         "batch norm, off elsewhere; 0: off"))
+    fused_layers: bool | None = Field(None, description=(
+        "compute the first conv block (conv, activation, 2x2 average pool) by pixel phases and flatten in "
+        "channels-last order: the same function, faster on the CPU (fused.py); None: on for channels-last "
+        "CPU runs without --compile"))
 
 
 class RunConfig(Strict):

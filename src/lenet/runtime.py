@@ -114,6 +114,7 @@ class Speed:
     reason: str = ""
     micro_batch: int = 0  # images per forward/backward part of a step; 0: the whole batch at once
     allocator: str = ""  # how the CPU's malloc was set (tune_cpu_allocator); "" elsewhere
+    fused_layers: bool = False  # the forward's rewritten layers (fused.py)
 
     @property
     def bf16(self) -> bool:
@@ -121,7 +122,7 @@ class Speed:
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "channels_last": self.channels_last, "reason": self.reason,
-                "micro_batch": self.micro_batch, "allocator": self.allocator}
+                "micro_batch": self.micro_batch, "allocator": self.allocator, "fused_layers": self.fused_layers}
 
 
 def cpu_flags() -> set[str]:
@@ -179,7 +180,7 @@ def tune_cpu_allocator() -> str:
 
 def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | None = None,
                   batch_norm: bool = False) -> Speed:
-    """The run's precision, layout and micro-batches. ``train``: its TrainConfig;
+    """The run's precision, layout, micro-batches and fused layers. ``train``: its TrainConfig;
     ``recorded``: the choice a checkpoint holds (a resumed run keeps it, so it continues
     exactly); ``batch_norm``: whether the network has any (no micro-batches then).
 
@@ -190,9 +191,12 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     float32, whole batches."""
     allocator = tune_cpu_allocator() if device.type == "cpu" else ""  # before any measuring
     if recorded:
+        # Checkpoints from before micro-batches or fused layers had neither.
         return Speed(recorded["precision"], bool(recorded["channels_last"]), recorded.get("reason", ""),
-                     int(recorded.get("micro_batch", 0)), allocator)  # checkpoints before micro-batches: none
+                     int(recorded.get("micro_batch", 0)), allocator, bool(recorded.get("fused_layers", False)))
     channels_last = train.channels_last if train.channels_last is not None else device.type == "cpu"
+    fused = (train.fused_layers if train.fused_layers is not None
+             else device.type == "cpu" and channels_last and not train.compile)
     precision = "bf16" if train.amp else train.precision
     if precision == "tf32" and device.type != "cuda":
         raise UsageError(f"--precision tf32 needs a CUDA device; this run is on {device}")
@@ -227,7 +231,7 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     else:  # bf16 asked on a CPU without bf16 units was not measured: fp32's verdict stands in
         key = precision if f"{precision} micro" in measured else "fp32"
         micro = MICRO_BATCH_CPU if measured[f"{key} micro"] > MICRO_MARGIN * measured.get(key, 1.0) else 0
-    return Speed(precision, channels_last, reason, micro, allocator)
+    return Speed(precision, channels_last, reason, micro, allocator, fused)
 
 
 def _check_micro_batch(train: Any, batch_norm: bool) -> None:
@@ -252,9 +256,10 @@ BF16_MARGIN = 1.1
 
 def calibration_key() -> str:
     """This machine, as far as the step-time measurement cares: the CPU, torch, the
-    threads, and whether malloc was tuned (it changes which step is fastest)."""
+    threads, and whether malloc was tuned (it changes which step is fastest); "fused
+    layers" marks the step measured since it has them, so older measurements are redone."""
     tuned = "" if tune_cpu_allocator().startswith("unchanged") else " | malloc tuned"
-    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads{tuned}"
+    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads{tuned} | fused layers"
 
 
 def calibration_file() -> Path:
@@ -265,7 +270,7 @@ CANDIDATES = ("fp32", "fp32 micro", "bf16", "bf16 micro")
 
 
 def cpu_speedups(rounds: int = 7) -> dict[str, float]:
-    """Speed-ups of the d2l LeNet's training step (batch 256, channels-last) on this CPU
+    """Speed-ups of the d2l LeNet's training step (batch 256, channels-last, fused layers) on this CPU
     over a whole-batch float32 step: {"fp32": 1.0, "fp32 micro": ..., "bf16": ...,
     "bf16 micro": ...} ("micro": in micro-batches of MICRO_BATCH_CPU; the bf16 entries
     only where the CPU has bf16 units). Measured once per machine and kept in the user
@@ -273,6 +278,7 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
     to measure again."""
     import time
 
+    from .fused import fused_forward
     from .models import LeNet, ModelConfig
 
     tune_cpu_allocator()  # measured as training will run
@@ -284,7 +290,7 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
         torch.manual_seed(0)
         x = torch.rand(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (256,))
-        nets = {c: LeNet(ModelConfig()).to(memory_format=torch.channels_last) for c in wanted}
+        nets = {c: fused_forward(LeNet(ModelConfig()).to(memory_format=torch.channels_last)) for c in wanted}
         for c in wanted:  # warm-up: oneDNN picks and builds its kernels
             for _ in range(3):
                 _train_step(nets[c], x, y, c)

@@ -30,6 +30,7 @@ from . import checkpoint as ckpt
 from .augment import Augmenter
 from .data import DeviceData, Normalizer, Split, prepare_data
 from .errors import DivergedError, Interrupted, UsageError
+from .fused import fused_forward
 from .loop import (NAN_CHECK_EVERY_CUDA, EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit,
                    checkpoint_state, epoch_row, evaluate, format_epoch, partial_epoch, position, train_one_epoch)
 from .models import LeNet, count_parameters
@@ -51,7 +52,7 @@ class Learner:
     """One model, its optimiser and its loss: what a training step changes.
 
     ``forward`` is the module called for forward passes, with the speed switches
-    applied (channels-last, torch.compile, CUDA graphs); it shares its parameters with
+    applied (channels-last, fused layers, torch.compile); it shares its parameters with
     ``model``, from which weights are saved, so a compiled run's files carry no
     "_orig_mod." prefix.
     """
@@ -64,7 +65,8 @@ class Learner:
             model.to(memory_format=torch.channels_last)
         self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, speed.bf16
         self.micro_batch = speed.micro_batch
-        self.forward = torch.compile(model) if t.compile else model
+        forward = fused_forward(model) if speed.fused_layers else model
+        self.forward = torch.compile(forward) if t.compile else forward
         self.optimizer = make_optimizer(model, cfg, graphable=t.cuda_graphs)
         # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
@@ -360,7 +362,8 @@ def tta_kinds(cfg: RunConfig) -> tuple[str, ...]:
 def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None,
            speed: Speed) -> str:
     layout = (", channels-last" if speed.channels_last else "") + (
-        f", micro-batches of {speed.micro_batch}" if 0 < speed.micro_batch < cfg.train.batch_size else "")
+        f", micro-batches of {speed.micro_batch}" if 0 < speed.micro_batch < cfg.train.batch_size else "") + (
+        ", fused layers" if speed.fused_layers else "")
     return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
             f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
             f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.precision}{layout})")

@@ -24,10 +24,10 @@ RESERVED_KEYS = ("seed", "name", "out")
 # Fields that say where or how a run computes, not what, ignored when checking that an
 # existing run directory belongs to the plan: a sweep re-run with a relative instead of
 # an absolute --data-dir, on another machine, or after lenet changed how it evaluates
-# (train.eval_batch_size, 2048 until 0.3) or splits a step (train.micro_batch: the same
-# update up to float rounding) still finds its finished runs.
+# (train.eval_batch_size, 2048 until 0.3) or computes a step (train.micro_batch,
+# train.fused_layers: the same update up to float rounding) still finds its finished runs.
 IGNORED_WHEN_COMPARING = ("name", "out", "device", "data.data_dir", "train.progress", "train.eval_batch_size",
-                          "train.micro_batch")
+                          "train.micro_batch", "train.fused_layers")
 
 
 def format_value(value: Any) -> str:

@@ -1,0 +1,154 @@
+"""The fused layers (fused.py): the same function and gradients as the model's own
+layers, used where the architecture allows, recorded, and resumed bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lenet.fused import FlatLinear, PhaseBlock, fused_forward, phase_index
+from lenet.models import create_model
+from lenet.runconfig import TrainConfig, build_config
+from lenet.runtime import resolve_speed
+from lenet.training import resume, train
+
+CL = torch.channels_last
+
+
+def _outputs_and_grads(module, params, x):
+    out = module(x)
+    return out, torch.autograd.grad(out.square().sum(), params)
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("lenet5", {}),  # the d2l network: 1 -> 6 channels, 5x5, padding 2, sigmoid, 2x2 average pools
+    ("lenet5", {"in_channels": 3, "input_size": 32}),
+    ("lenet5", {"kernel_size": [3, 5], "padding": [1, 0]}),
+    ("lenet5", {"kernel_size": [4, 3], "padding": [1, 0]}),  # an even kernel needs one more row of blocks
+    ("lenet5", {"activation": "relu", "conv_bias": [False, True]}),
+])
+def test_the_first_block_by_phases_is_the_same_function(name, overrides):
+    torch.manual_seed(0)
+    model = create_model(name, **overrides).to(memory_format=CL)
+    fused = fused_forward(model)
+    assert isinstance(fused.features[0], PhaseBlock) and isinstance(fused.classifier[0], FlatLinear)
+    c = model.config
+    x = torch.randn(16, c.in_channels, c.input_size, c.input_size).contiguous(memory_format=CL)
+    params = list(model.parameters())
+    (want, want_grads), (got, got_grads) = (_outputs_and_grads(m, params, x) for m in (model, fused))
+    assert torch.allclose(got, want, atol=1e-5)
+    for g_want, g_got in zip(want_grads, got_grads):
+        assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-6 * g_want.abs().max().item())
+    assert not torch.equal(got, want) or any(not torch.equal(a, b) for a, b in zip(want_grads, got_grads)), \
+        "the same bits: the fused path was not taken"
+
+
+def test_phase_weights_put_each_tap_once_per_phase_and_zeros_elsewhere():
+    out_ch, in_ch, k = 6, 2, 5
+    weight = torch.arange(1, out_ch * in_ch * k * k + 1, dtype=torch.float32).view(out_ch, in_ch, k, k)
+    phased = torch.cat([weight.reshape(-1), torch.zeros(1)])[phase_index(out_ch, in_ch, k)]
+    assert phased.shape == (4 * out_ch, 4 * in_ch, 3, 3)
+    for phase in range(4):  # each output phase of each channel sees the kernel's 25 taps, once each
+        block = phased[phase * out_ch:(phase + 1) * out_ch]
+        for co in range(out_ch):
+            taps = block[co][block[co] != 0]
+            assert sorted(taps.tolist()) == sorted(weight[co].flatten().tolist())
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("lenet5", {"pool": "max"}), ("lenet5-bn", {}), ("lenet5", {"pool_size": 3})])
+def test_other_first_blocks_keep_their_layers(name, overrides):
+    torch.manual_seed(0)
+    model = create_model(name, **overrides).to(memory_format=CL).eval()
+    fused = fused_forward(model)
+    assert not isinstance(fused.features[0], PhaseBlock)
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=CL)
+    assert torch.allclose(fused(x), model(x), atol=1e-5)  # the flatten is still rewritten
+
+
+def test_an_odd_sized_input_takes_the_plain_block():
+    torch.manual_seed(0)
+    model = create_model("lenet5", input_size=27).to(memory_format=CL)  # conv1 -> 27x27: the pool drops a row
+    x = torch.randn(4, 1, 27, 27).contiguous(memory_format=CL)
+    assert torch.allclose(fused_forward(model)(x), model(x), atol=1e-6)
+
+
+def test_bf16_autocast_stays_within_bf16_rounding():
+    torch.manual_seed(0)
+    model = create_model("lenet5").to(memory_format=CL)
+    x = torch.randn(32, 1, 28, 28).contiguous(memory_format=CL)
+    with torch.no_grad():
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused, plain = fused_forward(model)(x).float(), model(x).float()
+    assert (fused - exact).abs().max() < 4 * (plain - exact).abs().max() + 1e-3
+
+
+def test_the_speed_choice_turns_them_on_for_channels_last_cpu_runs_only():
+    cpu = torch.device("cpu")
+    assert resolve_speed(TrainConfig(), cpu).fused_layers is True
+    assert resolve_speed(TrainConfig(channels_last=False), cpu).fused_layers is False
+    assert resolve_speed(TrainConfig(compile=True), cpu).fused_layers is False  # compile fuses its own way
+    assert resolve_speed(TrainConfig(fused_layers=False), cpu).fused_layers is False
+    assert resolve_speed(TrainConfig(), torch.device("meta")).fused_layers is False  # not a CPU
+    old = {"precision": "fp32", "channels_last": True, "reason": "auto"}  # a checkpoint from before them
+    assert resolve_speed(TrainConfig(), cpu, old).fused_layers is False
+    assert resolve_speed(TrainConfig(), cpu, old | {"fused_layers": True}).fused_layers is True
+
+
+def _d2l(data_dir, name, *overrides):
+    """The d2l recipe on the tiny data, whole batches (micro-batches have their own test)."""
+    return build_config("d2l", overrides=[f"data.data_dir={data_dir}", f"name={name}", "out=runs", "train.epochs=3",
+                                          "device=cpu", "train.micro_batch=0", *overrides])
+
+
+def test_a_run_with_fused_layers_records_them_and_resumes_exactly(tiny_data_dir):
+    full = train(_d2l(tiny_data_dir, "full"), out="runs")
+    assert json.loads((full.run_dir / "environment.json").read_text())["speed"]["fused_layers"] is True
+    assert "fused layers" in (full.run_dir / "train.log").read_text()
+    with pytest.raises(_Stop):
+        train(_d2l(tiny_data_dir, "part"), out="runs", on_epoch=_stop_after_epoch_2)
+    resumed = resume(tiny_data_dir.parent / "runs" / "part")
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    plain = train(_d2l(tiny_data_dir, "plain", "train.fused_layers=false"), out="runs")
+    assert json.loads((plain.run_dir / "environment.json").read_text())["speed"]["fused_layers"] is False
+    # The same training up to float rounding: the two runs' losses agree closely.
+    for a, b in zip(full.history, plain.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+def test_the_learner_steps_through_the_fused_layers_when_chosen():
+    from lenet.fused import FusedLeNet
+    from lenet.runtime import Speed
+    from lenet.training import Learner
+
+    cfg = build_config("d2l")
+    fused = Learner(create_model("lenet5"), cfg, torch.device("cpu"), 10, Speed("fp32", True, fused_layers=True))
+    plain = Learner(create_model("lenet5"), cfg, torch.device("cpu"), 10, Speed("fp32", True))
+    assert isinstance(fused.forward, FusedLeNet) and fused.forward.model is fused.model
+    assert plain.forward is plain.model
+
+
+def test_the_fused_step_matches_the_plain_step():
+    """One d2l step's gradients by both paths, through F.cross_entropy."""
+    torch.manual_seed(0)
+    model = create_model("lenet5").to(memory_format=CL)
+    x = torch.randn(256, 1, 28, 28)  # as the loop hands it over: NCHW strides, one channel
+    y = torch.randint(0, 10, (256,))
+    params = list(model.parameters())
+    grads = [torch.autograd.grad(F.cross_entropy(m(x), y), params) for m in (model, fused_forward(model))]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epoch_2(row):
+    if row["epoch"] == 2:
+        raise _Stop
