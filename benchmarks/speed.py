@@ -10,8 +10,11 @@ In one run, on one machine, for each path:
     book           the book's own loop: per-sample PIL Dataset, 4 DataLoader workers
     lenet default  `lenet train --preset d2l`, as it chooses for this machine
     lenet fp32     --precision fp32, micro-batches as measured for float32
+    lenet fp32 unfused  --precision fp32 without the fused layers (fused.py): the
+                   model's own conv, pool and flatten modules
     lenet fp32 whole batches  lenet 0.2's default on a CPU where bf16 does not pay:
-                   float32, channels-last, whole batches, evaluation in batches of 2,048
+                   float32, channels-last, whole batches, evaluation in batches of 2,048,
+                   no fused layers
                    (its SGD's 1.3 s import of torch._dynamo is not put back)
     lenet fp32 contiguous   the default of lenet 0.1: float32, NCHW layout, whole batches
     lenet --precision bf16  bfloat16 autocast, whatever the hardware
@@ -54,7 +57,9 @@ HERE = Path(__file__).resolve().parent
 LENET_PATHS = {
     "lenet default": {},
     "lenet fp32": {"precision": "fp32"},
-    "lenet fp32 whole batches": {"precision": "fp32", "set": {"train.micro_batch": 0, "train.eval_batch_size": 2048}},
+    "lenet fp32 unfused": {"precision": "fp32", "set": {"train.fused_layers": False}},
+    "lenet fp32 whole batches": {"precision": "fp32", "set": {"train.micro_batch": 0, "train.eval_batch_size": 2048,
+                                                              "train.fused_layers": False}},
     "lenet fp32 contiguous": {"precision": "fp32", "set": {"train.channels_last": False, "train.micro_batch": 0,
                                                            "train.eval_batch_size": 2048}},
     "lenet --precision bf16": {"precision": "bf16"},
@@ -162,7 +167,8 @@ def main() -> None:
         process_ratio = f"{plain_process / seconds:.2f}x" if plain_process else ""  # >1: faster than plain
         acc = f"{accuracy[path]:.4f}" if path in accuracy else ""
         layout = (f"{speed.get('precision', '')}{' channels-last' if speed.get('channels_last') else ''}"
-                  f"{' micro-batch ' + str(speed['micro_batch']) if speed.get('micro_batch') else ''}")
+                  f"{' micro-batch ' + str(speed['micro_batch']) if speed.get('micro_batch') else ''}"
+                  f"{' fused' if speed.get('fused_layers') else ''}")
         print(f"{path:<26} {rate:>11,.0f} {ratio:>9} {seconds:>10.1f} {process_ratio:>9} {acc:>9}  {layout}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
