@@ -121,6 +121,18 @@ def test_a_run_with_fused_layers_records_them_and_resumes_exactly(tiny_data_dir)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
 
 
+def test_deterministic_runs_take_them_and_repeat_bit_for_bit(tiny_data_dir, monkeypatch):
+    enabled = torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # train sets it; monkeypatch unsets it
+    try:
+        a, b = (train(_d2l(tiny_data_dir, name, "train.deterministic=true"), out="runs") for name in ("a", "b"))
+    finally:
+        torch.use_deterministic_algorithms(enabled)
+    assert json.loads((a.run_dir / "environment.json").read_text())["speed"]["fused_layers"] is True
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
 def test_the_learner_steps_through_the_fused_layers_when_chosen():
     from lenet.fused import FusedLeNet
     from lenet.runtime import Speed
