@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lenet.bench import bench
+from lenet.bench import bench, format_bench
 from lenet.cli import main
 from lenet.runconfig import build_config
 
@@ -17,6 +17,7 @@ def test_bench_stops_at_the_target_and_writes_nothing(tiny_data_dir):
     assert result.epochs_run < 8 and result.epochs_run == len(result.test_accuracies)
     assert all(a < 0.5 for a in result.test_accuracies[:-1])  # it stopped at the first epoch that got there
     assert result.examples_per_second > 0 and result.eval_images_per_second > 0
+    assert result.speed["fused_layers"] is True and "fused layers" in format_bench(result)  # the CPU's default
     assert list(Path(".").rglob("*.safetensors")) == [] and not Path("runs").exists()
 
 

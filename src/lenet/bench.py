@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .data import Normalizer, load_dataset
+from .fused import fused_forward
 from .loop import evaluate
 from .runconfig import RunConfig
 from .runtime import device_name, resolve_device
@@ -54,8 +55,9 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
     quiet = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": "never"})})
     run = train(quiet, data=dataset, until=until)
     rows = run.history
-    # Evaluation throughput, measured apart from training: the test set, big batches.
-    model = run.model.eval()
+    # Evaluation throughput, measured apart from training: the test set, in the run's
+    # evaluation batches, through the forward the run evaluated with.
+    model = (fused_forward(run.model) if run.speed.get("fused_layers") else run.model).eval()
     test = dataset.test.to(device)
     normalize = Normalizer.for_config(cfg, run.speed.get("channels_last", False))
     evaluate(model, test, normalize, cfg.train.eval_batch_size)  # warm-up
@@ -92,7 +94,8 @@ def format_bench(r: BenchResult) -> str:
     lines = [
         f"recipe {r.preset or 'custom'} on {r.device} ({r.device_name}), torch {r.torch}, "
         f"python {r.python}, {r.threads} threads, batch {r.batch_size}, {r.speed.get('precision', 'fp32')}"
-        f"{', channels-last' if r.speed.get('channels_last') else ''} ({r.speed.get('reason', '')})",
+        f"{', channels-last' if r.speed.get('channels_last') else ''}"
+        f"{', fused layers' if r.speed.get('fused_layers') else ''} ({r.speed.get('reason', '')})",
         f"train: {r.examples_per_second:,.0f} examples/s, {r.seconds_per_epoch:.2f} s/epoch "
         f"over {r.epochs_run} epoch(s)",
         f"eval:  {r.eval_images_per_second:,.0f} images/s",
