@@ -5,20 +5,21 @@ Two rewrites, each used where the architecture allows it (``fused_forward``):
 
 1. **The first conv block by pixel phases.** conv -> activation -> 2x2/2 average pool
    is computed on the input rearranged into 2x2 blocks ("space to depth"): a conv with
-   4x the input channels, a kernel of ceil((k + 1) / 2) blocks and 4x the output
-   channels, one group per output phase (which of the 4 pixels of a pool window). The
-   average pool then becomes the mean of 4 channel groups, which in channels-last
-   memory is a sum of 4 contiguous slices, and its backward a 4-fold copy, where
-   PyTorch's avg_pool2d_backward zero-fills and scatters. oneDNN also runs the
-   rearranged conv faster: 4 input and 24 output channels vectorise where 1 and 6 did
-   not. Measured on the d2l recipe (2-core AMD EPYC, 2 threads, batch 256, float32):
-   conv1's forward 1.54 -> 0.79 ms and its weight gradient 2.06 -> 0.94 ms, isolated;
-   whole steps 11.2 -> 10.4 ms, medians of 7 rounds in 3 processes each.
+   4x the input channels, a kernel of k // 2 + 1 blocks and 4x the output channels,
+   one group per output phase (which of the 4 pixels of a pool window). The average
+   pool then becomes the mean of 4 channel groups, a 1x1 conv, where PyTorch's
+   avg_pool2d_backward zero-fills and scatters. oneDNN also runs the rearranged conv
+   faster: 4 input and 24 output channels vectorise where 1 and 6 did not. Measured
+   on the d2l recipe (2-core AMD EPYC, 2 threads, batch 256, float32): conv1's forward
+   1.54 -> 0.79 ms and its weight gradient 2.06 -> 0.94 ms, isolated; whole steps
+   11.2 -> 10.4 ms, medians of 7 rounds in 3 processes each.
 2. **The flatten in channels-last order.** nn.Flatten on a channels-last tensor copies
    it to NCHW order, and the gradient comes back NCHW, so the last pool's backward
    converts layouts again. Flattening in memory order (a view) and permuting the first
    dense layer's weight to match (120x400 floats) computes the same products. Whole
-   steps 11.2 -> 10.6 ms; both rewrites together 10.0 ms (1.12x).
+   steps 11.2 -> 10.6 ms. Both rewrites together, the mean as a 1x1 conv: 11.4 -> 9.9
+   ms (1.14x), and under bf16 autocast 10.5 -> 8.0 ms (1.33x): `python
+   benchmarks/fused_step.py [--precision bf16]`.
 
 ``Speed.fused_layers`` records whether a run used them (runtime.resolve_speed): a
 resumed run keeps its choice, so it continues bit for bit.
@@ -57,25 +58,13 @@ def phase_index(out_ch: int, in_ch: int, k: int) -> torch.Tensor:
     return index.reshape(4 * out_ch, 4 * in_ch, K, K)
 
 
-class PhaseMean(torch.autograd.Function):
-    """(N, 4C, h, w) channels-last, channel groups = the 4 phases -> (N, C, h, w): their
-    mean, i.e. the 2x2 average pool of the rearranged image."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        n, c4, h, w = z.shape
-        groups = z.permute(0, 2, 3, 1).reshape(n, h, w, 4, c4 // 4)
-        if z.dtype in (torch.float32, torch.float64):
-            total = groups[:, :, :, 0] + groups[:, :, :, 1] + groups[:, :, :, 2] + groups[:, :, :, 3]
-        else:  # bf16/fp16: add in float32, as avg_pool2d does for them
-            total = groups.sum(3, dtype=torch.float32)
-        return (total * 0.25).to(z.dtype).permute(0, 3, 1, 2)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        n, c, h, w = grad.shape
-        quarter = (grad * 0.25).permute(0, 2, 3, 1).reshape(n * h * w, c)
-        return torch.cat([quarter] * 4, 1).view(n, h, w, 4 * c).permute(0, 3, 1, 2)
+def phase_mean_weight(channels: int) -> torch.Tensor:
+    """A 1x1 conv's weight (C, 4C, 1, 1) that averages the 4 phase groups of each channel:
+    oneDNN runs it (and its input gradient) faster than slicing and adding in torch,
+    0.40 against 0.58 ms forward and 0.38 against 0.48 ms backward at the d2l shape."""
+    weight = torch.zeros(channels, 4, channels)
+    weight[:, :, :] = 0.25 * torch.eye(channels)[:, None, :]
+    return weight.reshape(channels, 4 * channels, 1, 1)
 
 
 class PhaseBlock(nn.Module):
@@ -87,7 +76,10 @@ class PhaseBlock(nn.Module):
         self.conv, self.act = conv, act
         out_ch, in_ch, k, _ = conv.weight.shape
         self.k, self.pad = k, int(conv.padding[0])
-        self.register_buffer("index", phase_index(out_ch, in_ch, k), persistent=False)
+        device = conv.weight.device  # built after the model moved to its device
+        self.register_buffer("index", phase_index(out_ch, in_ch, k).to(device), persistent=False)
+        self.register_buffer("mean", phase_mean_weight(out_ch).to(device).contiguous(memory_format=torch.channels_last),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, height, width = x.shape
@@ -106,7 +98,7 @@ class PhaseBlock(nn.Module):
         flat = torch.cat([weight.reshape(-1), weight.new_zeros(1)])
         phase_weight = flat[self.index].contiguous(memory_format=torch.channels_last)
         bias = None if self.conv.bias is None else self.conv.bias.repeat(4)
-        return PhaseMean.apply(self.act(F.conv2d(blocks, phase_weight, bias)))
+        return F.conv2d(self.act(F.conv2d(blocks, phase_weight, bias)), self.mean)
 
 
 class FlatLinear(nn.Module):

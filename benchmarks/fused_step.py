@@ -1,0 +1,75 @@
+"""How much faster a d2l training step runs through the fused layers on this CPU.
+
+    python benchmarks/fused_step.py [--threads N] [--rounds 9] [--steps 30] [--batch 256]
+                                    [--precision fp32|bf16]
+
+Times whole training steps (forward, loss, backward, SGD update) of the d2l LeNet-5
+on random images, channels-last, malloc tuned as a CPU run has it: the model's own
+layers ("plain") against lenet.fused.fused_forward ("fused"), the two taking turns
+round by round (so a burst of load elsewhere hits both), --steps steps per round
+after 5 warm-up steps. Prints each path's median ms per step and the median and
+range of the per-round ratios, plain / fused (> 1: the fused layers are faster).
+This is the measurement behind Speed.fused_layers being on for channels-last CPU
+runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lenet.fused import fused_forward
+from lenet.models import create_model
+from lenet.optim import LeanSGD
+from lenet.runtime import autocast, cpu_name, tune_cpu_allocator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    allocator = tune_cpu_allocator()
+    cpu = torch.device("cpu")
+    x = torch.randn(args.batch, 1, 28, 28)  # NCHW strides with one channel, as the loop hands them over
+    y = torch.randint(0, 10, (args.batch,))
+    paths = {}
+    for name in ("plain", "fused"):
+        torch.manual_seed(0)
+        model = create_model("lenet5").to(memory_format=torch.channels_last)
+        paths[name] = (fused_forward(model) if name == "fused" else model, LeanSGD(model.parameters(), lr=0.1))
+
+    def step(name: str) -> None:
+        forward, optimizer = paths[name]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(cpu, args.precision == "bf16"):
+            logits = forward(x)
+        F.cross_entropy(logits.float(), y).backward()
+        optimizer.step()
+
+    ms: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(args.rounds):
+        for name in (("plain", "fused") if r % 2 == 0 else ("fused", "plain")):
+            for _ in range(5):
+                step(name)
+            tic = time.perf_counter()
+            for _ in range(args.steps):
+                step(name)
+            ms[name].append((time.perf_counter() - tic) / args.steps * 1e3)
+    ratios = sorted(p / f for p, f in zip(ms["plain"], ms["fused"]))
+    print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"{args.precision}, malloc: {allocator}")
+    for name, values in ms.items():
+        print(f"{name:>6}: {sorted(values)[len(values) // 2]:6.2f} ms/step (median of {args.rounds} rounds)")
+    print(f"plain / fused: {ratios[len(ratios) // 2]:.3f}x median, {ratios[0]:.3f}x-{ratios[-1]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
