@@ -58,6 +58,20 @@ def test_phase_weights_put_each_tap_once_per_phase_and_zeros_elsewhere():
             assert sorted(taps.tolist()) == sorted(weight[co].flatten().tolist())
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8])
+def test_space_to_depth_moves_each_pixel_to_its_phase_channel(channels, dtype):
+    from lenet.fused import _space_to_depth
+
+    image = (torch.arange(2 * channels * 6 * 8) % 251).to(dtype).view(2, channels, 6, 8)
+    blocks = _space_to_depth(image)
+    assert blocks.shape == (2, 4 * channels, 3, 4) and blocks.is_contiguous(memory_format=CL)
+    for ri in range(2):
+        for si in range(2):
+            for c in range(channels):
+                assert torch.equal(blocks[:, (ri * 2 + si) * channels + c], image[:, c, ri::2, si::2])
+
+
 @pytest.mark.parametrize("name, overrides", [
     ("lenet5", {"pool": "max"}), ("lenet5-bn", {}), ("lenet5", {"pool_size": 3})])
 def test_other_first_blocks_keep_their_layers(name, overrides):

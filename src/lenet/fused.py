@@ -90,15 +90,32 @@ class PhaseBlock(nn.Module):
         # padding gives for an even kernel.
         extra = 2 * (k // 2) - (k - 1)
         padded = F.pad(x, (p, p + extra, p, p + extra))
-        hs, ws = padded.shape[2] // 2, padded.shape[3] // 2
-        # pixel (2u + ri, 2v + si) of channel C -> channels-last (N, u, v, ri, si, C), one copy
-        blocks = padded.permute(0, 2, 3, 1).reshape(n, hs, 2, ws, 2, c).transpose(2, 3)
-        blocks = blocks.reshape(n, hs, ws, 4 * c).permute(0, 3, 1, 2)
+        blocks = _space_to_depth(padded)
         weight = self.conv.weight
         flat = torch.cat([weight.reshape(-1), weight.new_zeros(1)])
         phase_weight = flat[self.index].contiguous(memory_format=torch.channels_last)
         bias = None if self.conv.bias is None else self.conv.bias.repeat(4)
         return F.conv2d(self.act(F.conv2d(blocks, phase_weight, bias)), self.mean)
+
+
+# A whole pixel pair (si = 0, 1) of a one-channel image moves as one integer of twice
+# the pixel's width: the copy then runs over 8-byte elements rather than pairs of 4, 0.11
+# against 0.59 ms for a d2l batch (256x1x32x32 float32).
+PAIR_TYPES = {1: torch.int16, 2: torch.int32, 4: torch.int64}
+
+
+def _space_to_depth(padded: torch.Tensor) -> torch.Tensor:
+    """(N, C, 2h, 2w) -> channels-last (N, 4C, h, w): pixel (2u + ri, 2v + si) of channel
+    c becomes channel (ri, si, c) of block (u, v), in one copy."""
+    n, c, height, width = padded.shape
+    hs, ws = height // 2, width // 2
+    pair_type = PAIR_TYPES.get(padded.element_size())
+    if c == 1 and pair_type is not None:
+        pairs = padded.reshape(n, height, ws, 2).view(pair_type).reshape(n, hs, 2, ws)  # (N, u, ri, v)
+        blocks = pairs.permute(0, 1, 3, 2).contiguous().view(padded.dtype)  # (N, u, v, ri * 2 + si)
+        return blocks.reshape(n, hs, ws, 4).permute(0, 3, 1, 2)
+    blocks = padded.permute(0, 2, 3, 1).reshape(n, hs, 2, ws, 2, c).transpose(2, 3)  # (N, u, v, ri, si, C)
+    return blocks.reshape(n, hs, ws, 4 * c).permute(0, 3, 1, 2)
 
 
 class FlatLinear(nn.Module):
