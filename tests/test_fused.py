@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet.fused import FlatLinear, PhaseBlock, fused_forward, phase_index
+from lenet.fused import FewChannelConv, FlatLinear, PhaseBlock, fused_forward, phase_index
 from lenet.models import create_model
 from lenet.runconfig import TrainConfig, build_config
 from lenet.runtime import resolve_speed
@@ -35,6 +35,7 @@ def test_the_first_block_by_phases_is_the_same_function(name, overrides):
     model = create_model(name, **overrides).to(memory_format=CL)
     fused = fused_forward(model)
     assert isinstance(fused.features[0], PhaseBlock) and isinstance(fused.classifier[0], FlatLinear)
+    assert isinstance(fused.features[1], FewChannelConv)  # conv2: 6 (or 3) input channels
     c = model.config
     x = torch.randn(16, c.in_channels, c.input_size, c.input_size).contiguous(memory_format=CL)
     params = list(model.parameters())
@@ -99,6 +100,21 @@ def test_bf16_autocast_stays_within_bf16_rounding():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fused, plain = fused_forward(model)(x).float(), model(x).float()
     assert (fused - exact).abs().max() < 4 * (plain - exact).abs().max() + 1e-3
+
+
+def test_bf16_gradients_come_back_in_float32_and_near_the_plain_path():
+    torch.manual_seed(0)
+    model = create_model("lenet5").to(memory_format=CL)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    params = list(model.parameters())
+    grads = {}
+    for name, forward in (("exact", model), ("plain", model), ("fused", fused_forward(model))):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "exact"):
+            logits = forward(x)
+        grads[name] = torch.autograd.grad(F.cross_entropy(logits.float(), y), params)
+    for p, exact, plain, fused in zip(params, grads["exact"], grads["plain"], grads["fused"]):
+        assert fused.dtype == p.dtype == torch.float32
+        assert (fused - exact).norm() < 3 * (plain - exact).norm() + 1e-6 * exact.norm()
 
 
 def test_the_speed_choice_turns_them_on_for_channels_last_cpu_runs_only():
