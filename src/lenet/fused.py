@@ -1,28 +1,29 @@
 """Faster forms of a LeNet's forward pass for channels-last CPU training: the same
 function of the same parameters, computed another way (equal up to float rounding).
 
-Three rewrites, each used where the architecture allows it (``fused_forward``):
+Three rewrites, each used where the architecture allows it (``fused_forward``). The
+figures are from a 2-core AMD EPYC, 2 threads, the d2l recipe's batch of 256, float32
+unless said; "whole steps" are forward, loss, backward and SGD update, timed in
+alternating rounds (`python benchmarks/fused_step.py [--precision bf16]`).
 
-1. **The first conv block by pixel phases.** conv -> activation -> 2x2/2 average pool
-   is computed on the input rearranged into 2x2 blocks ("space to depth"): a conv with
-   4x the input channels, a kernel of k // 2 + 1 blocks and 4x the output channels,
-   one group per output phase (which of the 4 pixels of a pool window). The average
-   pool then becomes the mean of 4 channel groups, a 1x1 conv, where PyTorch's
-   avg_pool2d_backward zero-fills and scatters. oneDNN also runs the rearranged conv
-   faster: 4 input and 24 output channels vectorise where 1 and 6 did not. Measured
-   on the d2l recipe (2-core AMD EPYC, 2 threads, batch 256, float32): conv1's forward
-   1.54 -> 0.79 ms and its weight gradient 2.06 -> 0.94 ms, isolated; whole steps
-   11.2 -> 10.4 ms, medians of 7 rounds in 3 processes each.
-2. **The flatten in channels-last order.** nn.Flatten on a channels-last tensor copies
-   it to NCHW order, and the gradient comes back NCHW, so the last pool's backward
-   converts layouts again. Flattening in memory order (a view) and permuting the first
-   dense layer's weight to match (120x400 floats) computes the same products. Whole
-   steps 11.2 -> 10.6 ms. Both rewrites together, the mean as a 1x1 conv: 11.4 -> 9.9
-   ms (1.14x), and under bf16 autocast 10.5 -> 8.0 ms (1.33x): `python
-   benchmarks/fused_step.py [--precision bf16]`.
-3. **Few-channel convs' input gradient as a transposed conv in NCHW** (FewChannelConv):
-   for the d2l conv2, whole steps 1.03-1.05x in float32 and 1.085x in bf16 (medians
-   of 9 alternating rounds, 3 runs).
+1. **The first conv block by pixel phases** (PhaseBlock). conv -> activation -> 2x2/2
+   average pool is computed on the input rearranged into 2x2 blocks ("space to
+   depth"): a conv with 4x the input channels, a kernel of k // 2 + 1 blocks and 4x
+   the output channels, one group per output phase (which of the 4 pixels of a pool
+   window). oneDNN runs it faster: 4 input and 24 output channels vectorise where 1
+   and 6 did not (forward 1.54 -> 0.79 ms, weight gradient 2.06 -> 0.94 ms). The
+   pool becomes the mean of the 4 phase groups, a 1x1 conv, where PyTorch's
+   avg_pool2d_backward zero-fills and scatters. The rearranging itself is one copy.
+2. **The flatten in channels-last order** (FlatLinear). nn.Flatten on a channels-last
+   tensor copies it to NCHW order, and the gradient comes back NCHW, so the last
+   pool's backward converts layouts again. Flattening in memory order (a view) and
+   permuting the first dense layer's weight to match (120x400 floats) computes the
+   same products.
+3. **Few-channel convs' input gradient as a transposed conv in NCHW** (FewChannelConv).
+
+Whole steps, all three: 11.5 -> 9.6 ms (1.20x) in float32, 10.5 -> 8.0 ms (1.33x)
+under bf16 autocast before the third was added (it measured 1.03-1.05x in float32 and
+1.085x in bf16 on its own).
 
 ``Speed.fused_layers`` records whether a run used them (runtime.resolve_speed): a
 resumed run keeps its choice, so it continues bit for bit.
