@@ -1,7 +1,7 @@
 """How much faster a d2l training step runs through the fused layers on this CPU.
 
     python benchmarks/fused_step.py [--threads N] [--rounds 9] [--steps 30] [--batch 256]
-                                    [--precision fp32|bf16]
+                                    [--precision fp32|bf16] [--data-dir DIR [--pairs 8]]
 
 Times whole training steps (forward, loss, backward, SGD update) of the d2l LeNet-5
 on random images, channels-last, malloc tuned as a CPU run has it: the model's own
@@ -11,6 +11,10 @@ after 5 warm-up steps. Prints each path's median ms per step and the median and
 range of the per-round ratios, plain / fused (> 1: the fused layers are faster).
 This is the measurement behind Speed.fused_layers being on for channels-last CPU
 runs.
+
+With --data-dir, then also real training: --pairs pairs of 2-epoch `lenet.train` runs
+of the d2l recipe on Fashion-MNIST in this process, without and with the fused layers
+(each pair's order alternating), the second epoch's examples/s compared.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--data-dir", help="also pair real 2-epoch training runs on this data")
+    parser.add_argument("--pairs", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     allocator = tune_cpu_allocator()
@@ -69,6 +75,24 @@ def main() -> None:
     for name, values in ms.items():
         print(f"{name:>6}: {sorted(values)[len(values) // 2]:6.2f} ms/step (median of {args.rounds} rounds)")
     print(f"plain / fused: {ratios[len(ratios) // 2]:.3f}x median, {ratios[0]:.3f}x-{ratios[-1]:.3f}x")
+    if args.data_dir:
+        training_pairs(args)
+
+
+def training_pairs(args: argparse.Namespace) -> None:
+    import lenet
+
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for pair in range(args.pairs):
+        for fused in ((False, True) if pair % 2 == 0 else (True, False)):
+            cfg = lenet.config("d2l", epochs=2, device="cpu", data_dir=args.data_dir, precision=args.precision,
+                               set={"train.progress": "never", "train.fused_layers": fused})
+            rates[fused].append(lenet.train(cfg).history[-1]["examples_per_second"])
+    ratios = sorted(f / p for p, f in zip(rates[False], rates[True]))
+    for fused, values in rates.items():
+        print(f"training, {'fused' if fused else 'plain'}: {sorted(values)[len(values) // 2]:,.0f} examples/s "
+              f"(median of {args.pairs})")
+    print(f"fused / plain, paired: {ratios[len(ratios) // 2]:.3f}x median, {ratios[0]:.3f}x-{ratios[-1]:.3f}x")
 
 
 if __name__ == "__main__":
