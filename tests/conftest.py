@@ -35,6 +35,27 @@ def _find_real_data(name: str) -> tuple[Path | None, list[str]]:
     return None, looked
 
 
+# Test files whose tests run on one xdist worker, one after another (scripts/test.sh:
+# --dist loadgroup): each starts Ray clusters, two at once contend for 2 cores and
+# share /tmp/ray/ray_current_cluster. Their modules also carry xdist_group("ray"), but
+# xdist 3.8 groups by a suffix it writes into item._nodeid, which pytest 9 no longer
+# reads: the groups were lost, and a 2-node test once found its address file gone
+# because another worker's Ray had replaced it. The scheduler below groups by file.
+SHARED_WORKER = {"tests/test_ray.py": "ray", "tests/test_ray_cluster.py": "ray"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None  # xdist's own
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_WORKER.get(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return FileGroups(config, log)
+
+
 # Found at import, before any fixture isolates the environment (.ci/run points
 # LENET_DATA_DIR at the real data; a new user's machine may have only Debian's copy).
 REAL_DATA = {name: _find_real_data(name) for name in DATASETS}

@@ -84,3 +84,16 @@ def test_the_checker_sees_a_real_edge():
     # Guards the test itself: a graph without edges would pass every check above.
     graph = imports()
     assert "lenet.training" in graph["lenet.multi"] and "lenet.checkpoint" in graph["lenet.predict"]
+
+
+def test_every_module_in_an_xdist_group_shares_its_worker_by_file():
+    """conftest.SHARED_WORKER is what keeps an xdist_group's tests on one worker (see
+    there); a module marked with a group but missing from it would be spread again."""
+    import re
+
+    from conftest import SHARED_WORKER
+
+    tests = Path(__file__).resolve().parent
+    marked = {f"tests/{p.name}" for p in tests.glob("test_*.py")
+              if re.search(r"^pytestmark = .*pytest\.mark\.xdist_group\(", p.read_text(), re.M)}
+    assert marked and marked == set(SHARED_WORKER)
