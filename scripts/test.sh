@@ -9,5 +9,6 @@ bash scripts/setup.sh test
 . .venv/bin/activate
 # -n auto: one test worker per core (pytest-xdist); each test computes on one torch
 # thread (conftest.py), so two cores run two tests at once instead of one test slowly.
-# --dist loadgroup: the Ray tests (xdist_group "ray") share one worker, so one Ray serves them.
+# --dist loadgroup: the Ray test files share one worker, one Ray at a time (grouped by
+# file in conftest.py: pytest 9 lost xdist 3.8's own grouping by mark).
 exec python -m pytest -n auto --dist loadgroup "$@"
