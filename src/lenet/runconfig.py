@@ -88,9 +88,9 @@ class TrainConfig(Strict):
         "rounding), so activations stay in the CPU's caches; None: automatic on the CPU for networks without "
         "batch norm, off elsewhere; 0: off"))
     fused_layers: bool | None = Field(None, description=(
-        "compute the first conv block (conv, activation, 2x2 average pool) by pixel phases and flatten in "
-        "channels-last order: the same function, faster on the CPU (fused.py); None: on for channels-last "
-        "CPU runs without --compile"))
+        "the same function computed faster on the CPU (fused.py): the first conv block by pixel phases, the "
+        "flatten in channels-last order, few-channel convs' input gradient as a transposed conv; None: on for "
+        "channels-last CPU runs without --compile"))
 
 
 class RunConfig(Strict):
