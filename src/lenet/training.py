@@ -52,7 +52,7 @@ class Learner:
     """One model, its optimiser and its loss: what a training step changes.
 
     ``forward`` is the module called for forward passes, with the speed switches
-    applied (channels-last, fused layers, torch.compile); it shares its parameters with
+    applied (channels-last, fused layers, torch.compile, CUDA graphs); it shares its parameters with
     ``model``, from which weights are saved, so a compiled run's files carry no
     "_orig_mod." prefix.
     """
