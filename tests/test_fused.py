@@ -74,7 +74,7 @@ def test_space_to_depth_moves_each_pixel_to_its_phase_channel(channels, dtype):
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("lenet5", {"pool": "max"}), ("lenet5-bn", {}), ("lenet5", {"pool_size": 3})])
+    ("lenet5", {"pool": "max"}), ("lenet5-bn", {}), ("lenet5", {"pool_size": 3}), ("lenet5", {"pool": "none"})])
 def test_other_first_blocks_keep_their_layers(name, overrides):
     torch.manual_seed(0)
     model = create_model(name, **overrides).to(memory_format=CL).eval()

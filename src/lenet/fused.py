@@ -73,11 +73,11 @@ def phase_mean_weight(channels: int) -> torch.Tensor:
 
 class PhaseBlock(nn.Module):
     """conv (stride 1) -> activation -> 2x2/2 average pool, by phases; the conv, the
-    activation and their parameters are the model's own modules."""
+    activation, the pool and their parameters are the model's own modules."""
 
-    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+    def __init__(self, conv: nn.Conv2d, act: nn.Module, pool: nn.AvgPool2d):
         super().__init__()
-        self.conv, self.act = conv, act
+        self.conv, self.act, self.pool = conv, act, pool
         out_ch, in_ch, k, _ = conv.weight.shape
         self.k, self.pad = k, int(conv.padding[0])
         device = conv.weight.device  # built after the model moved to its device
@@ -89,7 +89,7 @@ class PhaseBlock(nn.Module):
         n, c, height, width = x.shape
         k, p = self.k, self.pad
         if (height + 2 * p - k + 1) % 2 or (width + 2 * p - k + 1) % 2:  # an odd size: the pool drops a row
-            return F.avg_pool2d(self.act(self.conv(x)), 2)
+            return self.pool(self.act(self.conv(x)))
         # Rows the blocks need: the output's, plus (K - 1) blocks of 2: one more than the
         # padding gives for an even kernel.
         extra = 2 * (k // 2) - (k - 1)
@@ -193,12 +193,13 @@ def _few_channels(module: nn.Module) -> bool:
 
 
 def phase_block_applies(model: LeNet) -> bool:
-    """Whether the first conv block is conv -> activation -> 2x2/2 average pool."""
-    cfg = model.config
-    pool = model.features._modules.get("pool1")
-    return (cfg.pool == "avg" and not cfg.batch_norm and isinstance(pool, nn.AvgPool2d)
+    """Whether the first conv block is conv -> activation -> 2x2/2 average pool (no batch
+    norm between them), read from the model's own layers."""
+    f = model.features
+    pool = f._modules.get("pool1")
+    return (list(f._modules)[:3] == ["conv1", "act1", "pool1"] and isinstance(pool, nn.AvgPool2d)
             and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0))
-            and not pool.ceil_mode and model.features.conv1.stride == (1, 1))
+            and not pool.ceil_mode and f.conv1.stride == (1, 1))
 
 
 class FusedLeNet(nn.Module):
@@ -208,11 +209,12 @@ class FusedLeNet(nn.Module):
         super().__init__()
         self.model = model
         f = model.features
-        names = list(f._modules)
-        first = [PhaseBlock(f.conv1, f.act1)] if phase_block_applies(model) else [f._modules[m] for m in names[:3]]
+        layers = list(f._modules.values())
+        if phase_block_applies(model):
+            layers = [PhaseBlock(f.conv1, f.act1, f.pool1), *layers[3:]]
         # The first conv's input is the image, which needs no gradient: later convs only.
-        rest = [FewChannelConv(m) if _few_channels(m) else m for m in (f._modules[m] for m in names[3:])]
-        self.features = nn.Sequential(*first, *rest)
+        self.features = nn.Sequential(*[FewChannelConv(m) if m is not f.conv1 and _few_channels(m) else m
+                                        for m in layers])
         layers = list(model.classifier._modules.values())
         self.classifier = nn.Sequential(FlatLinear(layers[1]), *layers[2:])
 
