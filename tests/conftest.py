@@ -92,6 +92,17 @@ def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images
 
 
+class StoppedAfterEpoch2(Exception):
+    """A run ended by stop_after_epoch_2."""
+
+
+def stop_after_epoch_2(row: dict) -> None:
+    """An on_epoch hook that ends a run after its second epoch, the way a killed process
+    would: after that epoch's checkpoint, before the rest."""
+    if row["epoch"] == 2:
+        raise StoppedAfterEpoch2
+
+
 def write_tiny_dataset(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0,
                        compress: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from lenet.runconfig import TrainConfig, build_config
 from lenet.runtime import resolve_speed
 from lenet.training import resume, train
 
+from conftest import StoppedAfterEpoch2, stop_after_epoch_2
+
 CL = torch.channels_last
 
 
@@ -139,8 +141,8 @@ def test_a_run_with_fused_layers_records_them_and_resumes_exactly(tiny_data_dir)
     full = train(_d2l(tiny_data_dir, "full"), out="runs")
     assert json.loads((full.run_dir / "environment.json").read_text())["speed"]["fused_layers"] is True
     assert "fused layers" in (full.run_dir / "train.log").read_text()
-    with pytest.raises(_Stop):
-        train(_d2l(tiny_data_dir, "part"), out="runs", on_epoch=_stop_after_epoch_2)
+    with pytest.raises(StoppedAfterEpoch2):
+        train(_d2l(tiny_data_dir, "part"), out="runs", on_epoch=stop_after_epoch_2)
     resumed = resume(tiny_data_dir.parent / "runs" / "part")
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -185,12 +187,3 @@ def test_the_fused_step_matches_the_plain_step():
     grads = [torch.autograd.grad(F.cross_entropy(m(x), y), params) for m in (model, fused_forward(model))]
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after_epoch_2(row):
-    if row["epoch"] == 2:
-        raise _Stop

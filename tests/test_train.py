@@ -16,6 +16,8 @@ from lenet.data import Normalizer
 from lenet.optim import lr_factor
 from lenet.training import resume, train
 
+from conftest import StoppedAfterEpoch2, stop_after_epoch_2
+
 
 def tiny_config(data_dir, *overrides, preset="keras-v2", name="run", epochs=3):
     return build_config(preset, overrides=[f"data.data_dir={data_dir}", f"name={name}", "out=runs",
@@ -91,8 +93,8 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_data_
 def test_resume_from_a_checkpoint_gives_identical_weights(tiny_data_dir):
     full = train(tiny_config(tiny_data_dir, name="full", epochs=3), out="runs")
     # Stop after epoch 2 the way a killed process would: after its checkpoint, before the rest.
-    with pytest.raises(_Stop):
-        train(tiny_config(tiny_data_dir, name="part", epochs=3), out="runs", on_epoch=_stop_after_epoch_2)
+    with pytest.raises(StoppedAfterEpoch2):
+        train(tiny_config(tiny_data_dir, name="part", epochs=3), out="runs", on_epoch=stop_after_epoch_2)
     part_dir = tiny_data_dir.parent / "runs" / "part"
     assert load_checkpoint(part_dir)["epoch"] == 2
     resumed = resume(part_dir)
@@ -132,24 +134,15 @@ def test_a_run_in_micro_batches_records_them_and_resumes_exactly(tiny_data_dir):
     env = json.loads((full.run_dir / "environment.json").read_text())
     assert env["speed"]["micro_batch"] == 128
     assert "micro-batches of 128" in (full.run_dir / "train.log").read_text()
-    with pytest.raises(_Stop):
+    with pytest.raises(StoppedAfterEpoch2):
         train(tiny_config(tiny_data_dir, preset="d2l", name="part", epochs=3), out="runs",
-              on_epoch=_stop_after_epoch_2)
+              on_epoch=stop_after_epoch_2)
     resumed = resume(tiny_data_dir.parent / "runs" / "part")
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     whole = train(tiny_config(tiny_data_dir, "train.micro_batch=0", preset="d2l", name="whole", epochs=3),
                   out="runs")
     assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["micro_batch"] == 0
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after_epoch_2(row):
-    if row["epoch"] == 2:
-        raise _Stop
 
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
