@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import pytest
 
+from lenet import cli
 from lenet.cli import main
 
 
@@ -115,6 +117,37 @@ def test_usage_error_is_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--epochs", "many"])
     assert info.value.code == 2
+
+
+def test_the_process_collects_no_garbage_while_importing_and_none_at_exit(monkeypatch):
+    seen = {}
+    build = cli.build_parser
+
+    def build_parser():
+        seen["collecting while importing"] = gc.isenabled()
+        return build()
+
+    def cmd_models(args):  # the parser binds its command when built, so this one runs
+        seen["collecting while the command runs"] = gc.isenabled()
+        seen["frozen while the command runs"] = gc.get_freeze_count()
+        return 0
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    monkeypatch.setattr(cli, "cmd_models", cmd_models)
+    monkeypatch.setattr("sys.argv", ["lenet", "models"])
+    assert gc.get_freeze_count() == 0
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.entry()
+        left_for_the_collector = len(gc.get_objects())
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert info.value.code == 0
+    assert seen["collecting while importing"] is False
+    assert seen["collecting while the command runs"] is True
+    assert seen["frozen while the command runs"] > 10_000  # torch's objects, the parser's, pytest's
+    assert left_for_the_collector < 100  # only what pytest.raises made after the freeze
 
 
 # --------------------------------------------------------------------------- a new user's first hour
