@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import lenet.idx
 from lenet.errors import DataError
 from lenet.idx import (
     GZIP_MAGIC,
@@ -88,6 +89,40 @@ def test_unreadable_path(tmp_path):
     with pytest.raises(DataError, match="cannot read") as info:
         read_idx(tmp_path)  # a folder
     assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_gzip_members_and_chunk_edges(tmp_path, monkeypatch, chunk):
+    """Concatenated members (gzip allows them) read as one content, wherever the reads
+    cut the stream: inside a header, a member's data or its trailer."""
+    monkeypatch.setattr(lenet.idx, "CHUNK", chunk)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
+    data = header(images.shape) + images.tobytes()
+    path = tmp_path / "x-idx3-ubyte.gz"
+    cut = [0, 3, 5000, len(data)]
+    path.write_bytes(b"".join(gzip.compress(data[a:b], mtime=0) for a, b in zip(cut, cut[1:])))
+    assert decompressed_bytes(path) == gzip.decompress(path.read_bytes()) == data
+    array = read_idx(path)
+    np.testing.assert_array_equal(array, images)
+    assert array.flags.writeable  # parsed in place: no copy before it becomes a tensor
+
+
+def test_data_after_a_gzip_member_that_is_not_one(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(header((3,)) + b"abc") + b"trailing garbage")
+    with pytest.raises(DataError, match="corrupt gzip") as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_the_size_bound_holds_inside_one_read(tmp_path):
+    """A 1 MB read can expand to 1 GB: the bound stops the expansion itself."""
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(bytes(10_000_000)))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(DataError, match=r"decompresses to over 1,000 bytes"):
+        decompressed_bytes(path, max_bytes=1000)
 
 
 def test_truncated_gzip(tmp_path):
