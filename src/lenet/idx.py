@@ -68,6 +68,12 @@ def decompressed_bytes(path: Path, max_bytes: int | None = None) -> bytearray:
 # wbits for zlib: a gzip member, whose header and trailer (CRC-32 and length of the
 # content) zlib checks itself
 GZIP_WBITS = 16 + zlib.MAX_WBITS
+# zlib's words for a failed trailer check, and for what follows a member that is no member
+ZLIB_REASONS = {
+    "incorrect data check": "CRC check failed: the content is not what was compressed",
+    "incorrect length check": "length check failed: the content is not what was compressed",
+    "incorrect header check": "not a gzip member where one should start",
+}
 
 
 def _gunzip_bounded(handle, limit: int, path: Path) -> bytearray:
@@ -91,7 +97,9 @@ def _gunzip_bounded(handle, limit: int, path: Path) -> bytearray:
                                     "hold; it is not the dataset file it is named after (delete it)")
                 chunk = inflate.unconsumed_tail or inflate.unused_data
     except zlib.error as exc:
-        raise DataError(f"{path}: corrupt gzip data ({exc}); delete it and fetch it again") from None
+        reason = str(exc).split(": ", 1)[-1]  # after "Error -3 while decompressing data"
+        reason = ZLIB_REASONS.get(reason, reason)
+        raise DataError(f"{path}: corrupt gzip data ({reason}); delete it and fetch it again") from None
     if not inflate.eof:
         raise DataError(
             f"{path}: truncated gzip file (the download was probably cut off); "

@@ -74,6 +74,13 @@ class EpochState:
         self.step += 1
 
 
+def gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows[index] for an index of any shape, by index_select: on the CPU, 7.6 against
+    65 us for a batch of 256 Fashion-MNIST images (2-core AMD EPYC), where indexing
+    takes the general path of advanced indexing."""
+    return rows.index_select(0, index.reshape(-1)).view(*index.shape, *rows.shape[1:])
+
+
 def train_one_epoch(learner: Any, split: Split, order: torch.Tensor, state: EpochState,
                     s: EpochSettings, first_step: int) -> EpochState:
     """One pass over ``order`` (rows of ``split``: (N,), or (K, N) for K models),
@@ -83,9 +90,9 @@ def train_one_epoch(learner: Any, split: Split, order: torch.Tensor, state: Epoc
         if s.stop.requested:
             return state
         index = order[..., state.step * s.batch_size:(state.step + 1) * s.batch_size]  # (B,) or (K, B)
-        images = split.images[index]  # (..., B, 1, 28, 28) uint8
+        images = gather(split.images, index)  # (..., B, 1, 28, 28) uint8
         x = s.normalize(s.augment(images) if s.augment is not None else images)
-        y = split.labels[index]  # (..., B)
+        y = gather(split.labels, index)  # (..., B)
         loss, logits = learner.step(x, y, first_step + state.step)
         state.add(loss, logits, y, first_step + state.step)
         if state.step % s.check_every == 0 or state.step == s.steps:
@@ -112,8 +119,11 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: 
     loss_sum: Any = 0.0
     correct: Any = 0
     for start in range(0, n, batch_size):
-        rows = slice(start, start + batch_size) if index is None else index[..., start:start + batch_size]
-        images, y = split.images[rows], split.labels[rows]
+        if index is None:
+            images, y = split.images[start:start + batch_size], split.labels[start:start + batch_size]
+        else:
+            rows = index[..., start:start + batch_size]
+            images, y = gather(split.images, rows), gather(split.labels, rows)
         with autocast(images.device, amp):
             if tta:  # mean probability over the views, as log-probabilities for the loss
                 logits = torch.stack([model(normalize(v)).float().log_softmax(-1) for v in tta_views(images, tta)])
