@@ -247,7 +247,8 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
     """The loop itself, for a new run (``saved`` None) or a checkpoint to continue."""
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = resolve_device(cfg.device)
-    data = prepare_data(cfg, device, data)
+    with rec.plotting_imported_meanwhile():
+        data = prepare_data(cfg, device, data)
     steps = 1 if cfg.train.dry_run else math.ceil(data.n_train / cfg.train.batch_size)
     epochs = 1 if cfg.train.dry_run else cfg.train.epochs
     speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved), cfg.model.batch_norm)
