@@ -45,10 +45,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
 # Images per evaluation batch where the config leaves it open. A GPU wants big batches to
 # stay busy. On a CPU a 2,048-image batch's first activations (2048x6x28x28 float32,
 # 38 MB, and as much again for the sigmoid's output) outgrow the caches: the d2l LeNet
-# evaluated the 10,000 test images at 23.8k images/s in batches of 2,048 and 42.9k in
-# batches of 256 (1.8x; 512 and 128 within 5% of 256), 2 threads on a 2-core AMD EPYC
-# (`python benchmarks/eval_batch.py`).
-EVAL_BATCH_GPU, EVAL_BATCH_CPU = 2048, 256
+# evaluates the 10,000 test images at 54k images/s in batches of 2,048 and 85k in
+# batches of 1,000, against 74k in batches of 256 (through the fused layers, as a CPU
+# run evaluates; 64k against 61k through the model's own layers), 2 threads on a 2-core
+# AMD EPYC (`python benchmarks/eval_batch.py`, medians of 9). 1,000 also divides the
+# test set and the usual validation splits, so no odd last batch has oneDNN build
+# kernels for one more shape.
+EVAL_BATCH_GPU, EVAL_BATCH_CPU = 2048, 1000
 
 
 def eval_batch_size(requested: int | None, device: torch.device) -> int:
