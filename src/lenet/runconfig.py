@@ -63,8 +63,8 @@ class OptimConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(256, ge=1, le=1_000_000)
-    eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch "
-                                        "(default: 2048 on a GPU, 1000 on a CPU, where 2048 outgrow the caches)")
+    eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch (default: 2048 "
+                                        "on a GPU, 1000 on a CPU, where batches of 2048 outgrow the caches)")
     dry_run: bool = Field(False, description="one batch of training and evaluation, for smoke tests")
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
