@@ -143,7 +143,7 @@ def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec, which: s
             f"{len(spec.class_names)} classes"
         )
     return Split(
-        torch.from_numpy(images if images.flags.writeable else images.copy()).unsqueeze(1),  # (N, 1, 28, 28) uint8
+        torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28) uint8, in read_idx's own writable buffer
         torch.from_numpy(labels.astype(np.int64)),
     )
 

@@ -49,6 +49,7 @@ def phase_index(out_ch: int, in_ch: int, k: int) -> torch.Tensor:
     K = k // 2 + 1
     zero = out_ch * in_ch * k * k
     index = torch.full((2, 2, out_ch, 2, 2, in_ch, K, K), zero, dtype=torch.long)
+    taps = torch.arange(out_ch)[:, None] * in_ch * k * k + torch.arange(in_ch) * k * k  # (co, ci) -> tap (0, 0)
     for ro in range(2):
         for so in range(2):
             for ri in range(2):
@@ -57,7 +58,6 @@ def phase_index(out_ch: int, in_ch: int, k: int) -> torch.Tensor:
                         for dv in range(K):
                             i, j = 2 * du + ri - ro, 2 * dv + si - so
                             if 0 <= i < k and 0 <= j < k:
-                                taps = torch.arange(out_ch)[:, None] * in_ch * k * k + torch.arange(in_ch) * k * k
                                 index[ro, so, :, ri, si, :, du, dv] = taps + i * k + j
     return index.reshape(4 * out_ch, 4 * in_ch, K, K)
 
