@@ -49,6 +49,18 @@ def test_asked_and_recorded_precisions_win():
         runtime.resolve_speed(TrainConfig(precision="tf32"), CPU)
 
 
+def test_a_speed_record_round_trips_and_reads_as_the_log_prints_it():
+    speed = runtime.Speed("bf16", True, "auto: bf16 measured at 1.33x fp32 on this CPU", 128, "glibc", True)
+    assert runtime.Speed.from_dict(speed.to_dict()) == speed
+    assert runtime.Speed.from_dict(speed.to_dict(), allocator="here").allocator == "here"  # this process's malloc
+    assert speed.describe(256) == "bf16, channels-last, micro-batches of 128, fused layers"
+    assert speed.describe(128) == "bf16, channels-last, fused layers"  # parts as big as the batch split nothing
+    # A record from before micro-batches and fused layers, and an empty one (a baseline's)
+    old = runtime.Speed.from_dict({"precision": "fp32", "channels_last": True, "reason": "auto"})
+    assert (old.micro_batch, old.fused_layers, old.describe()) == (0, False, "fp32, channels-last")
+    assert runtime.Speed.from_dict({}).describe() == "fp32"
+
+
 @pytest.mark.parametrize("measured, expected", [
     ({"fp32 micro": 1.4}, runtime.MICRO_BATCH_CPU),  # measured faster: on
     ({"fp32 micro": 1.02}, 0),  # inside the 5% margin: whole batches

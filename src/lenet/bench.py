@@ -20,7 +20,7 @@ from .data import Normalizer, load_dataset
 from .fused import fused_forward
 from .loop import evaluate
 from .runconfig import RunConfig
-from .runtime import device_name, resolve_device
+from .runtime import Speed, device_name, resolve_device
 from .training import train
 
 
@@ -93,9 +93,8 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
 def format_bench(r: BenchResult) -> str:
     lines = [
         f"recipe {r.preset or 'custom'} on {r.device} ({r.device_name}), torch {r.torch}, "
-        f"python {r.python}, {r.threads} threads, batch {r.batch_size}, {r.speed.get('precision', 'fp32')}"
-        f"{', channels-last' if r.speed.get('channels_last') else ''}"
-        f"{', fused layers' if r.speed.get('fused_layers') else ''} ({r.speed.get('reason', '')})",
+        f"python {r.python}, {r.threads} threads, batch {r.batch_size}, "
+        f"{Speed.from_dict(r.speed).describe(r.batch_size)} ({r.speed.get('reason', '')})",
         f"train: {r.examples_per_second:,.0f} examples/s, {r.seconds_per_epoch:.2f} s/epoch "
         f"over {r.epochs_run} epoch(s)",
         f"eval:  {r.eval_images_per_second:,.0f} images/s",

@@ -127,6 +127,29 @@ class Speed:
         return {"precision": self.precision, "channels_last": self.channels_last, "reason": self.reason,
                 "micro_batch": self.micro_batch, "allocator": self.allocator, "fused_layers": self.fused_layers}
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], allocator: str | None = None) -> Speed:
+        """A recorded choice (``to_dict``: a checkpoint's, a benchmark's); ``allocator``: this
+        process's malloc setting in place of the recorded one. Records from before
+        micro-batches or fused layers had neither; an empty one is float32, NCHW."""
+        return cls(str(record.get("precision", "fp32")), bool(record.get("channels_last", False)),
+                   str(record.get("reason", "")), int(record.get("micro_batch", 0)),
+                   str(record.get("allocator", "")) if allocator is None else allocator,
+                   bool(record.get("fused_layers", False)))
+
+    def describe(self, batch_size: int | None = None) -> str:
+        """What the steps compute with, as the log's first line and the benchmarks print it:
+        "bf16, channels-last, micro-batches of 128, fused layers". Micro-batches are named
+        only where they split ``batch_size`` (a batch of 128 in parts of 128 is whole)."""
+        parts = [self.precision]
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.micro_batch > 0 and (batch_size is None or self.micro_batch < batch_size):
+            parts.append(f"micro-batches of {self.micro_batch}")
+        if self.fused_layers:
+            parts.append("fused layers")
+        return ", ".join(parts)
+
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux); empty where they cannot be read."""
@@ -195,8 +218,7 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     allocator = tune_cpu_allocator() if device.type == "cpu" else ""  # before any measuring
     if recorded:
         # Checkpoints from before micro-batches or fused layers had neither.
-        return Speed(recorded["precision"], bool(recorded["channels_last"]), recorded.get("reason", ""),
-                     int(recorded.get("micro_batch", 0)), allocator, bool(recorded.get("fused_layers", False)))
+        return Speed.from_dict(recorded, allocator)
     channels_last = train.channels_last if train.channels_last is not None else device.type == "cpu"
     fused = (train.fused_layers if train.fused_layers is not None
              else device.type == "cpu" and channels_last and not train.compile)

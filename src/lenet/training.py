@@ -362,12 +362,9 @@ def tta_kinds(cfg: RunConfig) -> tuple[str, ...]:
 
 def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None,
            speed: Speed) -> str:
-    layout = (", channels-last" if speed.channels_last else "") + (
-        f", micro-batches of {speed.micro_batch}" if 0 < speed.micro_batch < cfg.train.batch_size else "") + (
-        ", fused layers" if speed.fused_layers else "")
     return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
             f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
-            f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.precision}{layout})")
+            f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.describe(cfg.train.batch_size)})")
 
 
 def recorded_speed(cfg: RunConfig, saved: dict[str, Any] | None) -> dict[str, Any] | None:
