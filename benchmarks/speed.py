@@ -28,6 +28,9 @@ In one run, on one machine, for each path:
 2. whole-process seconds for --process-epochs epochs (start-up, data, training,
    evaluation, files), each path its own process; median of --repeats
 3. test accuracy after --accuracy-epochs epochs (once per path; 0 skips)
+4. each path's ratios to the plain loop paired within each repetition, their median
+   and range: this machine's speed can shift for minutes at a time, and a pair shares
+   the shift
 
 Prints the CPU, its features, torch and the ratios to the plain loop.
 """
@@ -51,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_loop  # noqa: E402
 
 import lenet  # noqa: E402
-from lenet.runtime import cpu_flags, cpu_name, cpu_speedups  # noqa: E402
+from lenet.runtime import Speed, cpu_flags, cpu_name, cpu_speedups  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LENET_PATHS = {
@@ -156,7 +159,7 @@ def main() -> None:
     print(f"\n{info['cpu']}; {', '.join(flags) or 'no AVX-512'}; torch {info['torch']}, {info['threads']} threads; "
           f"medians of {args.repeats}")
     print(f"{'path':<26} {'examples/s':>11} {'vs plain':>9} {'process s':>10} {'vs plain':>9} "
-          f"{'test acc':>9}  precision / layout / micro-batch")
+          f"{'test acc':>9}  what it computed with")
     for path in args.paths:
         rate, seconds = statistics.median(rates[path]), statistics.median(processes[path])
         speed = speed_choice.get(path) or {}
@@ -166,12 +169,28 @@ def main() -> None:
         ratio = f"{rate / plain_rate:.2f}x" if plain_rate else ""
         process_ratio = f"{plain_process / seconds:.2f}x" if plain_process else ""  # >1: faster than plain
         acc = f"{accuracy[path]:.4f}" if path in accuracy else ""
-        layout = (f"{speed.get('precision', '')}{' channels-last' if speed.get('channels_last') else ''}"
-                  f"{' micro-batch ' + str(speed['micro_batch']) if speed.get('micro_batch') else ''}"
-                  f"{' fused' if speed.get('fused_layers') else ''}")
+        layout = Speed.from_dict(speed).describe(256) if speed else ""  # the d2l batch
         print(f"{path:<26} {rate:>11,.0f} {ratio:>9} {seconds:>10.1f} {process_ratio:>9} {acc:>9}  {layout}")
+    if "plain" in args.paths and args.repeats > 1:
+        paired(args.paths, rates, processes, results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def paired(paths: list[str], rates: dict[str, list[float]], processes: dict[str, list[float]],
+           results: dict) -> None:
+    """Each repetition's ratios to that repetition's plain loop, their median and range.
+    A machine whose speed shifts between repetitions moves a path and the plain loop
+    together within one, so these ratios are steadier than the medians' ratios above."""
+    print("\npaired with the plain loop of the same repetition: median (range) over the repetitions")
+    for path in paths:
+        if path == "plain":
+            continue
+        rate = sorted(r / p for r, p in zip(rates[path], rates["plain"]))
+        process = sorted(p / s for s, p in zip(processes[path], processes["plain"]))  # >1: faster than plain
+        results["paths"][path]["paired"] = {"examples_per_second": rate, "process": process}
+        print(f"{path:<26} examples/s {statistics.median(rate):.2f}x ({rate[0]:.2f}-{rate[-1]:.2f})   "
+              f"process {statistics.median(process):.2f}x ({process[0]:.2f}-{process[-1]:.2f})")
 
 
 if __name__ == "__main__":
