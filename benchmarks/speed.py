@@ -9,6 +9,8 @@ In one run, on one machine, for each path:
                    256, shuffle=True), the book's LeNet-5 and SGD (benchmarks/plain_loop.py)
     book           the book's own loop: per-sample PIL Dataset, 4 DataLoader workers
     lenet default  `lenet train --preset d2l`, as it chooses for this machine
+    lenet no halves  the default without halves on two threads (lenet/halves.py): each
+                   operation split across the threads, as PyTorch does
     lenet fp32     --precision fp32, micro-batches as measured for float32
     lenet fp32 unfused  --precision fp32 without the fused layers (fused.py): the
                    model's own conv, pool and flatten modules
@@ -59,6 +61,7 @@ from lenet.runtime import Speed, cpu_flags, cpu_name, cpu_speedups  # noqa: E402
 HERE = Path(__file__).resolve().parent
 LENET_PATHS = {
     "lenet default": {},
+    "lenet no halves": {"set": {"train.parallel_halves": False}},
     "lenet fp32": {"precision": "fp32"},
     "lenet fp32 unfused": {"precision": "fp32", "set": {"train.fused_layers": False}},
     "lenet fp32 whole batches": {"precision": "fp32", "set": {"train.micro_batch": 0, "train.eval_batch_size": 2048,

@@ -155,13 +155,26 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def _pin_cpu_speed() -> None:
-    """Precision "auto" and micro-batches are chosen from step times measured once per
-    machine (runtime.cpu_speedups). Tests pin that answer, so every test computes alike
-    on any CPU: float32, in micro-batches where a batch is split (the CPU default on the
-    machines measured so far). test_runtime measures for real."""
+    """Precision "auto", micro-batches and halves are chosen from step times measured once
+    per machine (runtime.cpu_speedups). Tests pin that answer, so every test computes
+    alike on any CPU: float32, in micro-batches where a batch is split, halves slower.
+    test_runtime measures for real; halves have tests of their own."""
     from lenet.runtime import record_cpu_speedups
 
-    record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.4, "bf16": 1.0, "bf16 micro": 1.0})
+    record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.4, "fp32 halves": 0.9,
+                         "bf16": 1.0, "bf16 micro": 1.0, "bf16 halves": 0.9})
+
+
+@pytest.fixture
+def two_threads():
+    """Halves (lenet.halves) take one of torch's threads each: two for the test, whatever
+    this machine has."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ def test_channels_last_is_on_for_the_cpu_unless_asked_otherwise():
 def test_auto_precision_takes_bf16_only_where_it_was_measured_faster(monkeypatch, hardware, measured,
                                                                      deterministic, expected):
     monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: hardware)
-    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.0, "bf16": 1.0, "bf16 micro": 1.0, **measured})
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.0, "fp32 halves": 0.5, "bf16": 1.0,
+                                 "bf16 micro": 1.0, "bf16 halves": 0.5, **measured})
     speed = runtime.resolve_speed(TrainConfig(deterministic=deterministic), CPU)
     assert speed.precision == expected
     if hardware and not deterministic:
@@ -68,8 +69,68 @@ def test_a_speed_record_round_trips_and_reads_as_the_log_prints_it():
 ])
 def test_micro_batches_are_taken_where_they_measured_faster(monkeypatch, measured, expected):
     monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: False)
-    runtime.record_cpu_speedups({"fp32": 1.0, **measured})
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 halves": 0.5, **measured})
     assert runtime.resolve_speed(TrainConfig(), CPU).micro_batch == expected
+
+
+@pytest.mark.parametrize("measured, halves, micro", [
+    ({"fp32 halves": 1.0}, True, 0),  # as fast as whole batches: a tie goes to halves
+    ({"fp32 halves": 0.98}, True, 0),  # inside the timing noise
+    ({"fp32 halves": 0.9}, False, 0),  # clearly slower
+    ({"fp32 halves": 1.3, "fp32 micro": 1.4}, False, runtime.MICRO_BATCH_CPU),  # micro-batches faster still
+    ({"fp32 halves": 1.4, "fp32 micro": 1.4}, True, 0),  # the two never combine
+])
+def test_halves_are_taken_where_they_measured_as_fast_as_the_best(monkeypatch, two_threads, measured, halves,
+                                                                    micro):
+    monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: False)
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 0.9, **measured})
+    speed = runtime.resolve_speed(TrainConfig(), CPU)
+    assert (speed.parallel_halves, speed.micro_batch) == (halves, micro)
+
+
+def test_bf16_is_weighed_by_its_best_step_halves_included(monkeypatch, two_threads):
+    monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: True)
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 0.9, "fp32 halves": 1.0,
+                                 "bf16": 1.0, "bf16 micro": 0.9, "bf16 halves": 1.5})
+    speed = runtime.resolve_speed(TrainConfig(), CPU)
+    assert (speed.precision, speed.parallel_halves) == ("bf16", True)
+    assert runtime.resolve_speed(TrainConfig(parallel_halves=False), CPU).precision == "fp32"  # 1.0 against 1.0
+
+
+def test_halves_only_where_they_can_run(monkeypatch, two_threads):
+    monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: False)
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 0.9, "fp32 halves": 1.2})
+    assert runtime.resolve_speed(TrainConfig(), CPU).parallel_halves is True
+    assert runtime.resolve_speed(TrainConfig(), CPU, batch_norm=True).parallel_halves is False
+    assert runtime.resolve_speed(TrainConfig(), CPU, dropout=True).parallel_halves is False
+    assert runtime.resolve_speed(TrainConfig(batch_size=100), CPU).parallel_halves is False  # halves under 64
+    assert runtime.resolve_speed(TrainConfig(deterministic=True), CPU).parallel_halves is False  # not measured
+    assert runtime.resolve_speed(TrainConfig(compile=True), CPU).parallel_halves is False
+    assert runtime.resolve_speed(TrainConfig(micro_batch=64), CPU).parallel_halves is False
+    assert runtime.resolve_speed(TrainConfig(parallel_halves=False), CPU).parallel_halves is False
+    assert runtime.resolve_speed(TrainConfig(), torch.device("meta")).parallel_halves is False  # not a CPU
+    # Asked for: taken even where not measured faster (deterministic too: they change no bit)...
+    assert runtime.resolve_speed(TrainConfig(parallel_halves=True, deterministic=True), CPU).parallel_halves
+    # ...and refused, saying why, where they cannot run.
+    for train, kwargs, why in [
+        (TrainConfig(parallel_halves=True), {"dropout": True}, "dropout masks"),
+        (TrainConfig(parallel_halves=True), {"batch_norm": True}, "statistics per half"),
+        (TrainConfig(parallel_halves=True, batch_size=100), {}, "too small to halve"),
+        (TrainConfig(parallel_halves=True, micro_batch=64), {}, "--micro-batch 64"),
+        (TrainConfig(parallel_halves=True, compile=True), {}, "--compile"),
+    ]:
+        with pytest.raises(UsageError, match=why):
+            runtime.resolve_speed(train, CPU, **kwargs)
+    with pytest.raises(UsageError, match="a CPU path"):
+        runtime.resolve_speed(TrainConfig(parallel_halves=True), torch.device("meta"))
+    torch.set_num_threads(1)
+    assert runtime.resolve_speed(TrainConfig(), CPU).parallel_halves is False
+    with pytest.raises(UsageError, match="one thread"):
+        runtime.resolve_speed(TrainConfig(parallel_halves=True), CPU)
+    # A checkpoint from before halves resumes as it began; one with them keeps them.
+    old = {"precision": "fp32", "channels_last": True, "reason": "auto"}
+    assert runtime.resolve_speed(TrainConfig(), CPU, old).parallel_halves is False
+    assert runtime.resolve_speed(TrainConfig(), CPU, old | {"parallel_halves": True}).parallel_halves is True
 
 
 def test_micro_batches_only_where_a_batch_can_be_split():
@@ -146,7 +207,7 @@ def test_the_measurement_is_real_and_kept_per_machine(monkeypatch, bf16_units):
     monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: bf16_units)
     runtime.calibration_file().unlink()
     speedups = runtime.cpu_speedups(rounds=1)
-    assert set(speedups) == set(runtime.CANDIDATES if bf16_units else ("fp32", "fp32 micro"))
+    assert set(speedups) == set(runtime.CANDIDATES if bf16_units else ("fp32", "fp32 micro", "fp32 halves"))
     assert speedups["fp32"] == 1.0  # the baseline
     assert all(0.05 < v < 50 for v in speedups.values())  # timings, whatever this CPU makes of them
     saved = json.loads(runtime.calibration_file().read_text())

@@ -145,6 +145,27 @@ def test_a_run_in_micro_batches_records_them_and_resumes_exactly(tiny_data_dir):
     assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["micro_batch"] == 0
 
 
+def test_a_run_in_halves_records_them_reaches_the_whole_batches_accuracy_and_resumes_exactly(
+        tiny_data_dir, two_threads):
+    halves = ["train.parallel_halves=true", "train.precision=fp32"]
+    full = train(tiny_config(tiny_data_dir, *halves, preset="d2l", name="full", epochs=3), out="runs")
+    env = json.loads((full.run_dir / "environment.json").read_text())
+    assert env["speed"]["parallel_halves"] is True and env["speed"]["micro_batch"] == 0
+    assert "halves on two threads" in (full.run_dir / "train.log").read_text()
+    with pytest.raises(StoppedAfterEpoch2):
+        train(tiny_config(tiny_data_dir, *halves, preset="d2l", name="part", epochs=3), out="runs",
+              on_epoch=stop_after_epoch_2)
+    resumed = resume(tiny_data_dir.parent / "runs" / "part")
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    whole = train(tiny_config(tiny_data_dir, "train.parallel_halves=false", "train.micro_batch=0",
+                              "train.precision=fp32", preset="d2l", name="whole", epochs=3), out="runs")
+    assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["parallel_halves"] is False
+    # Same seed, same data order: only rounding differs.
+    assert full.test_accuracy == pytest.approx(whole.test_accuracy, abs=0.04)
+    assert full.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=0.05)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
 def test_schedules(schedule):
     cfg = build_config("d2l", overrides=[f"optim.schedule={schedule}", "train.epochs=10", "optim.step_epochs=4"])

@@ -58,9 +58,9 @@ VARYING = {
 }
 # Switches the stacked step does not honour: torch.compile and CUDA graphs capture one
 # model's graph, channels-last has no layout for the (K, B, C, H, W) batch, and the
-# stacked step takes each batch whole and its own layers (a single run's micro-batches
-# and fused layers are automatic on the CPU; a group simply has none).
-REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs", "micro_batch", "fused_layers")
+# stacked step takes each batch whole and its own layers (a single run's micro-batches,
+# halves and fused layers are automatic on the CPU; a group simply has none).
+REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs", "micro_batch", "fused_layers", "parallel_halves")
 
 
 def group_key(cfg: RunConfig) -> str | None:
@@ -205,7 +205,7 @@ def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, 
     # The stacked step has no channels-last layout or micro-batches (REFUSED_SWITCHES);
     # precision as a run's.
     speed = resolve_speed(first.train.model_copy(update={"channels_last": False, "micro_batch": 0,
-                                                         "fused_layers": False}), device,
+                                                         "fused_layers": False, "parallel_halves": False}), device,
                           recorded_speed(first, saved[0] if saved else None))
     configure_backends(device, speed, False, first.train.deterministic)
     if saved is None:

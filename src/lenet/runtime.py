@@ -118,6 +118,7 @@ class Speed:
     micro_batch: int = 0  # images per forward/backward part of a step; 0: the whole batch at once
     allocator: str = ""  # how the CPU's malloc was set (tune_cpu_allocator); "" elsewhere
     fused_layers: bool = False  # the forward's rewritten layers (fused.py)
+    parallel_halves: bool = False  # each batch's two halves at once on two threads (in_halves)
 
     @property
     def bf16(self) -> bool:
@@ -125,17 +126,18 @@ class Speed:
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "channels_last": self.channels_last, "reason": self.reason,
-                "micro_batch": self.micro_batch, "allocator": self.allocator, "fused_layers": self.fused_layers}
+                "micro_batch": self.micro_batch, "allocator": self.allocator, "fused_layers": self.fused_layers,
+                "parallel_halves": self.parallel_halves}
 
     @classmethod
     def from_dict(cls, record: dict[str, Any], allocator: str | None = None) -> Speed:
         """A recorded choice (``to_dict``: a checkpoint's, a benchmark's); ``allocator``: this
         process's malloc setting in place of the recorded one. Records from before
-        micro-batches or fused layers had neither; an empty one is float32, NCHW."""
+        micro-batches, fused layers or halves had none; an empty one is float32, NCHW."""
         return cls(str(record.get("precision", "fp32")), bool(record.get("channels_last", False)),
                    str(record.get("reason", "")), int(record.get("micro_batch", 0)),
                    str(record.get("allocator", "")) if allocator is None else allocator,
-                   bool(record.get("fused_layers", False)))
+                   bool(record.get("fused_layers", False)), bool(record.get("parallel_halves", False)))
 
     def describe(self, batch_size: int | None = None) -> str:
         """What the steps compute with, as the log's first line and the benchmarks print it:
@@ -146,6 +148,8 @@ class Speed:
             parts.append("channels-last")
         if self.micro_batch > 0 and (batch_size is None or self.micro_batch < batch_size):
             parts.append(f"micro-batches of {self.micro_batch}")
+        if self.parallel_halves:
+            parts.append("halves on two threads")
         if self.fused_layers:
             parts.append("fused layers")
         return ", ".join(parts)
@@ -205,16 +209,18 @@ def tune_cpu_allocator() -> str:
 
 
 def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | None = None,
-                  batch_norm: bool = False) -> Speed:
-    """The run's precision, layout, micro-batches and fused layers. ``train``: its TrainConfig;
-    ``recorded``: the choice a checkpoint holds (a resumed run keeps it, so it continues
-    exactly); ``batch_norm``: whether the network has any (no micro-batches then).
+                  batch_norm: bool = False, dropout: bool = False) -> Speed:
+    """The run's precision, layout, micro-batches, halves and fused layers. ``train``: its
+    TrainConfig; ``recorded``: the choice a checkpoint holds (a resumed run keeps it, so it
+    continues exactly); ``batch_norm``, ``dropout``: whether the network has any (no
+    micro-batches with batch norm, no halves with either).
 
     On the CPU, malloc is tuned first (tune_cpu_allocator), then what "auto" and None
-    leave open is chosen from this machine's measured step times (cpu_speedups):
-    micro-batches where they were faster, bf16 where the CPU has bf16 units and its best
-    step beat float32's best by BF16_MARGIN. --deterministic takes no measured choice:
-    float32, whole batches."""
+    leave open is chosen from this machine's measured step times (cpu_speedups): bf16
+    where the CPU has bf16 units and its best step beat float32's best by BF16_MARGIN;
+    then, for that precision, halves on two threads where they were within HALVES_MARGIN
+    of the best, else micro-batches where they were faster. --deterministic takes no
+    measured choice: float32, whole batches."""
     allocator = tune_cpu_allocator() if device.type == "cpu" else ""  # before any measuring
     if recorded:
         # Checkpoints from before micro-batches or fused layers had neither.
@@ -228,9 +234,12 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     _check_micro_batch(train, batch_norm)
     can_split = (device.type == "cpu" and not batch_norm and not train.cuda_graphs
                  and train.batch_size > MICRO_BATCH_CPU)
+    can_halve = _check_halves(train, device, batch_norm, dropout)
+    halves_open = can_halve and train.parallel_halves is not False  # compared in "best" below
     bf16_units = device.type == "cpu" and fast_bf16_hardware()
     measure = device.type == "cpu" and not train.deterministic and (
-        (precision == "auto" and bf16_units) or (train.micro_batch is None and can_split))
+        (precision == "auto" and bf16_units) or (train.micro_batch is None and can_split)
+        or (can_halve and train.parallel_halves is None))
     measured = cpu_speedups() if measure else {}
 
     if precision != "auto":
@@ -243,20 +252,54 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
         precision, reason = "fp32", "auto: fp32 (--deterministic: no measured choice)"
     else:
         def best(p: str) -> float:
-            return max(measured.get(p, 1.0), measured.get(f"{p} micro", 0.0) if can_split else 0.0)
+            return max(measured.get(p, 1.0), measured.get(f"{p} micro", 0.0) if can_split else 0.0,
+                       measured.get(f"{p} halves", 0.0) if halves_open else 0.0)
 
         # bf16 only where it pays clearly: a 10% margin keeps timing noise from choosing it.
         precision = "bf16" if best("bf16") > BF16_MARGIN * best("fp32") else "fp32"
         reason = f"auto: bf16 measured at {best('bf16') / best('fp32'):.2f}x fp32 on this CPU"
 
+    # bf16 asked on a CPU without bf16 units was not measured: fp32's verdict stands in.
+    key = precision if f"{precision} micro" in measured else "fp32"
+    if train.parallel_halves is not None:
+        halves = bool(train.parallel_halves)
+    elif not can_halve or train.deterministic:
+        halves = False
+    else:
+        others = max(measured.get(key, 1.0), measured[f"{key} micro"] if can_split and train.micro_batch is None
+                     else 0.0)
+        halves = measured[f"{key} halves"] >= HALVES_MARGIN * others
     if train.micro_batch is not None:
         micro = train.micro_batch
-    elif not can_split or train.deterministic:
+    elif not can_split or train.deterministic or halves:
         micro = 0
-    else:  # bf16 asked on a CPU without bf16 units was not measured: fp32's verdict stands in
-        key = precision if f"{precision} micro" in measured else "fp32"
+    else:
         micro = MICRO_BATCH_CPU if measured[f"{key} micro"] > MICRO_MARGIN * measured.get(key, 1.0) else 0
-    return Speed(precision, channels_last, reason, micro, allocator, fused)
+    return Speed(precision, channels_last, reason, micro, allocator, fused, halves)
+
+
+def _check_halves(train: Any, device: torch.device, batch_norm: bool, dropout: bool) -> bool:
+    """Whether halves on two threads can be measured and chosen for this run; asked for
+    where they cannot run, a UsageError that says why."""
+    why = None
+    if device.type != "cpu":
+        why = f"it is a CPU path; this run is on {device}"
+    elif batch_norm:
+        why = "batch norm would take its statistics per half, not per batch"
+    elif dropout:
+        why = ("the two halves would draw their dropout masks from one generator at once, "
+               "in an order no run repeats")
+    elif train.compile or train.cuda_graphs:
+        why = "it does not combine with --compile or --cuda-graphs"
+    elif train.micro_batch:
+        why = f"it does not combine with --micro-batch {train.micro_batch}"
+    elif train.batch_size < 2 * MIN_HALF:
+        why = f"batches of {train.batch_size} are too small to halve (at least {2 * MIN_HALF} images)"
+    elif torch.get_num_threads() < 2:
+        why = "torch has one thread here"
+    if why and train.parallel_halves:
+        raise UsageError(f"train.parallel_halves: {why}; leave it unset (measured) or set it false")
+    return why is None
 
 
 def _check_micro_batch(train: Any, batch_norm: bool) -> None:
@@ -276,6 +319,15 @@ def _check_micro_batch(train: Any, batch_norm: bool) -> None:
 # other CPUs and allocators (parts of 64 were slower than 128 in every run before it).
 MICRO_BATCH_CPU = 128
 MICRO_MARGIN = 1.05  # micro-batches only where they are clearly faster
+# Halves on two threads (halves.py) wherever they measured at least 0.97x the best other
+# step: on the 2-core AMD EPYC they were 0.95-1.05x in its fast state and 1.25-1.35x in
+# the slow one, which lasts minutes and which a measurement taken once may not meet; a
+# tie within the timing noise therefore goes to them.
+HALVES_MARGIN = 0.97
+# The measurement is of d2l's batch of 256. Halves below 64 images are not taken on its
+# word: one thread stepped 2 parts of 64 slower than 1 of 128 (8.2-10.3 against 6.5-7.6 ms
+# for a batch of 256 in bf16), per-operation costs outweighing the smaller activations.
+MIN_HALF = 64
 BF16_MARGIN = 1.1
 
 
@@ -291,14 +343,15 @@ def calibration_file() -> Path:
     return _cache_dir() / "cpu-speed.json"
 
 
-CANDIDATES = ("fp32", "fp32 micro", "bf16", "bf16 micro")
+CANDIDATES = ("fp32", "fp32 micro", "fp32 halves", "bf16", "bf16 micro", "bf16 halves")
 
 
 def cpu_speedups(rounds: int = 7) -> dict[str, float]:
     """Speed-ups of the d2l LeNet's training step (batch 256, channels-last, fused layers) on this CPU
-    over a whole-batch float32 step: {"fp32": 1.0, "fp32 micro": ..., "bf16": ...,
-    "bf16 micro": ...} ("micro": in micro-batches of MICRO_BATCH_CPU; the bf16 entries
-    only where the CPU has bf16 units). Measured once per machine and kept in the user
+    over a whole-batch float32 step: {"fp32": 1.0, "fp32 micro": ..., "fp32 halves": ...,
+    "bf16": ..., ...} ("micro": in micro-batches of MICRO_BATCH_CPU; "halves": the two
+    halves at once on two threads, halves.py; the bf16 entries only where the CPU has bf16
+    units). Measured once per machine and kept in the user
     cache, so every run here makes the same choice: delete ~/.cache/lenet/cpu-speed.json
     to measure again."""
     import time
@@ -307,7 +360,7 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
     from .models import LeNet, ModelConfig
 
     tune_cpu_allocator()  # measured as training will run
-    wanted = CANDIDATES if fast_bf16_hardware() else CANDIDATES[:2]
+    wanted = CANDIDATES if fast_bf16_hardware() else tuple(c for c in CANDIDATES if c.startswith("fp32"))
     known = _calibrations().get(calibration_key())
     if isinstance(known, dict) and all(isinstance(known.get(c), (int, float)) for c in wanted):
         return {c: float(known[c]) for c in wanted}
@@ -317,20 +370,24 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
         y = torch.randint(0, 10, (256,))
         nets = {c: fused_forward(LeNet(ModelConfig()).to(memory_format=torch.channels_last)) for c in wanted}
         for c in wanted:  # warm-up: oneDNN picks and builds its kernels
-            for _ in range(3):
-                _train_step(nets[c], x, y, c)
+            with _step_threads(c):
+                for _ in range(3):
+                    _train_step(nets[c], x, y, c)
         # Rounds of 3 steps per candidate, each first in turn; the median of each round's
         # ratios is not fooled by a neighbour's burst of load. The timings also depend on
         # malloc's state, which is why it is tuned first: untuned, micro-batches measured
         # 0.92-1.04x in a fresh process and 1.39-1.47x in one that had loaded a dataset.
+        # One untimed step first: the threads the previous candidate woke settle.
         ratios: dict[str, list[float]] = {c: [] for c in wanted}
         for r in range(rounds):
             seconds = {}
             for c in wanted[r % len(wanted):] + wanted[:r % len(wanted)]:  # each goes first in turn
-                tic = time.perf_counter()
-                for _ in range(3):
+                with _step_threads(c):
                     _train_step(nets[c], x, y, c)
-                seconds[c] = time.perf_counter() - tic
+                    tic = time.perf_counter()
+                    for _ in range(3):
+                        _train_step(nets[c], x, y, c)
+                    seconds[c] = time.perf_counter() - tic
             for c in wanted:
                 ratios[c].append(seconds["fp32"] / max(seconds[c], 1e-9))
     speedups = {c: sorted(r)[len(r) // 2] for c, r in ratios.items()}
@@ -368,16 +425,32 @@ def _calibrations() -> dict[str, Any]:
 def _train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, candidate: str) -> None:
     """One d2l step as training.Learner takes it, its SGD update written out (an
     inference module may import this one; the optimisers live with the training loop)."""
-    parts = MICRO_BATCH_CPU if candidate.endswith("micro") else len(x)
     params = list(net.parameters())
     for p in params:
         p.grad = None
-    for xs, ys in zip(x.split(parts), y.split(parts)):
+
+    def part(xs: torch.Tensor, ys: torch.Tensor) -> None:
         with autocast(torch.device("cpu"), candidate.startswith("bf16")):
             logits = net(xs)
         (torch.nn.functional.cross_entropy(logits.float(), ys) * (len(ys) / len(y))).backward()
+
+    if candidate.endswith("halves"):  # inside _step_threads(candidate)
+        from .halves import in_halves
+
+        in_halves(part, x, y)
+    else:
+        parts = MICRO_BATCH_CPU if candidate.endswith("micro") else len(x)
+        for xs, ys in zip(x.split(parts), y.split(parts)):
+            part(xs, ys)
     with torch.no_grad():
         torch._foreach_add_(params, [p.grad for p in params], alpha=-0.01)
+
+
+def _step_threads(candidate: str) -> contextlib.AbstractContextManager:
+    """The threads a candidate's steps take, held over several as training holds them."""
+    from .halves import halved_threads
+
+    return halved_threads() if candidate.endswith("halves") else contextlib.nullcontext()
 
 
 def _cache_dir() -> Path:

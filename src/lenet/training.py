@@ -16,6 +16,7 @@ trains K same-shaped models at once through the same code.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -31,6 +32,7 @@ from .augment import Augmenter
 from .data import DeviceData, Normalizer, Split, prepare_data
 from .errors import DivergedError, Interrupted, UsageError
 from .fused import fused_forward
+from .halves import halved_threads, in_halves
 from .loop import (NAN_CHECK_EVERY_CUDA, EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit,
                    checkpoint_state, epoch_row, evaluate, format_epoch, partial_epoch, position, train_one_epoch)
 from .models import LeNet, count_parameters
@@ -64,7 +66,7 @@ class Learner:
         if speed.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, speed.bf16
-        self.micro_batch = speed.micro_batch
+        self.micro_batch, self.halves = speed.micro_batch, speed.parallel_halves
         forward = fused_forward(model) if speed.fused_layers else model
         self.forward = torch.compile(forward) if t.compile else forward
         self.optimizer = make_optimizer(model, cfg, graphable=t.cuda_graphs)
@@ -127,6 +129,11 @@ class Learner:
             if isinstance(lr, torch.Tensor):
                 group["lr"] = lr
 
+    def threads(self) -> contextlib.AbstractContextManager:
+        """The intra-op threads an epoch of steps takes: in halves, half of torch's for
+        this thread and half for the worker (halves.halved_threads); else torch's own."""
+        return halved_threads() if self.halves else contextlib.nullcontext()
+
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         set_lr(self.optimizer, learning_rate(self.cfg, global_step, self.steps_per_epoch))
         if self.graphed is not None:
@@ -141,22 +148,26 @@ class Learner:
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's mean loss and its logits, its gradients accumulated. With
-        micro-batches, part by part: each part's mean loss weighted by its share of the
-        batch, so the gradients sum to the whole batch's (up to rounding)."""
-        parts = x.split(self.micro_batch) if 0 < self.micro_batch < len(x) else (x,)
-        losses, outputs = [], []
-        for xs, ys in zip(parts, y.split(len(parts[0]))):
+        micro-batches, part by part, and with halves, both halves at once (halves.py):
+        each part's mean loss weighted by its share of the batch, so the gradients sum to
+        the whole batch's (up to rounding)."""
+        def part(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with autocast(x.device, self.amp):
                 logits = self.forward(xs)
             loss = self.loss_fn(logits.float(), ys)  # the loss in float32 whatever the forward ran in
-            if len(parts) > 1:
+            if len(ys) < len(y):
                 loss = loss * (len(ys) / len(y))
             loss.backward()
-            losses.append(loss.detach())
-            outputs.append(logits.detach())
-        if len(parts) == 1:
-            return losses[0], outputs[0]
-        return torch.stack(losses).sum(), torch.cat(outputs)
+            return loss.detach(), logits.detach()
+
+        if self.halves:
+            results = [r for r in in_halves(part, x, y) if r is not None]
+        else:
+            results = [part(xs, ys) for xs, ys in zip(x.split(self.micro_batch or len(x)),
+                                                        y.split(self.micro_batch or len(x)))]
+        if len(results) == 1:
+            return results[0]
+        return torch.stack([loss for loss, _ in results]).sum(), torch.cat([logits for _, logits in results])
 
     def check_finite(self, state: EpochState) -> None:
         bad = int(state.first_bad_step)
@@ -251,7 +262,7 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
         data = prepare_data(cfg, device, data)
     steps = 1 if cfg.train.dry_run else math.ceil(data.n_train / cfg.train.batch_size)
     epochs = 1 if cfg.train.dry_run else cfg.train.epochs
-    speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved), cfg.model.batch_norm)
+    speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved), cfg.model.batch_norm, cfg.model.dropout > 0)
     configure_backends(device, speed, cfg.train.cuda_graphs, cfg.train.deterministic)
     learner = Learner(LeNet(cfg.model).to(device), cfg, device, steps, speed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -281,7 +292,8 @@ def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, d
                               progress.bar(epoch + 1, epochs, steps, state.step), learner.augment)
             tic = time.perf_counter()
             try:
-                train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
+                with learner.threads():
+                    train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
             except DivergedError as exc:
                 reason = f"{exc}; " + (f"the checkpoint of epoch {epoch} is kept." if epoch > 0
                                        else "no epoch had finished, so there is no checkpoint.")

@@ -1,0 +1,90 @@
+"""A CPU training step's two halves at once, one per thread (``Speed.parallel_halves``).
+
+By default PyTorch splits every operation of a step across its intra-op threads, so what
+one thread writes the next operation often reads on another core. On the 2-core AMD
+EPYC this project is measured on, that sharing is sometimes slow for minutes at a time:
+two threads then step no faster than one. One thread took 10.5 ms a bf16 d2l step
+(batch 256, fused layers) in both states; two threads took 6.6 ms in the fast state and
+9.5-10.5 ms in the slow one, while a 512x512 matmul kept its two-thread speed and
+OMP_WAIT_POLICY=ACTIVE changed nothing (29 against 30 slow blocks of 120). Computing
+the batch's two halves at once, each on one thread with its own activations, keeps the
+data of each half on its core: 7.2-7.9 ms a step in the slow state and 6.4-7.5 ms in
+the fast one (`python benchmarks/halves_step.py`).
+
+The halves' gradients reach each parameter's ``.grad`` by one addition, and
+a + b == b + a exactly in floating point, so which half finishes first changes no bit:
+a run in halves is as reproducible, and resumes as exactly, as one in whole batches.
+Each half's mean loss is weighted by its share of the batch, as micro-batches are.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from typing import Callable, Iterator, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class _Worker:
+    """The one thread that computes second halves, created on first use. Its intra-op
+    thread count is its own (OpenMP keeps one per thread) and is set while it is idle:
+    torch.set_num_threads also clears ideep's cache of convolutions."""
+
+    def __init__(self) -> None:
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lenet-half")
+        self.threads = 0
+        self.held = False  # inside halved_threads()
+
+    def use_threads(self, threads: int) -> None:
+        if self.threads != threads:
+            self.pool.submit(torch.set_num_threads, threads).result()
+            self.threads = threads
+
+
+_worker: _Worker | None = None
+
+
+@contextlib.contextmanager
+def halved_threads() -> Iterator[int]:
+    """This thread and the worker each with half of torch's intra-op threads (at least
+    one) while the block runs, which yields that number; the count is restored after.
+
+    Held for a whole epoch, not set per step: after any operation split across this
+    thread's OpenMP team, the team's idle threads spin for a while before they sleep,
+    on the cores the halves need. Set only around each step, with the loop's batch
+    gathering and the optimiser's update split as usual between steps, a bf16 d2l step
+    took 15.2 ms against 7.5 ms held (medians of 20 alternating rounds of 20 steps)."""
+    global _worker
+    if _worker is None:
+        _worker = _Worker()
+    threads = torch.get_num_threads()
+    each = max(1, threads // 2)
+    _worker.use_threads(each)
+    torch.set_num_threads(each)
+    held, _worker.held = _worker.held, True
+    try:
+        yield each
+    finally:
+        _worker.held = held
+        torch.set_num_threads(threads)
+
+
+def in_halves(part: Callable[[torch.Tensor, torch.Tensor], T], x: torch.Tensor,
+              y: torch.Tensor) -> tuple[T, T | None]:
+    """``(part(first half), part(second half))``, computed at once: the first on this
+    thread, the second on the worker. Runs inside ``halved_threads()``. A batch of one
+    image is not split: the second result is None then."""
+    if _worker is None or not _worker.held:
+        raise RuntimeError("in_halves runs inside halved_threads()")
+    half = (len(x) + 1) // 2
+    if half == len(x):
+        return part(x, y), None
+    future = _worker.pool.submit(part, x[half:], y[half:])
+    try:
+        first = part(x[:half], y[:half])
+    finally:
+        concurrent.futures.wait([future])  # never leave the other half running
+    return first, future.result()
