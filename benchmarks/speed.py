@@ -11,7 +11,9 @@ In one run, on one machine, for each path:
     lenet default  `lenet train --preset d2l`, as it chooses for this machine
     lenet no halves  the default without halves on two threads (lenet/halves.py): each
                    operation split across the threads, as PyTorch does
-    lenet fp32     --precision fp32, micro-batches as measured for float32
+    lenet fp32     --precision fp32, micro-batches and halves as measured for float32
+    lenet fp32 no halves  --precision fp32 without halves: the default of the previous
+                   release on a CPU where bf16 does not pay
     lenet fp32 unfused  --precision fp32 without the fused layers (fused.py): the
                    model's own conv, pool and flatten modules
     lenet fp32 whole batches  lenet 0.2's default on a CPU where bf16 does not pay:
@@ -63,6 +65,7 @@ LENET_PATHS = {
     "lenet default": {},
     "lenet no halves": {"set": {"train.parallel_halves": False}},
     "lenet fp32": {"precision": "fp32"},
+    "lenet fp32 no halves": {"precision": "fp32", "set": {"train.parallel_halves": False}},
     "lenet fp32 unfused": {"precision": "fp32", "set": {"train.fused_layers": False}},
     "lenet fp32 whole batches": {"precision": "fp32", "set": {"train.micro_batch": 0, "train.eval_batch_size": 2048,
                                                               "train.fused_layers": False}},

@@ -15,12 +15,15 @@ The halves' gradients reach each parameter's ``.grad`` by one addition, and
 a + b == b + a exactly in floating point, so which half finishes first changes no bit:
 a run in halves is as reproducible, and resumes as exactly, as one in whole batches.
 Each half's mean loss is weighted by its share of the batch, as micro-batches are.
+There is one worker per process: runs in halves in several threads of one process take
+turns on it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -36,7 +39,6 @@ class _Worker:
     def __init__(self) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lenet-half")
         self.threads = 0
-        self.held = False  # inside halved_threads()
 
     def use_threads(self, threads: int) -> None:
         if self.threads != threads:
@@ -45,6 +47,7 @@ class _Worker:
 
 
 _worker: _Worker | None = None
+_caller = threading.local()  # .held: this thread is inside halved_threads()
 
 
 @contextlib.contextmanager
@@ -64,11 +67,11 @@ def halved_threads() -> Iterator[int]:
     each = max(1, threads // 2)
     _worker.use_threads(each)
     torch.set_num_threads(each)
-    held, _worker.held = _worker.held, True
+    held, _caller.held = getattr(_caller, "held", False), True
     try:
         yield each
     finally:
-        _worker.held = held
+        _caller.held = held
         torch.set_num_threads(threads)
 
 
@@ -77,7 +80,7 @@ def in_halves(part: Callable[[torch.Tensor, torch.Tensor], T], x: torch.Tensor,
     """``(part(first half), part(second half))``, computed at once: the first on this
     thread, the second on the worker. Runs inside ``halved_threads()``. A batch of one
     image is not split: the second result is None then."""
-    if _worker is None or not _worker.held:
+    if _worker is None or not getattr(_caller, "held", False):
         raise RuntimeError("in_halves runs inside halved_threads()")
     half = (len(x) + 1) // 2
     if half == len(x):
