@@ -31,19 +31,20 @@ def step_seconds(cfg, data, augment: bool, steps: int) -> float:
     from lenet.data import Normalizer
 
     device = torch.device("cpu")
-    speed = resolve_speed(cfg.train, device, None)
+    speed = resolve_speed(cfg.train, device, None, cfg.model.batch_norm, cfg.model.dropout > 0)
     learner = Learner(lenet.LeNet(cfg.model), cfg, device, steps, speed)
     normalize = Normalizer.for_config(cfg, speed.channels_last)
     augmenter = Augmenter(cfg.data.augment, torch.Generator().manual_seed(0)) if augment else None
     images, labels = data.train.images, data.train.labels
     batch = cfg.train.batch_size
-    tic = time.perf_counter()
-    for i in range(steps):
-        x = images[i * batch:(i + 1) * batch]
-        if augmenter is not None:
-            x = augmenter(x)
-        learner.step(normalize(x), labels[i * batch:(i + 1) * batch], i)
-    return (time.perf_counter() - tic) / steps
+    with learner.threads():  # as an epoch of training holds them
+        tic = time.perf_counter()
+        for i in range(steps):
+            x = images[i * batch:(i + 1) * batch]
+            if augmenter is not None:
+                x = augmenter(x)
+            learner.step(normalize(x), labels[i * batch:(i + 1) * batch], i)
+        return (time.perf_counter() - tic) / steps
 
 
 def augment_seconds(cfg, data, batches: int) -> float:

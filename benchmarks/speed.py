@@ -9,7 +9,7 @@ In one run, on one machine, for each path:
                    256, shuffle=True), the book's LeNet-5 and SGD (benchmarks/plain_loop.py)
     book           the book's own loop: per-sample PIL Dataset, 4 DataLoader workers
     lenet default  `lenet train --preset d2l`, as it chooses for this machine
-    lenet no halves  the default without halves on two threads (lenet/halves.py): each
+    lenet no halves  the default without two halves at once (lenet/halves.py): each
                    operation split across the threads, as PyTorch does
     lenet fp32     --precision fp32, micro-batches and halves as measured for float32
     lenet fp32 no halves  --precision fp32 without halves: the default of the previous

@@ -3,7 +3,9 @@ update as the two halves one after the other, bit for bit."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+import time
 
 import pytest
 import torch
@@ -34,23 +36,55 @@ def test_in_halves_runs_the_halves_at_once_on_half_the_threads_each(two_threads)
         assert in_halves(lambda xs, ys: len(xs), x[:1], y[:1]) == (1, None)  # one image: not split
 
 
-def test_in_halves_waits_for_the_other_half_when_one_fails(two_threads):
-    done = []
-
+def slow_second_half(done):
     def part(xs, ys):
         if xs[0] == 0:
             raise ValueError("first half")
-        torch.ones(1000).sum()
+        time.sleep(0.3)  # long after the first half has failed
         done.append(True)
+    return part
 
+
+def test_in_halves_waits_for_the_other_half_when_one_fails(two_threads):
+    done = []
     with halved_threads(), pytest.raises(ValueError, match="first half"):
-        in_halves(part, torch.arange(4), torch.arange(4))
+        in_halves(slow_second_half(done), torch.arange(4), torch.arange(4))
     assert done == [True]  # the second half had finished before the error came out
+    assert torch.get_num_threads() == 2  # and the threads were given back
 
 
-def test_in_halves_needs_its_threads():
-    with pytest.raises(RuntimeError, match="inside halved_threads"):
-        in_halves(lambda xs, ys: None, torch.arange(4), torch.arange(4))
+def test_a_ctrl_c_while_waiting_still_waits_for_the_other_half(two_threads, monkeypatch):
+    done, calls = [], []
+    wait = concurrent.futures.wait
+
+    def interrupted_once(futures, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "wait", interrupted_once)
+
+    def part(xs, ys):
+        if xs[0] != 0:  # the second half
+            time.sleep(0.3)
+            done.append(True)
+
+    with halved_threads(), pytest.raises(KeyboardInterrupt):
+        in_halves(part, torch.arange(4), torch.arange(4))
+    assert done == [True]  # the second half ran to the end before the Ctrl-C came out
+    assert len(calls) == 2
+
+
+def test_outside_halved_threads_in_halves_holds_them_for_the_call(two_threads):
+    seen = []
+
+    def part(xs, ys):
+        seen.append(torch.get_num_threads())
+        return int(xs.sum())
+
+    assert in_halves(part, torch.arange(4), torch.arange(4)) == (1, 5)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
 
 
 def _learner_steps(speed, x, y, steps=3):

@@ -53,6 +53,9 @@ def test_asked_and_recorded_precisions_win():
 def test_a_speed_record_round_trips_and_reads_as_the_log_prints_it():
     speed = runtime.Speed("bf16", True, "auto: bf16 measured at 1.33x fp32 on this CPU", 128, "glibc", True)
     assert runtime.Speed.from_dict(speed.to_dict()) == speed
+    halves = runtime.Speed("fp32", True, "asked for", 0, "", True, parallel_halves=True)
+    assert runtime.Speed.from_dict(halves.to_dict()) == halves
+    assert halves.describe(256) == "fp32, channels-last, two halves at once, fused layers"
     assert runtime.Speed.from_dict(speed.to_dict(), allocator="here").allocator == "here"  # this process's malloc
     assert speed.describe(256) == "bf16, channels-last, micro-batches of 128, fused layers"
     assert speed.describe(128) == "bf16, channels-last, fused layers"  # parts as big as the batch split nothing
@@ -94,7 +97,19 @@ def test_bf16_is_weighed_by_its_best_step_halves_included(monkeypatch, two_threa
                                  "bf16": 1.0, "bf16 micro": 0.9, "bf16 halves": 1.5})
     speed = runtime.resolve_speed(TrainConfig(), CPU)
     assert (speed.precision, speed.parallel_halves) == ("bf16", True)
+    assert "halves measured at 1.50x the best other step" in speed.reason  # recorded in environment.json
     assert runtime.resolve_speed(TrainConfig(parallel_halves=False), CPU).precision == "fp32"  # 1.0 against 1.0
+
+
+def test_precision_is_weighed_by_the_step_forms_the_run_can_take(monkeypatch, two_threads):
+    """What the user fixed is the only form compared: forced halves weigh bf16 by its
+    halves, micro-batches turned off leave their timing out."""
+    monkeypatch.setattr(runtime, "fast_bf16_hardware", lambda: True)
+    runtime.record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.4, "fp32 halves": 1.0,
+                                 "bf16": 1.2, "bf16 micro": 1.3, "bf16 halves": 1.2})
+    assert runtime.resolve_speed(TrainConfig(), CPU).precision == "fp32"  # fp32 micro 1.4 is the best
+    assert runtime.resolve_speed(TrainConfig(parallel_halves=True), CPU).precision == "bf16"  # 1.2 against 1.0
+    assert runtime.resolve_speed(TrainConfig(micro_batch=0), CPU).precision == "bf16"  # 1.2 against 1.0
 
 
 def test_halves_only_where_they_can_run(monkeypatch, two_threads):
@@ -131,6 +146,9 @@ def test_halves_only_where_they_can_run(monkeypatch, two_threads):
     old = {"precision": "fp32", "channels_last": True, "reason": "auto"}
     assert runtime.resolve_speed(TrainConfig(), CPU, old).parallel_halves is False
     assert runtime.resolve_speed(TrainConfig(), CPU, old | {"parallel_halves": True}).parallel_halves is True
+    # ...on the CPU: a CPU run resumed on another device goes on without them.
+    assert runtime.resolve_speed(TrainConfig(), torch.device("meta"),
+                                 old | {"parallel_halves": True}).parallel_halves is False
 
 
 def test_micro_batches_only_where_a_batch_can_be_split():

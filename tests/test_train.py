@@ -151,19 +151,24 @@ def test_a_run_in_halves_records_them_reaches_the_whole_batches_accuracy_and_res
     full = train(tiny_config(tiny_data_dir, *halves, preset="d2l", name="full", epochs=3), out="runs")
     env = json.loads((full.run_dir / "environment.json").read_text())
     assert env["speed"]["parallel_halves"] is True and env["speed"]["micro_batch"] == 0
-    assert "halves on two threads" in (full.run_dir / "train.log").read_text()
+    assert "two halves at once" in (full.run_dir / "train.log").read_text()
     with pytest.raises(StoppedAfterEpoch2):
         train(tiny_config(tiny_data_dir, *halves, preset="d2l", name="part", epochs=3), out="runs",
               on_epoch=stop_after_epoch_2)
     resumed = resume(tiny_data_dir.parent / "runs" / "part")
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    whole = train(tiny_config(tiny_data_dir, "train.parallel_halves=false", "train.micro_batch=0",
-                              "train.precision=fp32", preset="d2l", name="whole", epochs=3), out="runs")
-    assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["parallel_halves"] is False
-    # Same seed, same data order: only rounding differs.
-    assert full.test_accuracy == pytest.approx(whole.test_accuracy, abs=0.04)
-    assert full.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=0.05)
+    assert torch.get_num_threads() == 2  # the epochs gave their threads back
+    # The accuracy: Keras V2's network (which learns the tiny data in 3 epochs) without
+    # dropout, in batches of 128, with and without halves. Same seed, same data order:
+    # only rounding differs.
+    learns = ["model.dropout=0", "train.batch_size=128", "train.precision=fp32", "train.micro_batch=0"]
+    runs = {on: train(tiny_config(tiny_data_dir, *learns, f"train.parallel_halves={on}", name=f"v2-{on}"),
+                      out="runs") for on in ("true", "false")}
+    assert json.loads((runs["false"].run_dir / "environment.json").read_text())["speed"]["parallel_halves"] is False
+    assert runs["false"].test_accuracy > 0.5  # it did learn
+    assert runs["true"].test_accuracy == pytest.approx(runs["false"].test_accuracy, abs=0.02)
+    assert runs["true"].history[-1]["train_loss"] == pytest.approx(runs["false"].history[-1]["train_loss"], rel=0.01)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])

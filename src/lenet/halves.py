@@ -1,4 +1,4 @@
-"""A CPU training step's two halves at once, one per thread (``Speed.parallel_halves``).
+"""A CPU training step's two halves at once, each with half the threads (``Speed.parallel_halves``).
 
 By default PyTorch splits every operation of a step across its intra-op threads, so what
 one thread writes the next operation often reads on another core. On the 2-core AMD
@@ -7,9 +7,11 @@ two threads then step no faster than one. One thread took 10.5 ms a bf16 d2l ste
 (batch 256, fused layers) in both states; two threads took 6.6 ms in the fast state and
 9.5-10.5 ms in the slow one, while a 512x512 matmul kept its two-thread speed and
 OMP_WAIT_POLICY=ACTIVE changed nothing (29 against 30 slow blocks of 120). Computing
-the batch's two halves at once, each on one thread with its own activations, keeps the
-data of each half on its core: 7.2-7.9 ms a step in the slow state and 6.4-7.5 ms in
-the fast one (`python benchmarks/halves_step.py`).
+the batch's two halves at once, each on one thread with its own activations (on more
+threads, each half on half of them), keeps the data of each half on its core:
+`python benchmarks/halves_step.py` (400 rounds of 20 steps, bf16) found them 1.27x
+faster than the split step in the 51 rounds of the slow state and even (1.00x) in the
+others; in float32, 1.07x over 250 rounds.
 
 The halves' gradients reach each parameter's ``.grad`` by one addition, and
 a + b == b + a exactly in floating point, so which half finishes first changes no bit:
@@ -78,10 +80,12 @@ def halved_threads() -> Iterator[int]:
 def in_halves(part: Callable[[torch.Tensor, torch.Tensor], T], x: torch.Tensor,
               y: torch.Tensor) -> tuple[T, T | None]:
     """``(part(first half), part(second half))``, computed at once: the first on this
-    thread, the second on the worker. Runs inside ``halved_threads()``. A batch of one
-    image is not split: the second result is None then."""
+    thread, the second on the worker. Meant to run inside ``halved_threads()``; outside
+    it, it holds them for this call alone (the same result, slower: see there). A batch
+    of one image is not split: the second result is None then."""
     if _worker is None or not getattr(_caller, "held", False):
-        raise RuntimeError("in_halves runs inside halved_threads()")
+        with halved_threads():
+            return in_halves(part, x, y)
     half = (len(x) + 1) // 2
     if half == len(x):
         return part(x, y), None
@@ -89,5 +93,18 @@ def in_halves(part: Callable[[torch.Tensor, torch.Tensor], T], x: torch.Tensor,
     try:
         first = part(x[:half], y[:half])
     finally:
-        concurrent.futures.wait([future])  # never leave the other half running
+        _wait_out(future)
     return first, future.result()
+
+
+def _wait_out(future: concurrent.futures.Future) -> None:
+    """Wait until the other half is done, through a Ctrl-C too (raised after): a step
+    left running would write gradients after the caller has moved on."""
+    interrupt = None
+    while not future.done():
+        try:
+            concurrent.futures.wait([future])
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt

@@ -88,9 +88,9 @@ class TrainConfig(Strict):
         "rounding), so activations stay in the CPU's caches; None: automatic on the CPU for networks without "
         "batch norm, off elsewhere; 0: off"))
     parallel_halves: bool | None = Field(None, description=(
-        "CPU: each batch's two halves forward and backward at once, one thread each, gradients summed (the "
-        "same update up to rounding; halves.py); None: where this CPU measured them at least as fast, for "
-        "networks without batch norm or dropout"))
+        "CPU: each batch's two halves forward and backward at once, each on half the threads, gradients summed "
+        "(the same update up to rounding; halves.py); None: where this CPU measured them within 3% of the "
+        "fastest step or faster, for networks without batch norm or dropout"))
     fused_layers: bool | None = Field(None, description=(
         "the same function computed faster on the CPU (fused.py): the first conv block by pixel phases, the "
         "flatten in channels-last order, few-channel convs' input gradient as a transposed conv; None: on for "

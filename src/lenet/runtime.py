@@ -10,7 +10,7 @@ import contextlib
 import os
 import platform
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ class Speed:
         if self.micro_batch > 0 and (batch_size is None or self.micro_batch < batch_size):
             parts.append(f"micro-batches of {self.micro_batch}")
         if self.parallel_halves:
-            parts.append("halves on two threads")
+            parts.append("two halves at once")
         if self.fused_layers:
             parts.append("fused layers")
         return ", ".join(parts)
@@ -218,13 +218,15 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     On the CPU, malloc is tuned first (tune_cpu_allocator), then what "auto" and None
     leave open is chosen from this machine's measured step times (cpu_speedups): bf16
     where the CPU has bf16 units and its best step beat float32's best by BF16_MARGIN;
-    then, for that precision, halves on two threads where they were within HALVES_MARGIN
+    then, for that precision, two halves at once where they were within HALVES_MARGIN
     of the best, else micro-batches where they were faster. --deterministic takes no
     measured choice: float32, whole batches."""
     allocator = tune_cpu_allocator() if device.type == "cpu" else ""  # before any measuring
     if recorded:
-        # Checkpoints from before micro-batches or fused layers had neither.
-        return Speed.from_dict(recorded, allocator)
+        # Checkpoints from before micro-batches, fused layers or halves had none. Halves
+        # are a CPU path: a run resumed on another device goes on without them.
+        speed = Speed.from_dict(recorded, allocator)
+        return speed if device.type == "cpu" else replace(speed, parallel_halves=False)
     channels_last = train.channels_last if train.channels_last is not None else device.type == "cpu"
     fused = (train.fused_layers if train.fused_layers is not None
              else device.type == "cpu" and channels_last and not train.compile)
@@ -235,12 +237,25 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     can_split = (device.type == "cpu" and not batch_norm and not train.cuda_graphs
                  and train.batch_size > MICRO_BATCH_CPU)
     can_halve = _check_halves(train, device, batch_norm, dropout)
-    halves_open = can_halve and train.parallel_halves is not False  # compared in "best" below
+    # The forms of a step this run may take ("": whole batches); one the user fixed is the only one.
+    if train.parallel_halves:
+        forms: tuple[str, ...] = ("halves",)
+    elif train.micro_batch:
+        forms = ("micro",)
+    else:
+        forms = ("", *(("micro",) if can_split and train.micro_batch is None else ()),
+                 *(("halves",) if can_halve and train.parallel_halves is None else ()))
     bf16_units = device.type == "cpu" and fast_bf16_hardware()
     measure = device.type == "cpu" and not train.deterministic and (
         (precision == "auto" and bf16_units) or (train.micro_batch is None and can_split)
         or (can_halve and train.parallel_halves is None))
     measured = cpu_speedups() if measure else {}
+
+    def speedup(p: str, form: str) -> float:
+        return measured.get(f"{p} {form}".strip(), 0.0 if form else 1.0)
+
+    def best(p: str) -> float:
+        return max(speedup(p, form) for form in forms)
 
     if precision != "auto":
         reason = "asked for"
@@ -251,10 +266,6 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     elif train.deterministic:
         precision, reason = "fp32", "auto: fp32 (--deterministic: no measured choice)"
     else:
-        def best(p: str) -> float:
-            return max(measured.get(p, 1.0), measured.get(f"{p} micro", 0.0) if can_split else 0.0,
-                       measured.get(f"{p} halves", 0.0) if halves_open else 0.0)
-
         # bf16 only where it pays clearly: a 10% margin keeps timing noise from choosing it.
         precision = "bf16" if best("bf16") > BF16_MARGIN * best("fp32") else "fp32"
         reason = f"auto: bf16 measured at {best('bf16') / best('fp32'):.2f}x fp32 on this CPU"
@@ -263,12 +274,12 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
     key = precision if f"{precision} micro" in measured else "fp32"
     if train.parallel_halves is not None:
         halves = bool(train.parallel_halves)
-    elif not can_halve or train.deterministic:
+    elif "halves" not in forms or train.deterministic:
         halves = False
     else:
-        others = max(measured.get(key, 1.0), measured[f"{key} micro"] if can_split and train.micro_batch is None
-                     else 0.0)
-        halves = measured[f"{key} halves"] >= HALVES_MARGIN * others
+        others = max(speedup(key, form) for form in forms if form != "halves")
+        halves = speedup(key, "halves") >= HALVES_MARGIN * others
+        reason += f"; halves measured at {speedup(key, 'halves') / others:.2f}x the best other step"
     if train.micro_batch is not None:
         micro = train.micro_batch
     elif not can_split or train.deterministic or halves:
@@ -279,7 +290,7 @@ def resolve_speed(train: Any, device: torch.device, recorded: dict[str, Any] | N
 
 
 def _check_halves(train: Any, device: torch.device, batch_norm: bool, dropout: bool) -> bool:
-    """Whether halves on two threads can be measured and chosen for this run; asked for
+    """Whether two halves at once can be measured and chosen for this run; asked for
     where they cannot run, a UsageError that says why."""
     why = None
     if device.type != "cpu":
@@ -319,10 +330,11 @@ def _check_micro_batch(train: Any, batch_norm: bool) -> None:
 # other CPUs and allocators (parts of 64 were slower than 128 in every run before it).
 MICRO_BATCH_CPU = 128
 MICRO_MARGIN = 1.05  # micro-batches only where they are clearly faster
-# Halves on two threads (halves.py) wherever they measured at least 0.97x the best other
-# step: on the 2-core AMD EPYC they were 0.95-1.05x in its fast state and 1.25-1.35x in
-# the slow one, which lasts minutes and which a measurement taken once may not meet; a
-# tie within the timing noise therefore goes to them.
+# Two halves at once (halves.py) wherever they measured at least 0.97x the best other
+# step: on the 2-core AMD EPYC they were even (1.00x, median of 349 rounds) in its fast
+# state and 1.27x (51 rounds) in the slow one, which lasts minutes and which a
+# measurement taken once may not meet; a tie within the timing noise therefore goes to
+# them (`python benchmarks/halves_step.py`).
 HALVES_MARGIN = 0.97
 # The measurement is of d2l's batch of 256. Halves below 64 images are not taken on its
 # word: one thread stepped 2 parts of 64 slower than 1 of 128 (8.2-10.3 against 6.5-7.6 ms

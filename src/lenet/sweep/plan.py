@@ -25,9 +25,10 @@ RESERVED_KEYS = ("seed", "name", "out")
 # existing run directory belongs to the plan: a sweep re-run with a relative instead of
 # an absolute --data-dir, on another machine, or after lenet changed how it evaluates
 # (train.eval_batch_size, 2048 until 0.3) or computes a step (train.micro_batch,
-# train.fused_layers: the same update up to float rounding) still finds its finished runs.
+# train.fused_layers, train.parallel_halves: the same update up to float rounding) still
+# finds its finished runs.
 IGNORED_WHEN_COMPARING = ("name", "out", "device", "data.data_dir", "train.progress", "train.eval_batch_size",
-                          "train.micro_batch", "train.fused_layers")
+                          "train.micro_batch", "train.fused_layers", "train.parallel_halves")
 
 
 def format_value(value: Any) -> str:
