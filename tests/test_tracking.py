@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,17 @@ def test_every_epoch_is_a_scalar_under_the_names_tensorboard_groups(tiny_data_di
                      ("examples_per_second", "speed/examples_per_second")):
         assert [step for step, _ in scalars[tag]] == [1, 2, 3]
         assert [value for _, value in scalars[tag]] == pytest.approx([r[key] for r in rows], rel=1e-6)
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_earlier_ones(tmp_path):
+    """TensorBoard reads event files in name order; names start with whole seconds."""
+    now = int(time.time())
+    (tmp_path / f"events.out.tfevents.{now}.host.1.9").write_bytes(b"")
+    tracking.after_earlier_events(tmp_path)
+    assert time.time() >= now + 1
+    tic = time.time()
+    tracking.after_earlier_events(tmp_path / "nothing-here")  # no earlier files: no wait
+    assert time.time() - tic < 0.1
 
 
 def test_a_resumed_run_shows_each_epoch_once(tiny_data_dir, tmp_path):
