@@ -77,6 +77,12 @@ def halved_threads() -> Iterator[int]:
         torch.set_num_threads(threads)
 
 
+def threads_for(halves: bool) -> contextlib.AbstractContextManager:
+    """The threads a run of steps takes: ``halved_threads()`` for steps in halves, else
+    torch's own setting, untouched."""
+    return halved_threads() if halves else contextlib.nullcontext()
+
+
 def in_halves(part: Callable[[torch.Tensor, torch.Tensor], T], x: torch.Tensor,
               y: torch.Tensor) -> tuple[T, T | None]:
     """``(part(first half), part(second half))``, computed at once: the first on this

@@ -369,6 +369,7 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
     import time
 
     from .fused import fused_forward
+    from .halves import threads_for
     from .models import LeNet, ModelConfig
 
     tune_cpu_allocator()  # measured as training will run
@@ -382,7 +383,7 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
         y = torch.randint(0, 10, (256,))
         nets = {c: fused_forward(LeNet(ModelConfig()).to(memory_format=torch.channels_last)) for c in wanted}
         for c in wanted:  # warm-up: oneDNN picks and builds its kernels
-            with _step_threads(c):
+            with threads_for(c.endswith("halves")):  # held over several steps, as training holds them
                 for _ in range(3):
                     _train_step(nets[c], x, y, c)
         # Rounds of 3 steps per candidate, each first in turn; the median of each round's
@@ -394,7 +395,7 @@ def cpu_speedups(rounds: int = 7) -> dict[str, float]:
         for r in range(rounds):
             seconds = {}
             for c in wanted[r % len(wanted):] + wanted[:r % len(wanted)]:  # each goes first in turn
-                with _step_threads(c):
+                with threads_for(c.endswith("halves")):
                     _train_step(nets[c], x, y, c)
                     tic = time.perf_counter()
                     for _ in range(3):
@@ -446,7 +447,7 @@ def _train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, candidat
             logits = net(xs)
         (torch.nn.functional.cross_entropy(logits.float(), ys) * (len(ys) / len(y))).backward()
 
-    if candidate.endswith("halves"):  # inside _step_threads(candidate)
+    if candidate.endswith("halves"):  # inside threads_for(True)
         from .halves import in_halves
 
         in_halves(part, x, y)
@@ -456,13 +457,6 @@ def _train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, candidat
             part(xs, ys)
     with torch.no_grad():
         torch._foreach_add_(params, [p.grad for p in params], alpha=-0.01)
-
-
-def _step_threads(candidate: str) -> contextlib.AbstractContextManager:
-    """The threads a candidate's steps take, held over several as training holds them."""
-    from .halves import halved_threads
-
-    return halved_threads() if candidate.endswith("halves") else contextlib.nullcontext()
 
 
 def _cache_dir() -> Path:

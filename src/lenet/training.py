@@ -32,7 +32,7 @@ from .augment import Augmenter
 from .data import DeviceData, Normalizer, Split, prepare_data
 from .errors import DivergedError, Interrupted, UsageError
 from .fused import fused_forward
-from .halves import halved_threads, in_halves
+from .halves import in_halves, threads_for
 from .loop import (NAN_CHECK_EVERY_CUDA, EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit,
                    checkpoint_state, epoch_row, evaluate, format_epoch, partial_epoch, position, train_one_epoch)
 from .models import LeNet, count_parameters
@@ -132,7 +132,7 @@ class Learner:
     def threads(self) -> contextlib.AbstractContextManager:
         """The intra-op threads an epoch of steps takes: in halves, half of torch's for
         this thread and half for the worker (halves.halved_threads); else torch's own."""
-        return halved_threads() if self.halves else contextlib.nullcontext()
+        return threads_for(self.halves)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
         set_lr(self.optimizer, learning_rate(self.cfg, global_step, self.steps_per_epoch))
