@@ -202,10 +202,10 @@ def fit_many(cfgs: list[RunConfig], recs: list[Recorder], saved: list[dict[str, 
     shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     at = Position()
-    # The stacked step has no channels-last layout or micro-batches (REFUSED_SWITCHES);
-    # precision as a run's.
-    speed = resolve_speed(first.train.model_copy(update={"channels_last": False, "micro_batch": 0,
-                                                         "fused_layers": False, "parallel_halves": False}), device,
+    # The stacked step takes none of REFUSED_SWITCHES, which the CPU would otherwise
+    # choose by itself (layout, micro-batches, halves, fused layers); precision as a run's.
+    off = {s: 0 if s == "micro_batch" else False for s in REFUSED_SWITCHES}
+    speed = resolve_speed(first.train.model_copy(update=off), device,
                           recorded_speed(first, saved[0] if saved else None))
     configure_backends(device, speed, False, first.train.deterministic)
     if saved is None:
