@@ -19,16 +19,16 @@ import time
 import torch
 
 import lenet
-from lenet.augment import Augmenter
-from lenet.runtime import cpu_name
+from lenet.data.augment import Augmenter
+from lenet.speed.policy import cpu_name
 
 BOUND = 0.15
 
 
 def step_seconds(cfg, data, augment: bool, steps: int) -> float:
-    from lenet.training import Learner
-    from lenet.runtime import resolve_speed
-    from lenet.data import Normalizer
+    from lenet.training.driver import Learner
+    from lenet.speed.policy import resolve_speed
+    from lenet.data.datasets import Normalizer
 
     device = torch.device("cpu")
     speed = resolve_speed(cfg.train, device, None, cfg.model.batch_norm, cfg.model.dropout > 0)

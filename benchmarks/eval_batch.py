@@ -20,11 +20,11 @@ import time
 import torch
 
 import lenet
-from lenet.data import Normalizer, load_dataset
-from lenet.fused import fused_forward
-from lenet.loop import evaluate
-from lenet.models import LeNet
-from lenet.runtime import cpu_name, tune_cpu_allocator
+from lenet.data.datasets import Normalizer, load_dataset
+from lenet.speed.fused import fused_forward
+from lenet.training.loop import evaluate
+from lenet.model.network import LeNet
+from lenet.speed.policy import cpu_name, tune_cpu_allocator
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 Times whole training steps (forward, loss, backward, SGD update) of the d2l LeNet-5
 on random images, channels-last, malloc tuned as a CPU run has it: the model's own
-layers ("plain") against lenet.fused.fused_forward ("fused"), the two taking turns
+layers ("plain") against lenet.speed.fused.fused_forward ("fused"), the two taking turns
 round by round (so a burst of load elsewhere hits both), --steps steps per round
 after 5 warm-up steps. Prints each path's median ms per step and the median and
 range of the per-round ratios, plain / fused (> 1: the fused layers are faster).
@@ -25,10 +25,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lenet.fused import fused_forward
-from lenet.models import create_model
-from lenet.optim import LeanSGD
-from lenet.runtime import autocast, cpu_name, tune_cpu_allocator
+from lenet.speed.fused import fused_forward
+from lenet.model.network import create_model
+from lenet.training.optim import LeanSGD
+from lenet.speed.policy import autocast, cpu_name, tune_cpu_allocator
 
 
 def main() -> None:

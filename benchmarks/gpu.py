@@ -33,8 +33,8 @@ import plain_loop  # noqa: E402
 DEVICE = "cuda"  # --device cpu: a smoke run of this script where there is no GPU
 
 import lenet  # noqa: E402
-from lenet.bench import bench  # noqa: E402
-from lenet.data import load_dataset  # noqa: E402
+from lenet.experiments.bench import bench  # noqa: E402
+from lenet.data.datasets import load_dataset  # noqa: E402
 
 
 def d2l_path(data, epochs: int, **switches) -> dict:
@@ -61,9 +61,9 @@ def speedrun(preset: str, target: float, data_dir: str, **switches) -> dict:
 
 
 def grouped(data, k: int, epochs: int, **switches) -> dict:
-    """K d2l runs (seeds 0..K-1) trained together, in memory (lenet.multi.fit_many)."""
-    from lenet.multi import fit_many
-    from lenet.recorder import Recorder
+    """K d2l runs (seeds 0..K-1) trained together, in memory (lenet.training.multi.fit_many)."""
+    from lenet.training.multi import fit_many
+    from lenet.store.recorder import Recorder
 
     cfgs = [lenet.config("d2l", epochs=epochs, device=DEVICE, seed=s, set={"train.progress": "never"}, **switches)
             for s in range(k)]
@@ -91,14 +91,14 @@ def profile_step(data) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     cfg = lenet.config("d2l", epochs=1, device=DEVICE, set={"train.progress": "never"})
-    from lenet.data import prepare_data
-    from lenet.loop import EpochSettings, EpochState, StopFlag, train_one_epoch
-    from lenet.models import LeNet
-    from lenet.training import Learner
+    from lenet.data.datasets import prepare_data
+    from lenet.training.loop import EpochSettings, EpochState, StopFlag, train_one_epoch
+    from lenet.model.network import LeNet
+    from lenet.training.driver import Learner
 
     device = torch.device(DEVICE)
     prepared = prepare_data(cfg, device, data)
-    from lenet.runtime import resolve_speed
+    from lenet.speed.policy import resolve_speed
 
     learner = Learner(LeNet(cfg.model).to(device), cfg, device, 235, resolve_speed(cfg.train, device))
     order = torch.randperm(prepared.n_train, device=device)

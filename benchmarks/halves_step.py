@@ -9,7 +9,7 @@ Each round times --steps steps of each of three paths in turn (each first in tur
 a change in the machine's speed reaches them alike):
 
     split     every operation split across torch's threads (PyTorch's way)
-    halves    the two halves at once, each with half the threads (lenet.halves)
+    halves    the two halves at once, each with half the threads (lenet.speed.halves)
     one       the whole batch on one thread, for reference
 
 Prints the median ms per step of each path; the per-round ratios split / halves (> 1:
@@ -30,10 +30,10 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from lenet.fused import fused_forward
-from lenet.halves import halved_threads, in_halves
-from lenet.models import create_model
-from lenet.runtime import autocast, cpu_name, tune_cpu_allocator
+from lenet.speed.fused import fused_forward
+from lenet.speed.halves import halved_threads, in_halves
+from lenet.model.network import create_model
+from lenet.speed.policy import autocast, cpu_name, tune_cpu_allocator
 
 SLOW_STATE_GAIN = 1.2  # split / one below this: the second thread barely helps
 

@@ -80,7 +80,7 @@ def loaders(loader: str, train_images, train_labels, test_images, test_labels, w
 def run(loader: str = "plain", epochs: int = 3, device: str = "cpu", data_dir: str | None = None,
         workers: int | None = None, seed: int = 0, data=None) -> dict:
     """Train the d2l recipe with a hand-written loop; the figures of the run."""
-    from lenet.data import load_dataset
+    from lenet.data.datasets import load_dataset
 
     workers = (0 if loader == "plain" else 4) if workers is None else workers
     torch.manual_seed(seed)

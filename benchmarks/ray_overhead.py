@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from lenet.cluster import RayBackend, connect
-from lenet.runtime import cpu_name
-from lenet.sweep import parse_spec, plan_sweep, run_sweep
+from lenet.experiments.cluster import RayBackend, connect
+from lenet.speed.policy import cpu_name
+from lenet.experiments.sweep import parse_spec, plan_sweep, run_sweep
 
 BOUND = 0.10
 

@@ -57,7 +57,7 @@ def sample_pictures(dataset: str = "mnist", count: int = 64, data_dir: str | Non
     """PNG bytes of the first ``count`` test images (or, without the dataset, seeded strokes)."""
     from PIL import Image, ImageDraw
 
-    from lenet.data import load_dataset
+    from lenet.data.datasets import load_dataset
     from lenet.errors import DataError
 
     try:
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = httpx.get(args.url.rstrip("/") + "/model", timeout=5).json()["dataset"]
         report = go(args.url, dataset)
     else:
-        from lenet.predict import Predictor
-        from lenet.serve import ServerProcess
+        from lenet.use.predict import Predictor
+        from lenet.use.serve import ServerProcess
 
         dataset = Predictor(args.model).dataset
         with ServerProcess(args.model) as server:

@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_loop  # noqa: E402
 
 import lenet  # noqa: E402
-from lenet.runtime import Speed, cpu_flags, cpu_name, cpu_speedups  # noqa: E402
+from lenet.speed.policy import Speed, cpu_flags, cpu_name, cpu_speedups  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LENET_PATHS = {

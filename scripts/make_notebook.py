@@ -38,7 +38,7 @@ batches by indexing a shuffled permutation."""),
     ("code", """data = lenet.load_dataset("fashion-mnist")
 print(f"{len(data.train):,} training and {len(data.test):,} test images; classes: {', '.join(data.class_names)}")
 
-from lenet.viz import image_grid_figure
+from lenet.use.figures import image_grid_figure
 image_grid_figure(data.train.images[:16], [data.class_names[int(i)] for i in data.train.labels[:16]],
                   title="the first 16 training images")"""),
     ("md", """## The network

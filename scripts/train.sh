@@ -13,7 +13,7 @@ bash scripts/setup.sh
 if [ -z "${LENET_DATA_DIR:-}" ] && [ -d ../shared/datasets/fashion-mnist ]; then
   export LENET_DATA_DIR="$(cd ../shared/datasets && pwd)"
 fi
-if ! LENET_NO_DOWNLOAD=1 python -c "from lenet.data import locate; locate('fashion-mnist')" 2>/dev/null; then
+if ! LENET_NO_DOWNLOAD=1 python -c "from lenet.data.datasets import locate; locate('fashion-mnist')" 2>/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "train.sh: Fashion-MNIST not found; installing Debian's dataset-fashion-mnist (log: .apt.log)"
     if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \

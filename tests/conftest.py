@@ -12,8 +12,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from lenet.data import DATASETS
-from lenet.idx import write_idx
+from lenet.data.datasets import DATASETS
+from lenet.data.idx import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -22,8 +22,8 @@ def _find_real_data(name: str) -> tuple[Path | None, list[str]]:
     """(the folder holding ``name``/, the places looked in), found as lenet finds data:
     LENET_DATA_DIR, ../shared/datasets beside the checkout, the user cache, and Debian's
     /usr/share/datasets (where scripts/train.sh may have installed Fashion-MNIST)."""
-    from lenet.catalog import DEBIAN_DATASETS, get_spec
-    from lenet.data import files_in, user_cache_dir
+    from lenet.data.catalog import DEBIAN_DATASETS, get_spec
+    from lenet.data.datasets import files_in, user_cache_dir
 
     places = [os.environ.get("LENET_DATA_DIR"), SHARED_DATA, user_cache_dir(), DEBIAN_DATASETS]
     looked = []
@@ -147,7 +147,7 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     # Debian's dataset-fashion-mnist may be installed on the machine (scripts/train.sh
     # installs it): tests see only the data they name.
-    monkeypatch.setattr("lenet.data.DEBIAN_DATASETS", tmp_path / "usr-share-datasets")
+    monkeypatch.setattr("lenet.data.datasets.DEBIAN_DATASETS", tmp_path / "usr-share-datasets")
     monkeypatch.setenv("LENET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("LENET_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -159,7 +159,7 @@ def _pin_cpu_speed() -> None:
     per machine (runtime.cpu_speedups). Tests pin that answer, so every test computes
     alike on any CPU: float32, in micro-batches where a batch is split, halves slower.
     test_runtime measures for real; halves have tests of their own."""
-    from lenet.runtime import record_cpu_speedups
+    from lenet.speed.policy import record_cpu_speedups
 
     record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.4, "fp32 halves": 0.9,
                          "bf16": 1.0, "bf16 micro": 1.0, "bf16 halves": 0.9})
@@ -167,7 +167,7 @@ def _pin_cpu_speed() -> None:
 
 @pytest.fixture
 def two_threads():
-    """Halves (lenet.halves) take one of torch's threads each: two for the test, whatever
+    """Halves (lenet.speed.halves) take one of torch's threads each: two for the test, whatever
     this machine has."""
     import torch
 

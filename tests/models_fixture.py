@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet.checkpoint import MODEL_FILE, save_model
-from lenet.runconfig import build_config
-from lenet.data import get_spec
-from lenet.models import LeNet
+from lenet.store.checkpoint import MODEL_FILE, save_model
+from lenet.configuration.run import build_config
+from lenet.data.datasets import get_spec
+from lenet.model.network import LeNet
 
 EPOCHS = {"mnist": 2, "fashion-mnist": 1}
 _trained: dict[str, Path] = {}
@@ -53,7 +53,7 @@ def trained_model(dataset: str, base: Path) -> Path:
 
 
 def _train_once(out: Path, name: str, dataset: str, data_dir: Path) -> None:
-    from lenet.training import train
+    from lenet.training.driver import train
 
     if not (out / name / MODEL_FILE).is_file():
         cfg = build_config("keras-v2", overrides=[

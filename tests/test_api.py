@@ -27,8 +27,9 @@ def test_every_public_name_resolves_and_lenet_train_is_the_function():
     for name in lenet.__all__:
         assert getattr(lenet, name) is not None, name
     # Importing the training module must not shadow the function of the same idea.
-    importlib.import_module("lenet.training")
-    assert callable(lenet.train) and lenet.train.__module__ == "lenet.training"
+    for package in ("lenet.training", "lenet.configuration", "lenet.use"):
+        importlib.import_module(package)
+    assert callable(lenet.train) and lenet.train.__module__.startswith("lenet.training")
     assert callable(lenet.config) and callable(lenet.evaluate) and callable(lenet.summary)
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import lenet
-from lenet.augment import AugmentConfig, Augmenter, augmented_examples
+from lenet.data.augment import AugmentConfig, Augmenter, augmented_examples
 from lenet.cli import main
 from lenet.errors import ConfigError
-from lenet.loop import tta_views
+from lenet.training.loop import tta_views
 
 
 def dots(n: int, row: int = 14, col: int = 14) -> torch.Tensor:

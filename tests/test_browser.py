@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lenet.serve import ServerProcess
+from lenet.use.serve import ServerProcess
 import models_fixture
 from models_fixture import require_real_data
 
@@ -212,7 +212,7 @@ def traced_strokes(digit: np.ndarray) -> list[np.ndarray]:
 
 
 def first_of_each_class(dataset: str, data_dir: Path, classes) -> dict[int, np.ndarray]:
-    from lenet.data import load_dataset
+    from lenet.data.datasets import load_dataset
 
     test = load_dataset(dataset, data_dir).test
     labels = test.labels.numpy()
@@ -236,7 +236,7 @@ def test_digits_drawn_on_the_canvas_are_recognised(browser, mnist_server):
 
 
 def test_a_fashion_picture_uploaded_is_recognised(browser, fashion_model, tmp_path):
-    from lenet.data import get_spec
+    from lenet.data.datasets import get_spec
 
     data_dir = require_real_data("fashion-mnist")
     names = get_spec("fashion-mnist").class_names

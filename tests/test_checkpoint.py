@@ -30,18 +30,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import lenet.runs
-import lenet.files
-import lenet.progress
+import lenet.store.runs
+import lenet.store.files
+import lenet.training.progress
 from conftest import write_tiny_dataset
-from lenet.checkpoint import (load_checkpoint, load_model, rng_state, save_checkpoint, save_model,
+from lenet.store.checkpoint import (load_checkpoint, load_model, rng_state, save_checkpoint, save_model,
                               set_rng_state)
 from lenet.cli import main
-from lenet.runconfig import build_config
+from lenet.configuration.run import build_config
 from lenet.errors import Interrupted, RunError
-from lenet.models import LeNet
-from lenet.runs import write_metrics
-from lenet.training import resume, train
+from lenet.model.network import LeNet
+from lenet.store.runs import write_metrics
+from lenet.training.driver import resume, train
 
 TIMING = ("epoch_seconds", "examples_per_second")  # the only fields a resume may change
 
@@ -193,14 +193,14 @@ def _disk_full(*args, **kwargs):
 def inject(patch: pytest.MonkeyPatch, where: str, error=_disk_full) -> None:
     """Make atomic_write_bytes fail at ``where``: creating, writing, syncing or renaming."""
     if where == "mkstemp":
-        patch.setattr(lenet.files.tempfile, "mkstemp", error)
+        patch.setattr(lenet.store.files.tempfile, "mkstemp", error)
     elif where == "write":
         real = os.fdopen
-        patch.setattr(lenet.files.os, "fdopen", lambda fd, *a, **k: _HalfWriter(real(fd, *a, **k)))
+        patch.setattr(lenet.store.files.os, "fdopen", lambda fd, *a, **k: _HalfWriter(real(fd, *a, **k)))
     elif where == "fsync":
-        patch.setattr(lenet.files.os, "fsync", error)
+        patch.setattr(lenet.store.files.os, "fsync", error)
     else:
-        patch.setattr(lenet.files.os, "replace", error)
+        patch.setattr(lenet.store.files.os, "replace", error)
 
 
 WRITES = {
@@ -275,7 +275,7 @@ class _CtrlCAt:
 @pytest.mark.parametrize("step", [0, 4, 9], ids=["before-first-step", "mid-epoch", "after-last-step"])
 def test_ctrl_c_saves_the_epoch_in_progress_and_resume_is_bitwise_exact(
         data_dir, reference, tmp_path, monkeypatch, capsys, step):
-    monkeypatch.setattr(lenet.progress.Progress, "bar", _CtrlCAt(epoch=2, step=step))
+    monkeypatch.setattr(lenet.training.progress.Progress, "bar", _CtrlCAt(epoch=2, step=step))
     with pytest.raises(Interrupted, match=rf"epoch 2, step {step}; checkpoint saved\. "
                                           rf"Continue with: lenet train --resume {tmp_path}/part"):
         train(run_config(data_dir, tmp_path, "part"), out=tmp_path)
@@ -291,7 +291,7 @@ def test_ctrl_c_saves_the_epoch_in_progress_and_resume_is_bitwise_exact(
 def test_ctrl_c_twice_stops_at_once_and_the_last_epoch_checkpoint_resumes_exactly(
         data_dir, reference, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lenet.progress.Progress, "bar", _CtrlCAt(epoch=2, step=4, times=2))
+        patch.setattr(lenet.training.progress.Progress, "bar", _CtrlCAt(epoch=2, step=4, times=2))
         code = main(["train", "--preset", "keras-v2", "--data-dir", str(data_dir), "--out", str(tmp_path),
                      "--name", "part", "--epochs", "3", "--device", "cpu", "--set", "train.progress=never"])
     err = capsys.readouterr().err

@@ -155,8 +155,8 @@ def test_the_process_collects_no_garbage_while_importing_and_none_at_exit(monkey
 
 @pytest.mark.parametrize("columns", ["60", "100"])
 def test_help_lists_come_from_their_registries(capsys, monkeypatch, columns):
-    from lenet.models import list_models
-    from lenet.runconfig import PRESETS
+    from lenet.model.network import list_models
+    from lenet.configuration.run import PRESETS
 
     monkeypatch.setenv("COLUMNS", columns)  # argparse wraps to the terminal: never inside `best-mnist`
 
@@ -239,7 +239,7 @@ def test_djl_preset_prints_the_djl_network(capsys):
     assert code == 0 and "61,700" in out  # no bias in conv1: 6 fewer parameters than d2l's
     assert " 6x14x14 " in out and " 16x5x5 " in out  # 5x5 pooling, stride 2, padding 2
     from lenet.api import config
-    from lenet.models import LeNet
+    from lenet.model.network import LeNet
 
     model = LeNet(config("djl").model)
     assert model.features.conv1.bias is None and model.features.pool1.padding == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lenet.runconfig import PRESETS, build_config, parse_override
+from lenet.configuration.run import PRESETS, build_config, parse_override
 from lenet.errors import ConfigError
 
 
@@ -121,7 +121,7 @@ def test_every_preset_validates():
 
 
 def test_speedrun_presets_stay_within_100k_parameters():
-    from lenet.models import LeNet, count_parameters
+    from lenet.model.network import LeNet, count_parameters
 
     for name in ("speedrun-mnist", "speedrun-fashion-mnist"):
         cfg = build_config(name)
@@ -130,7 +130,7 @@ def test_speedrun_presets_stay_within_100k_parameters():
 
 
 def test_the_record_presets_stay_within_100k_parameters_and_choose_on_validation():
-    from lenet.models import LeNet, count_parameters
+    from lenet.model.network import LeNet, count_parameters
 
     for name, dataset in (("best-fashion-mnist", "fashion-mnist"), ("best-mnist", "mnist")):
         cfg = build_config(name)

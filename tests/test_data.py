@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import write_tiny_dataset
 
-import lenet.data
-from lenet.data import (
+import lenet.data.datasets
+from lenet.data.datasets import (
     DATASETS,
     Split,
     class_index,
@@ -29,7 +29,7 @@ from lenet.data import (
     user_cache_dir,
 )
 from lenet.errors import DataError, UsageError
-from lenet.idx import decompressed_bytes, read_idx, write_idx
+from lenet.data.idx import decompressed_bytes, read_idx, write_idx
 
 FASHION = DATASETS["fashion-mnist"]
 FILES = {key: f.filename for key, f in FASHION.files.items()}
@@ -45,7 +45,7 @@ def places(tmp_path, monkeypatch) -> dict[str, Path]:
         "Debian package": tmp_path / "debian",
     }
     monkeypatch.setenv("LENET_DATA_DIR", str(roots["LENET_DATA_DIR"]))
-    monkeypatch.setattr(lenet.data, "DEBIAN_DATASETS", roots["Debian package"])
+    monkeypatch.setattr(lenet.data.datasets, "DEBIAN_DATASETS", roots["Debian package"])
     assert tmp_path in roots["user cache"].parents
     return roots
 
@@ -360,12 +360,12 @@ def test_the_tests_find_real_data_where_lenet_would(tmp_path, monkeypatch):
     """conftest looks where lenet looks, per dataset: Debian's Fashion-MNIST is found, and
     only the case whose dataset is absent skips, saying how to get it."""
     import conftest
-    import lenet.catalog
+    import lenet.data.catalog
     from conftest import write_tiny_dataset
 
     debian = tmp_path / "usr-share-datasets"
     write_tiny_dataset(debian / "fashion-mnist")  # what apt-get install dataset-fashion-mnist gives
-    monkeypatch.setattr(lenet.catalog, "DEBIAN_DATASETS", debian)
+    monkeypatch.setattr(lenet.data.catalog, "DEBIAN_DATASETS", debian)
     monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "no-shared")
     monkeypatch.delenv("LENET_DATA_DIR", raising=False)
     found, _ = conftest._find_real_data("fashion-mnist")

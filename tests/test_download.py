@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from conftest import write_tiny_dataset
 
-import lenet.data
-import lenet.download
-from lenet.catalog import DATASETS, DatasetSpec, FileSpec
-from lenet.data import load_dataset, locate, user_cache_dir
-from lenet.download import download_dataset
+import lenet.data.datasets
+import lenet.data.download
+from lenet.data.catalog import DATASETS, DatasetSpec, FileSpec
+from lenet.data.datasets import load_dataset, locate, user_cache_dir
+from lenet.data.download import download_dataset
 from lenet.errors import DataError
-from lenet.idx import decompressed_bytes, read_idx
+from lenet.data.idx import decompressed_bytes, read_idx
 
 NAMES = [f.filename for f in DATASETS["fashion-mnist"].files.values()]
 LAST = DATASETS["fashion-mnist"].files["test_labels"].filename  # fetched last
@@ -119,7 +119,7 @@ def test_downloads_all_four_files_that_verify_and_load(server, good, tmp_path, m
     for f in spec.files.values():
         assert hashlib.sha256(decompressed_bytes(dest / f.filename)).hexdigest() == f.sha256
     assert sorted(server.requests) == sorted(f"/m1/{n}" for n in NAMES)
-    monkeypatch.setitem(lenet.data.DATASETS, "fashion-mnist", spec)
+    monkeypatch.setitem(lenet.data.datasets.DATASETS, "fashion-mnist", spec)
     ds = load_dataset("fashion-mnist", data_dir=dest.parent)
     assert ds.train.images.shape == (60, 1, 28, 28) and len(ds.test) == 20
     assert np.array_equal(ds.train.labels.numpy(), read_idx(good / NAMES[1]))
@@ -305,7 +305,7 @@ def test_interrupted_download_leaves_no_file_under_either_name(server, good, tmp
     def interrupted(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lenet.download.os, "fsync", interrupted)
+    monkeypatch.setattr(lenet.data.download.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         download_dataset(spec, dest)
     assert list(dest.iterdir()) == []
@@ -328,7 +328,7 @@ def test_progress_lines_go_to_stderr_only_when_asked(server, good, tmp_path, cap
 
 def test_locate_downloads_into_the_user_cache(server, good, tmp_path, monkeypatch):
     shutil.copytree(good, server.root / "m1")
-    monkeypatch.setitem(lenet.data.DATASETS, "fashion-mnist", spec_for(good, (server.mirror("m1"),)))
+    monkeypatch.setitem(lenet.data.datasets.DATASETS, "fashion-mnist", spec_for(good, (server.mirror("m1"),)))
     monkeypatch.delenv("LENET_NO_DOWNLOAD")
 
     paths = locate("fashion-mnist")

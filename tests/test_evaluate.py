@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 
 from lenet.cli import main
-from lenet.evaluation import evaluate
+from lenet.use.evaluation import evaluate
 
 
 def test_eval_writes_confused_pairs_and_misclassified_grid(capsys, tiny_data_dir):

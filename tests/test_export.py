@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lenet.cli import main
-from lenet.export import check_onnx, export_onnx, onnx_logits, read_metadata
-from lenet.predict import Predictor
+from lenet.use.export import check_onnx, export_onnx, onnx_logits, read_metadata
+from lenet.use.predict import Predictor
 import models_fixture
 
 
@@ -56,7 +56,7 @@ def test_export_errors(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_cli_export_matches_pytorch_on_1000_real_test_images(capsys, mnist_model, tmp_path):
-    from lenet.data import load_dataset
+    from lenet.data.datasets import load_dataset
 
     out = tmp_path / "mnist.onnx"
     code, stdout, err = run(capsys, "export", str(mnist_model), "--format", "onnx", "--out", str(out))

@@ -20,14 +20,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lenet.data
-import lenet.runs
-import lenet.files
-import lenet.optim
+import lenet.data.datasets
+import lenet.store.runs
+import lenet.store.files
+import lenet.training.optim
 from conftest import write_tiny_dataset
-from lenet.checkpoint import load_checkpoint
+from lenet.store.checkpoint import load_checkpoint
 from lenet.cli import main
-from lenet.idx import write_idx
+from lenet.data.idx import write_idx
 
 TRAIN_IMAGES = "fashion-mnist/train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "fashion-mnist/train-labels-idx1-ubyte.gz"
@@ -133,7 +133,7 @@ def test_a_damaged_data_file_is_one_clear_line_naming_it(tiny_data_dir, capsys, 
     # Nothing of a run was written, so no folder is left to look like one, and the same
     # --name works once the file is fixed.
     assert not Path("runs/run").exists()
-    assert lenet.runs.create_run_dir(Path("runs"), "run") == Path("runs/run")
+    assert lenet.store.runs.create_run_dir(Path("runs"), "run") == Path("runs/run")
 
 
 def test_a_missing_data_file_says_where_it_looked_and_how_to_get_it(tiny_data_dir, capsys, monkeypatch):
@@ -237,7 +237,7 @@ def test_a_huge_learning_rate_stops_at_the_bad_step_with_advice(tiny_data_dir, c
 def test_divergence_after_a_good_epoch_keeps_that_epoch_loadable(tiny_data_dir, capsys, monkeypatch):
     # A schedule that turns lr 0.1 into 1e5 after the first epoch (9 steps): epoch 1
     # learns, epoch 2 blows up, as a run whose warm-up goes too high would.
-    monkeypatch.setattr(lenet.optim, "lr_factor", lambda cfg, step, steps_per_epoch:
+    monkeypatch.setattr(lenet.training.optim, "lr_factor", lambda cfg, step, steps_per_epoch:
                         1.0 if step < steps_per_epoch else 1e6)
     args = train_args(tiny_data_dir, "--optimizer", "sgd", "--lr", "0.1", "--set", "model.dropout=0")
     code, out, err = run_cli(capsys, args)
@@ -304,7 +304,7 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_resume_finishes_exact
         return real_replace(src, dst)
 
     with pytest.MonkeyPatch.context() as patch:  # the disk is full until this block ends
-        patch.setattr(lenet.files.os, "replace", disk_full_at_second_checkpoint)
+        patch.setattr(lenet.store.files.os, "replace", disk_full_at_second_checkpoint)
         code, _, err = run_cli(capsys, train_args(tiny_data_dir))
     assert_clean_failure(err, code, 1)
     run = Path("runs/run")

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet.fused import FewChannelConv, FlatLinear, PhaseBlock, fused_forward, phase_index
-from lenet.models import create_model
-from lenet.runconfig import TrainConfig, build_config
-from lenet.runtime import resolve_speed
-from lenet.training import resume, train
+from lenet.speed.fused import FewChannelConv, FlatLinear, PhaseBlock, fused_forward, phase_index
+from lenet.model.network import create_model
+from lenet.configuration.run import TrainConfig, build_config
+from lenet.speed.policy import resolve_speed
+from lenet.training.driver import resume, train
 
 from conftest import StoppedAfterEpoch2, stop_after_epoch_2
 
@@ -64,7 +64,7 @@ def test_phase_weights_put_each_tap_once_per_phase_and_zeros_elsewhere():
 @pytest.mark.parametrize("channels", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8])
 def test_space_to_depth_moves_each_pixel_to_its_phase_channel(channels, dtype):
-    from lenet.fused import _space_to_depth
+    from lenet.speed.fused import _space_to_depth
 
     image = (torch.arange(2 * channels * 6 * 8) % 251).to(dtype).view(2, channels, 6, 8)
     blocks = _space_to_depth(image)
@@ -166,9 +166,9 @@ def test_deterministic_runs_take_them_and_repeat_bit_for_bit(tiny_data_dir, monk
 
 
 def test_the_learner_steps_through_the_fused_layers_when_chosen():
-    from lenet.fused import FusedLeNet
-    from lenet.runtime import Speed
-    from lenet.training import Learner
+    from lenet.speed.fused import FusedLeNet
+    from lenet.speed.policy import Speed
+    from lenet.training.driver import Learner
 
     cfg = build_config("d2l")
     fused = Learner(create_model("lenet5"), cfg, torch.device("cpu"), 10, Speed("fp32", True, fused_layers=True))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lenet
-from lenet.multi import train_many
+from lenet.training.multi import train_many
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -96,7 +96,7 @@ def test_evaluate_and_predict_on_cuda(tiny_data_dir):
     on_cpu = lenet.evaluate("runs/e", data_dir=str(tiny_data_dir), device="cpu")
     assert on_gpu.accuracy == pytest.approx(on_cpu.accuracy, abs=0.01) and on_gpu.accuracy == pytest.approx(
         run.test_accuracy, abs=0.01)
-    from lenet.data import load_dataset
+    from lenet.data.datasets import load_dataset
 
     picture = load_dataset("fashion-mnist", str(tiny_data_dir)).test.images[0, 0].numpy()
     predictor = lenet.Predictor("runs/e", device="cuda")

@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from lenet.halves import halved_threads, in_halves
-from lenet.runconfig import build_config
-from lenet.runtime import Speed
+from lenet.speed.halves import halved_threads, in_halves
+from lenet.configuration.run import build_config
+from lenet.speed.policy import Speed
 
 
 def test_in_halves_runs_the_halves_at_once_on_half_the_threads_each(two_threads):
@@ -89,8 +89,8 @@ def test_outside_halved_threads_in_halves_holds_them_for_the_call(two_threads):
 
 def _learner_steps(speed, x, y, steps=3):
     """``steps`` SGD steps of a d2l LeNet on one batch under ``speed``; the weights."""
-    from lenet.models import LeNet
-    from lenet.training import Learner
+    from lenet.model.network import LeNet
+    from lenet.training.driver import Learner
 
     cfg = build_config("d2l", overrides=["optim.label_smoothing=0.1"])
     torch.manual_seed(0)

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import models_fixture
-from lenet.checkpoint import load_model
+from lenet.store.checkpoint import load_model
 from lenet.cli import main
 from lenet.errors import ConfigError, DataError, RunError
-from lenet.idx import read_idx
-from lenet.predict import ImageError, load_image
-from lenet.runconfig import build_config, load_file as load_config_file
+from lenet.data.idx import read_idx
+from lenet.use.predict import ImageError, load_image
+from lenet.configuration.run import build_config, load_file as load_config_file
 
 untrained_model = models_fixture.untrained_model
 
@@ -235,10 +235,10 @@ def test_a_damaged_run_does_not_resume_and_loses_nothing(capsys, stopped_run, da
 
 
 def test_a_run_that_fails_says_so_in_its_status(capsys, tiny_data_dir, monkeypatch):
-    import lenet.loop
+    import lenet.training.loop
 
     calls = {"n": 0}
-    real = lenet.loop.evaluate
+    real = lenet.training.loop.evaluate
 
     def broken_evaluate(*args, **kwargs):
         calls["n"] += 1
@@ -246,7 +246,7 @@ def test_a_run_that_fails_says_so_in_its_status(capsys, tiny_data_dir, monkeypat
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("lenet.training.evaluate", broken_evaluate)
+    monkeypatch.setattr("lenet.training.driver.evaluate", broken_evaluate)
     with pytest.raises(RuntimeError):
         main(["train", "--data-dir", str(tiny_data_dir), "--name", "f", "--epochs", "3"])
     status = json.loads(Path("runs/f/status.json").read_text())
@@ -322,7 +322,7 @@ def test_a_client_that_leaves_mid_upload_costs_one_log_line_not_a_traceback(untr
 
     import httpx
 
-    from lenet.serve import ServerProcess
+    from lenet.use.serve import ServerProcess
 
     with ServerProcess(untrained_model) as server:
         host, port = server.url.split("//")[1].strip("/").split(":")
@@ -347,7 +347,7 @@ def test_a_tiff_sent_as_png_is_refused_by_its_bytes(untrained_model):
     from PIL import Image
     from starlette.exceptions import StarletteDeprecationWarning
 
-    from lenet.serve import create_app
+    from lenet.use.serve import create_app
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=StarletteDeprecationWarning)
@@ -367,7 +367,7 @@ def test_idle_and_slow_connections_do_not_lock_out_the_rest(untrained_model):
 
     import httpx
 
-    from lenet.serve import HEADER_SECONDS, ServerProcess
+    from lenet.use.serve import HEADER_SECONDS, ServerProcess
 
     with ServerProcess(untrained_model) as server:
         host, port = server.url.split("//")[1].strip("/").split(":")
@@ -399,7 +399,7 @@ def test_200_concurrent_5mb_uploads_stay_under_1_gb_and_memory_comes_back(untrai
     import httpx
     from PIL import Image
 
-    from lenet.serve import ServerProcess
+    from lenet.use.serve import ServerProcess
 
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lenet.idx
+import lenet.data.idx
 from lenet.errors import DataError
-from lenet.idx import (
+from lenet.data.idx import (
     GZIP_MAGIC,
     decompressed_bytes,
     parse_idx,
@@ -95,7 +95,7 @@ def test_unreadable_path(tmp_path):
 def test_gzip_members_and_chunk_edges(tmp_path, monkeypatch, chunk):
     """Concatenated members (gzip allows them) read as one content, wherever the reads
     cut the stream: inside a header, a member's data or its trailer."""
-    monkeypatch.setattr(lenet.idx, "CHUNK", chunk)
+    monkeypatch.setattr(lenet.data.idx, "CHUNK", chunk)
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(30, 28, 28), dtype=np.uint8)
     data = header(images.shape) + images.tobytes()

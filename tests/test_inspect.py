@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from lenet.cli import main
-from lenet.models import ModelConfig
-from lenet.inspect import feature_maps, pick_test_examples, plot_activations, plot_filters
-from lenet.models import LeNet
-from lenet.data import Normalizer
+from lenet.model.network import ModelConfig
+from lenet.use.inspection import feature_maps, pick_test_examples, plot_activations, plot_filters
+from lenet.model.network import LeNet
+from lenet.data.datasets import Normalizer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NORMALIZE = Normalizer("unit", 0.0, 1.0)
@@ -76,7 +76,7 @@ def test_activations_cli_accepts_aliases_indices_and_pictures(capsys, tiny_run, 
     assert sorted(name.split("-", 2)[2] for name in written) == ["coat.png", "pullover.png"]
 
     picture = np.full((60, 40), 250, np.uint8)
-    picture[10:50, 8:32] = 30  # a dark garment on a white page: framed like the dataset by lenet.predict
+    picture[10:50, 8:32] = 30  # a dark garment on a white page: framed like the dataset by lenet.use.predict
     Image.fromarray(picture).save(tmp_path / "mine.png")
     code, _, _ = run(capsys, "activations", tiny_run, "--index", "7", "--out", "idx")
     assert code == 0 and len(list(Path("idx").glob("test-00007-*.png"))) == 1

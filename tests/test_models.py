@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from lenet.models import ModelConfig
-from lenet.runconfig import build_config
+from lenet.model.network import ModelConfig
+from lenet.configuration.run import build_config
 from lenet.errors import ConfigError, UsageError
-from lenet.models import (LeNet, count_parameters, create_model, list_models, model_config, summarize)
+from lenet.model.network import (LeNet, count_parameters, create_model, list_models, model_config, summarize)
 
 
 def test_d2l_lenet5_shapes_and_parameters_are_the_chapters():

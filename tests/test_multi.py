@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from lenet.runconfig import build_config
-from lenet.multi import group_key, groups, train_many
+from lenet.configuration.run import build_config
+from lenet.training.multi import group_key, groups, train_many
 from lenet.errors import UsageError
-from lenet.training import train
+from lenet.training.driver import train
 
 
 def cfg(data_dir, *overrides, preset="keras-v2", epochs=2):
@@ -104,12 +104,12 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
 
     import torch
 
-    import lenet.multi
+    import lenet.training.multi
     from lenet.errors import Interrupted
-    from lenet.multi import resume_many
+    from lenet.training.multi import resume_many
 
     reference = train_many(_group(tiny_data_dir, "ref"))
-    real_step = lenet.multi.GroupLearner.step
+    real_step = lenet.training.multi.GroupLearner.step
     steps = {"n": 0}
 
     def step_then_stop(self, x, y, global_step):
@@ -120,11 +120,11 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)  # the loop finishes this step and saves
         return real_step(self, x, y, global_step)
 
-    monkeypatch.setattr(lenet.multi.GroupLearner, "step", step_then_stop)
+    monkeypatch.setattr(lenet.training.multi.GroupLearner, "step", step_then_stop)
     expected = Killed if where == "killed after epoch 1" else Interrupted
     with pytest.raises(expected):
         train_many(_group(tiny_data_dir, "cut"))
-    monkeypatch.setattr(lenet.multi.GroupLearner, "step", real_step)
+    monkeypatch.setattr(lenet.training.multi.GroupLearner, "step", real_step)
     dirs = [Path("runs/cut0"), Path("runs/cut1")]
     status = json.loads((dirs[0] / "status.json").read_text())
     assert status["status"] == ("running" if where == "killed after epoch 1" else "interrupted")
@@ -140,16 +140,16 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
 def test_a_run_of_a_group_resumes_alone_too(tiny_data_dir, monkeypatch):
     from pathlib import Path
 
-    import lenet.multi
-    from lenet.training import resume
+    import lenet.training.multi
+    from lenet.training.driver import resume
 
     reference = train_many(_group(tiny_data_dir, "ref"))
 
     def stop(self, x, y, global_step):
         raise Killed
 
-    real_step = lenet.multi.GroupLearner.step
-    monkeypatch.setattr(lenet.multi.GroupLearner, "step", lambda self, x, y, g: stop(self, x, y, g)
+    real_step = lenet.training.multi.GroupLearner.step
+    monkeypatch.setattr(lenet.training.multi.GroupLearner, "step", lambda self, x, y, g: stop(self, x, y, g)
                         if g == 2 * self.steps_per_epoch else real_step(self, x, y, g))
     with pytest.raises(Killed):
         train_many(_group(tiny_data_dir, "cut"))
@@ -184,8 +184,8 @@ def test_the_one_channel_convolution_as_im2col_equals_the_grouped_convolution():
     on the CPU against the grouped convolution and against each model alone."""
     import torch
 
-    from lenet.models import LeNet
-    from lenet.stacked import StackedModels
+    from lenet.model.network import LeNet
+    from lenet.training.stacked import StackedModels
 
     torch.manual_seed(0)
     models = [LeNet(cfg_model()) for _ in range(3)]
@@ -203,6 +203,6 @@ def test_the_one_channel_convolution_as_im2col_equals_the_grouped_convolution():
 
 
 def cfg_model():
-    from lenet.runconfig import build_config
+    from lenet.configuration.run import build_config
 
     return build_config("d2l").model

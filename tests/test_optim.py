@@ -1,4 +1,4 @@
-"""lenet.optim: LeanSGD is torch.optim.SGD's arithmetic and state without its import cost
+"""lenet.training.optim: LeanSGD is torch.optim.SGD's arithmetic and state without its import cost
 (the schedules are tested in test_train.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lenet.optim import LeanSGD, set_lr
+from lenet.training.optim import LeanSGD, set_lr
 
 SETTINGS = [
     {},

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lenet.cli import main
-from lenet.predict import (BlankImage, ImageError, ImageTooLarge, Predictor, frame, load_image, prepare,
+from lenet.use.predict import (BlankImage, ImageError, ImageTooLarge, Predictor, frame, load_image, prepare,
                            to_grayscale)
 import models_fixture
 from pictures import png_bytes, png_header_only, seven
@@ -255,7 +255,7 @@ def photo_of(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 @pytest.mark.slow
 def test_predict_on_1000_test_pngs_matches_test_accuracy(mnist_model, tmp_path):
-    from lenet.data import load_dataset
+    from lenet.data.datasets import load_dataset
 
     predictor = Predictor(mnist_model)
     test = load_dataset("mnist", predictor.config.data.data_dir).test

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from lenet.progress import Progress, in_notebook
+from lenet.training.progress import Progress, in_notebook
 
 
 def run_notebook(cells: list[str], timeout: int = 120) -> nbformat.NotebookNode:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from lenet.recorder import Recorder, imported_meanwhile
+from lenet.store.recorder import Recorder, imported_meanwhile
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_an_error_in_the_body_still_waits_for_the_import(module_dir):
 
 
 def test_a_run_with_files_imports_its_plotting_ahead_and_one_in_memory_does_not(tmp_path, monkeypatch):
-    from lenet import recorder
+    from lenet.store import recorder
 
     asked: list[str | None] = []
     spy = recorder.imported_meanwhile
@@ -66,5 +66,5 @@ def test_a_run_with_files_imports_its_plotting_ahead_and_one_in_memory_does_not(
         pass
     with Recorder(tmp_path / "run").plotting_imported_meanwhile():
         pass
-    assert asked == [None, "lenet.viz"]
-    assert "lenet.viz" in sys.modules
+    assert asked == [None, "lenet.use.figures"]
+    assert "lenet.use.figures" in sys.modules

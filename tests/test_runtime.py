@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-import lenet.runtime as runtime
+import lenet.speed.policy as runtime
 from lenet.errors import UsageError
-from lenet.runconfig import TrainConfig
+from lenet.configuration.run import TrainConfig
 
 CPU = torch.device("cpu")
 
@@ -176,8 +176,8 @@ class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
 if sys.argv[1] == "tuned":
-    import lenet.runtime
-    lenet.runtime.tune_cpu_allocator()
+    import lenet.speed.policy
+    lenet.speed.policy.tune_cpu_allocator()
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lenet import search
+from lenet.experiments import search
 from lenet.cli import main
 from lenet.errors import ConfigError, Interrupted
-from lenet.search.spec import STOPPED_BY_SEARCH, TrialConfigs, spec_to_dict
-from lenet.training import train
+from lenet.experiments.search.spec import STOPPED_BY_SEARCH, TrialConfigs, spec_to_dict
+from lenet.training.driver import train
 
 SPACE = {"optim.lr": {"loguniform": [1.0e-3, 0.5]}, "model.pool": {"choice": ["avg", "max"]},
          "model.conv_channels": {"choice": [[6, 16], [8, 16]]}}
@@ -122,13 +122,13 @@ def test_results_choose_on_validation_among_complete_trials_and_look_at_test_onc
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert all(r["test_accuracy"] is None and r["val_accuracy"] is not None for r in rows)
     looked = []
-    real_evaluate = __import__("lenet.evaluation", fromlist=["evaluate"]).evaluate
+    real_evaluate = __import__("lenet.use.evaluation", fromlist=["evaluate"]).evaluate
 
     def counting_evaluate(target, **kwargs):
         looked.append(Path(target).name)
         return real_evaluate(target, **kwargs)
 
-    monkeypatch.setattr("lenet.evaluation.evaluate", counting_evaluate)
+    monkeypatch.setattr("lenet.use.evaluation.evaluate", counting_evaluate)
     result = search.collect(search_dir, log=lambda _: None)
     by_name = {t.name: t for t in result.trials}
     assert by_name["trial-c"].status == "stopped early" and by_name["trial-c"].epochs == 1

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from starlette.exceptions import StarletteDeprecationWarning
 
-from lenet.serve import STATIC, ServerProcess, create_app
+from lenet.use.serve import STATIC, ServerProcess, create_app
 import models_fixture
 from pictures import png_bytes, png_header_only, seven
 

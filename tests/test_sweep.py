@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import run_locked_elsewhere
-from lenet import sweep
-from lenet.sweep import execute
+from lenet.experiments import sweep
+from lenet.experiments.sweep import execute
 from lenet.cli import main
 from lenet.errors import ConfigError
 
@@ -54,7 +54,7 @@ def test_a_run_directory_from_another_config_is_refused_but_not_for_how_it_compu
     """check_same_config: a different lr is another run; a different evaluation batch or
     micro-batch (how it computed, e.g. a run made before their defaults changed) is not."""
     from lenet.errors import RunError
-    from lenet.runs import save_config
+    from lenet.store.runs import save_config
 
     spec = sweep.parse_spec({"name": "same", "base": "d2l", "seeds": 1, "include_base": False,
                              "variants": [{"name": "v", "set": {"optim.lr": 0.5}}]})

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lenet import tracking
+from lenet.store import tracking
 from lenet.api import config
 from lenet.cli import main
 from lenet.errors import Interrupted
-from lenet.training import resume, train
+from lenet.training.driver import resume, train
 
 
 def tiny_config(data_dir: Path, **changes):

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from lenet.checkpoint import load_checkpoint, load_model
-from lenet.runconfig import build_config
+from lenet.store.checkpoint import load_checkpoint, load_model
+from lenet.configuration.run import build_config
 from lenet.errors import DivergedError, RunError
-from lenet.data import Normalizer
-from lenet.optim import lr_factor
-from lenet.training import resume, train
+from lenet.data.datasets import Normalizer
+from lenet.training.optim import lr_factor
+from lenet.training.driver import resume, train
 
 from conftest import StoppedAfterEpoch2, stop_after_epoch_2
 
@@ -107,9 +107,9 @@ def test_resume_from_a_checkpoint_gives_identical_weights(tiny_data_dir):
 def test_micro_batches_sum_to_the_whole_batchs_gradient():
     """Parts of 128, 128 and 44 images give the gradient, loss and logits of one batch of
     300, up to float rounding; the whole batch is the path with micro_batch 0."""
-    from lenet.models import LeNet
-    from lenet.runtime import Speed
-    from lenet.training import Learner
+    from lenet.model.network import LeNet
+    from lenet.speed.policy import Speed
+    from lenet.training.driver import Learner
 
     cfg = build_config("d2l", overrides=["optim.label_smoothing=0.1"])
     x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))

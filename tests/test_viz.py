@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from lenet.viz import plot_accuracy_bars, plot_confusion, plot_curves, plot_image_grid
+from lenet.use.figures import plot_accuracy_bars, plot_confusion, plot_curves, plot_image_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -20,14 +20,14 @@ __version__ = "0.2.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "config": "api", "load": "api", "summary": "api", "ModelSummary": "api",
-    "train": "training", "resume": "training", "Run": "training",
-    "evaluate": "evaluation", "Evaluation": "evaluation",
-    "load_dataset": "data", "Dataset": "data", "Split": "data", "Normalizer": "data",
-    "Predictor": "predict",
-    "activations": "inspect", "filters": "inspect", "augment_figure": "inspect",
-    "RunConfig": "runconfig", "PRESETS": "runconfig",
-    "ModelConfig": "models", "LeNet": "models", "create_model": "models", "list_models": "models",
-    "train_many": "multi",
+    "train": "training.driver", "resume": "training.driver", "Run": "training.driver",
+    "evaluate": "use.evaluation", "Evaluation": "use.evaluation",
+    "load_dataset": "data.datasets", "Dataset": "data.datasets", "Split": "data.datasets", "Normalizer": "data.datasets",
+    "Predictor": "use.predict",
+    "activations": "use.inspection", "filters": "use.inspection", "augment_figure": "use.inspection",
+    "RunConfig": "configuration.run", "PRESETS": "configuration.run",
+    "ModelConfig": "model.network", "LeNet": "model.network", "create_model": "model.network", "list_models": "model.network",
+    "train_many": "training.multi",
     "LenetError": "errors", "ConfigError": "errors", "DataError": "errors", "RunError": "errors",
     "UsageError": "errors", "DivergedError": "errors", "Interrupted": "errors",
 }

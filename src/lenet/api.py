@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .augment import named
+from .data.augment import named
 from .errors import ConfigError, RunError, UsageError
-from .models import LayerInfo, LeNet, ModelConfig, format_summary, list_models, model_config, summarize
-from .runconfig import PRESETS, RunConfig, build_config, flag_fields, preset_name
-from .training import Run
+from .model.network import LayerInfo, LeNet, ModelConfig, format_summary, list_models, model_config, summarize
+from .configuration.run import PRESETS, RunConfig, build_config, flag_fields, preset_name
+from .training.driver import Run
 
 
 def config(preset: str | None = None, *, file: str | Path | None = None, set: dict[str, Any] | None = None,
@@ -45,9 +45,9 @@ def config(preset: str | None = None, *, file: str | Path | None = None, set: di
 def load(path: str | Path, device: str = "cpu") -> Run:
     """A run from its directory (config, history, status, and the model: the final one,
     or the last checkpoint's where the run did not finish) or from a .safetensors file."""
-    from . import checkpoint as ckpt
-    from .recorder import FINISHED, read_status
-    from .runs import load_run_config, read_metrics
+    from .store import checkpoint as ckpt
+    from .store.recorder import FINISHED, read_status
+    from .store.runs import load_run_config, read_metrics
 
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file() and (path.parent / "metrics.jsonl").is_file() \
@@ -60,7 +60,7 @@ def load(path: str | Path, device: str = "cpu") -> Run:
             model.load_state_dict(ckpt.load_checkpoint(path)["model"])
         except (KeyError, RuntimeError, TypeError) as exc:
             raise RunError(f"{path / ckpt.CHECKPOINT}: its weights do not fit the run's config ({exc})") from None
-        from .catalog import get_spec
+        from .data.catalog import get_spec
 
         status = read_status(path).get("status", "interrupted")
         return Run(cfg, model.to(device).eval(), read_metrics(path, missing_ok=True), path, status,
@@ -115,7 +115,7 @@ def architecture(target: Any) -> tuple[ModelConfig, str]:
         except Exception:  # noqa: BLE001 - not a preset either: say what it could have been
             pass
     if path.is_dir() or path.suffix == ".safetensors":
-        from .checkpoint import load_model
+        from .store.checkpoint import load_model
 
         _, cfg, _ = load_model(path)
         return cfg.model, str(path)

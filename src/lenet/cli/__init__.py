@@ -22,7 +22,7 @@ from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError
 from .parser import LenetParser, subparser
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ..runconfig import FLAGS, PRESETS
+    from ..configuration.run import FLAGS, PRESETS
 
     p = sub.add_parser("train", help="train a model into runs/<name>/",
                        description="Train from a preset or config file, with flag overrides.")
@@ -44,8 +44,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..api import config
-    from ..runconfig import FLAGS
-    from ..training import resume, train
+    from ..configuration.run import FLAGS
+    from ..training.driver import resume, train
 
     if args.resume is not None:
         # A run name prefix or "latest" works too; a path that is no run is resume's to explain.
@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def run_arg(text: str | Path) -> Path:
     """A run or model argument: a path, "latest", or a run name prefix (runs.resolve_run);
     an inferred choice is said on stderr, so output stays machine-readable."""
-    from ..runs import resolve_run
+    from ..store.runs import resolve_run
 
     path, note = resolve_run(text)
     if note:
@@ -83,7 +83,7 @@ def _run_or_same(text: Path) -> Path:
 
 def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
     """--set KEY=VALUE texts as {dotted key: value} (values parsed as YAML scalars and lists)."""
-    from ..runconfig import parse_override
+    from ..configuration.run import parse_override
 
     return dict(parse_override(text) for text in texts)
 
@@ -107,7 +107,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..models import MODEL_DESCRIPTIONS, count_parameters, create_model, list_models
+    from ..model.network import MODEL_DESCRIPTIONS, count_parameters, create_model, list_models
 
     for name in list_models(args.pattern):
         print(f"{name:<12} {count_parameters(create_model(name)):>8,} params  {MODEL_DESCRIPTIONS[name]}")
@@ -115,8 +115,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..checkpoint import resolve_model_path
-    from ..evaluation import evaluate
+    from ..store.checkpoint import resolve_model_path
+    from ..use.evaluation import evaluate
 
     model_path = resolve_model_path(run_arg(args.target))
     report = evaluate(model_path, data_dir=args.data_dir, device=args.device)
@@ -130,8 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ..runs import find_runs, read_metrics
-    from ..viz import plot_curves
+    from ..store.runs import find_runs, read_metrics
+    from ..use.figures import plot_curves
 
     runs = find_runs([run_arg(r) for r in args.runs])
     # Several runs: beside them (runs/curves-compared.png), never loose in the current folder.
@@ -143,8 +143,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..data import DATASETS, user_cache_dir
-    from ..download import download_dataset
+    from ..data.datasets import DATASETS, user_cache_dir
+    from ..data.download import download_dataset
 
     names = list(DATASETS) if args.dataset == "all" else [args.dataset]
     for name in names:
@@ -156,8 +156,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Where each dataset is found, and (with --verify) whether its checksums match."""
-    from ..data import DATASETS, candidate_dirs, files_in
-    from ..idx import sha256_of_decompressed
+    from ..data.datasets import DATASETS, candidate_dirs, files_in
+    from ..data.idx import sha256_of_decompressed
 
     bad = 0
     for name, spec in DATASETS.items():
@@ -190,7 +190,7 @@ COMMAND_MODULES: list[str] = ["speed", "explore", "use"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..catalog import DATASETS
+    from ..data.catalog import DATASETS
 
     parser = LenetParser(prog="lenet", description="LeNet from Dive into Deep Learning, as a tool.")
     parser.add_argument("--version", action="version", version=f"lenet {__version__}")

@@ -126,7 +126,7 @@ def add_ray_options(p: argparse.ArgumentParser, search: bool = False) -> None:
 
 def _absolute(args: argparse.Namespace) -> None:
     """Ray's workers do not share this shell's working directory: paths they get are absolute."""
-    from ..cluster import refuse_uri
+    from ..experiments.cluster import refuse_uri
 
     refuse_uri(args.out)
     args.out = str(Path(args.out).resolve())
@@ -135,7 +135,7 @@ def _absolute(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .. import sweep
+    from ..experiments import sweep
 
     if (args.spec is None) == (not args.exercises):
         raise UsageError("give a spec file or --exercises (one of them)")
@@ -172,7 +172,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     say = lambda line: print(line, flush=True)  # noqa: E731
     if ray:
-        from ..cluster import run_on_ray
+        from ..experiments.cluster import run_on_ray
 
         outcomes = run_on_ray(plan, address=args.address, cpus_per_run=args.cpus_per_run,
                               gpus_per_run=args.gpus_per_run, max_failures=args.max_failures,
@@ -198,7 +198,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .. import search
+    from ..experiments import search
 
     spec = search.load_search_spec(args.spec)
     changes = {key: value for key, value in (("name", args.name), ("trials", args.trials),
@@ -228,7 +228,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
-    from .. import inspect
+    from ..use import inspection as inspect
 
     from . import run_arg
 
@@ -241,8 +241,8 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from ..inspect import augment_figure
-    from ..viz import _save
+    from ..use.inspection import augment_figure
+    from ..use.figures import _save
 
     if args.images < 1 or args.versions < 1:
         raise UsageError("--images and --versions must be at least 1")
@@ -262,7 +262,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
-    from .. import inspect
+    from ..use import inspection as inspect
 
     from . import run_arg
 
@@ -271,7 +271,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .. import report
+    from ..experiments import report
 
     from . import run_arg
 

@@ -75,7 +75,7 @@ def _input_path(base: Path, index: int, count: int) -> Path:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..predict import ImageError, Predictor, save_input
+    from ..use.predict import ImageError, Predictor, save_input
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
@@ -117,7 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export
+    from ..use.export import export
 
     path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, ONNX, dynamic batch size; "
@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import math
 
     from ..errors import UsageError
-    from ..serve import run_server
+    from ..use.serve import run_server
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: a port is 0 to 65535 (0: any free port)")

@@ -1,0 +1,296 @@
+"""Datasets: where they are, how they are checked, how they sit in memory, and how
+their pixels become the network's input.
+
+The whole dataset is held as uint8 tensors (N, 1, 28, 28) and batches are taken
+by indexing with a permutation: no per-sample Python, no DataLoader. 60,000
+Fashion-MNIST images are 47 MB as uint8, so this fits anywhere we run. The
+``Normalizer`` turns uint8 batches into float input, the same way in training,
+evaluation, prediction and export. What the datasets are (files, checksums,
+classes) is in ``catalog``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_spec  # noqa: F401 (re-exported)
+from ..errors import DataError, UsageError
+from .idx import read_idx
+
+# --------------------------------------------------------------------------- locating
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lenet" / "datasets"
+
+
+def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Where we look for dataset ``name``, in order, each with how it was chosen."""
+    places: list[tuple[str, Path]] = []
+    if data_dir:
+        places.append(("--data-dir", Path(data_dir) / name))
+    if os.environ.get("LENET_DATA_DIR"):
+        places.append(("LENET_DATA_DIR", Path(os.environ["LENET_DATA_DIR"]) / name))
+    places.append(("user cache", user_cache_dir() / name))
+    places.append(("Debian package", DEBIAN_DATASETS / name))
+    return places
+
+
+def _find_file(folder: Path, filename: str) -> Path | None:
+    """The .gz file or its decompressed twin, whichever is there."""
+    for candidate in (folder / filename, folder / filename.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def files_in(folder: Path, spec: DatasetSpec) -> dict[str, Path] | None:
+    found = {key: _find_file(folder, f.filename) for key, f in spec.files.items()}
+    if all(found.values()):
+        return found  # type: ignore[return-value]
+    return None
+
+
+def locate(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> dict[str, Path]:
+    """Paths of the four IDX files of ``name``; downloads into the user cache if needed.
+
+    ``download=None`` means "yes unless LENET_NO_DOWNLOAD is set" (CI and tests set it
+    so a missing file fails at once instead of waiting on a network that is not there).
+    """
+    spec = get_spec(name)
+    searched = []
+    for how, folder in candidate_dirs(name, data_dir):
+        found = files_in(folder, spec)
+        if found:
+            return found
+        searched.append(f"  {how}: {folder}")
+    if download is None:
+        download = not os.environ.get("LENET_NO_DOWNLOAD")
+    if download:
+        from .download import download_dataset
+
+        folder = download_dataset(spec, user_cache_dir() / name)
+        return files_in(folder, spec)  # type: ignore[return-value]
+    wanted = ", ".join(f.filename for f in spec.files.values())
+    raise DataError(
+        f"dataset {name!r} not found. Looked for {wanted} in:\n" + "\n".join(searched) + "\n"
+        "To get it: run `lenet download " + name + "` (needs the internet), "
+        + ("or `apt-get install dataset-fashion-mnist`, " if name == "fashion-mnist" else "")
+        + "or point --data-dir / LENET_DATA_DIR at a folder holding a '" + name + "/' subfolder."
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Split:
+    """A set of examples: images (N, 1, H, W) uint8 and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    spec: DatasetSpec
+    train: Split
+    test: Split
+    val: Split | None = None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.spec.class_names
+
+
+def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec, which: str) -> Split:
+    # Each file may hold at most what the published file holds: a file that says (or
+    # expands to) more is refused while it is read, not after filling memory.
+    images = read_idx(images_path, spec.files[f"{which}_images"].size)
+    labels = read_idx(labels_path, spec.files[f"{which}_labels"].size)
+    # IDX allows signed and float types; a -1 label or unscaled float pixels would pass
+    # every check below and fail (or silently mislearn) much later.
+    for path, array, what in ((images_path, images, "pixels"), (labels_path, labels, "labels")):
+        if array.dtype != np.uint8:
+            raise DataError(f"{path}: expected uint8 {what} (IDX type 08); got {array.dtype}")
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected a 3-D image file (N, 28, 28); got shape {images.shape}")
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{images_path}: expected 28x28 images; got {images.shape[1]}x{images.shape[2]}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected a 1-D label file; got shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+            "the files do not belong together"
+        )
+    if len(labels) and int(labels.max()) >= len(spec.class_names):
+        raise DataError(
+            f"{labels_path}: label {int(labels.max())} out of range for "
+            f"{len(spec.class_names)} classes"
+        )
+    return Split(
+        torch.from_numpy(images).unsqueeze(1),  # (N, 1, 28, 28) uint8, in read_idx's own writable buffer
+        torch.from_numpy(labels.astype(np.int64)),
+    )
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> Dataset:
+    spec = get_spec(name)
+    paths = locate(name, data_dir, download)
+    return Dataset(
+        spec=spec,
+        train=_load_pair(paths["train_images"], paths["train_labels"], spec, "train"),
+        test=_load_pair(paths["test_images"], paths["test_labels"], spec, "test"),
+    )
+
+
+def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): ``fraction`` of each class, chosen by a seeded shuffle.
+
+    Stratified so every class keeps its share, seeded so a run is reproducible, and
+    never "the last 10%" (Keras' validation_split), which depends on file order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"validation fraction must be in (0, 1); got {fraction}")
+    rng = np.random.default_rng(seed)
+    labels_np = labels.numpy()
+    val_parts = []
+    for cls in np.unique(labels_np):
+        members = np.flatnonzero(labels_np == cls)
+        rng.shuffle(members)
+        n_val = int(round(fraction * len(members)))
+        val_parts.append(members[:n_val])
+    val_index = np.sort(np.concatenate(val_parts)) if val_parts else np.array([], dtype=np.int64)
+    mask = np.ones(len(labels_np), dtype=bool)
+    mask[val_index] = False
+    train_index = np.flatnonzero(mask)
+    if len(val_index) == 0 or len(train_index) == 0:
+        raise DataError(
+            f"a validation fraction of {fraction} of {len(labels_np)} examples leaves an empty split"
+        )
+    return torch.from_numpy(train_index), torch.from_numpy(val_index)
+
+
+def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(train, val) Splits; see stratified_indices."""
+    ti, vi = stratified_indices(split.labels, fraction, seed)
+    return Split(split.images[ti], split.labels[ti]), Split(split.images[vi], split.labels[vi])
+
+
+# --------------------------------------------------------------------------- model input
+
+
+class Normalizer:
+    """uint8 (..., 1, 28, 28) -> float32 as in training: [0, 1], or standardised;
+    in channels-last layout when the model is (--channels-last)."""
+
+    def __init__(self, mode: str, mean: float, std: float, channels_last: bool = False):
+        self.scale = 1.0 / 255.0
+        self.shift = 0.0
+        if mode == "standard":
+            self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    @classmethod
+    def for_config(cls, cfg, channels_last: bool = False) -> "Normalizer":
+        """The normaliser a run config trained with (``cfg``: a RunConfig)."""
+        spec = get_spec(cfg.data.dataset)
+        return cls(cfg.data.normalize, spec.mean, spec.std, channels_last)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() * self.scale
+        x = x - self.shift if self.shift else x
+        return x.contiguous(memory_format=self.memory_format)
+
+
+# --------------------------------------------------------------------------- on the device
+
+
+@dataclass
+class DeviceData:
+    """A dataset on the device, and which of its training rows each split uses.
+
+    ``train_index``/``val_index``: rows of ``dataset.train`` ((N,), or (K, N) for K
+    models that each hold out their own validation split); None = every row, no split.
+    """
+
+    dataset: Dataset
+    train_index: torch.Tensor | None = None
+    val_index: torch.Tensor | None = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.dataset.train) if self.train_index is None else self.train_index.shape[-1]
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.val_index is None else self.val_index.shape[-1]
+
+    def order(self, permutation: torch.Tensor) -> torch.Tensor:
+        """Training rows in the order a permutation of 0..n_train-1 ((N,) or (K, N)) visits them."""
+        return permutation if self.train_index is None else torch.gather(self.train_index, -1, permutation)
+
+
+def as_dataset(data: Any, cfg: Any) -> Dataset:
+    """A Dataset from what a caller passes to train(): a Dataset, or a mapping
+    {"train": (images, labels), "test": (images, labels)} of arrays or tensors in the
+    IDX shapes (uint8 images (N, 28, 28) or (N, 1, 28, 28), integer labels (N,))."""
+    if data is None:
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    elif isinstance(data, Dataset):
+        dataset = data
+    elif isinstance(data, dict) and {"train", "test"} <= set(data):
+        spec = get_spec(cfg.data.dataset)
+        dataset = Dataset(spec, _split(data["train"], "train", cfg), _split(data["test"], "test", cfg))
+    else:
+        raise UsageError("data= takes a lenet Dataset (lenet.load_dataset) or "
+                         '{"train": (images, labels), "test": (images, labels)}')
+    for name, split in (("training", dataset.train), ("test", dataset.test)):
+        if len(split) == 0:
+            raise DataError(f"the {name} set is empty: there is nothing to "
+                            f"{'train on' if name == 'training' else 'measure accuracy on'}")
+    return dataset
+
+
+def _split(pair: Any, name: str, cfg: Any) -> Split:
+    try:
+        images, labels = (torch.as_tensor(a) for a in pair)
+    except (TypeError, ValueError):
+        raise UsageError(f'data["{name}"] must be (images, labels)') from None
+    size = cfg.model.input_size
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (cfg.model.in_channels, size, size):
+        raise UsageError(f'data["{name}"]: images must be uint8 (N, {size}, {size}) or (N, 1, {size}, {size}); '
+                         f"got {images.dtype} {tuple(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point():
+        raise UsageError(f'data["{name}"]: labels must be integers (N,) = ({len(images)},); '
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < cfg.model.num_classes:
+        raise UsageError(f'data["{name}"]: labels must be in 0..{cfg.model.num_classes - 1}')
+    return Split(images.contiguous(), labels.long())
+
+
+def prepare_data(cfg: Any, device: torch.device, data: Any = None) -> DeviceData:
+    """The run's data on ``device`` (``cfg``: a RunConfig), with its validation rows held out."""
+    dataset = as_dataset(data, cfg)
+    on_device = Dataset(dataset.spec, dataset.train.to(device), dataset.test.to(device))
+    if cfg.data.val_split == 0:
+        return DeviceData(on_device)
+    # The split is a pure function of the seed, so a resumed run gets the same one.
+    train_index, val_index = stratified_indices(dataset.train.labels, cfg.data.val_split, cfg.seed)
+    return DeviceData(on_device, train_index.to(device), val_index.to(device))
