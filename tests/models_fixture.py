@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from lenet.store.checkpoint import MODEL_FILE, save_model
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 from lenet.data.datasets import get_spec
 from lenet.model.network import LeNet
 

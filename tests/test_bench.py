@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lenet.experiments.bench import bench, format_bench
 from lenet.cli import main
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 
 
 def test_bench_stops_at_the_target_and_writes_nothing(tiny_data_dir):

@@ -37,7 +37,7 @@ from conftest import write_tiny_dataset
 from lenet.store.checkpoint import (load_checkpoint, load_model, rng_state, save_checkpoint, save_model,
                               set_rng_state)
 from lenet.cli import main
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 from lenet.errors import Interrupted, RunError
 from lenet.model.network import LeNet
 from lenet.store.runs import write_metrics

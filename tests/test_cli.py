@@ -156,7 +156,7 @@ def test_the_process_collects_no_garbage_while_importing_and_none_at_exit(monkey
 @pytest.mark.parametrize("columns", ["60", "100"])
 def test_help_lists_come_from_their_registries(capsys, monkeypatch, columns):
     from lenet.model.network import list_models
-    from lenet.configuration.run import PRESETS
+    from lenet.configuration.presets import PRESETS
 
     monkeypatch.setenv("COLUMNS", columns)  # argparse wraps to the terminal: never inside `best-mnist`
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lenet.configuration.run import PRESETS, build_config, parse_override
+from lenet.configuration.build import build_config, parse_override
+
+from lenet.configuration.presets import PRESETS
 from lenet.errors import ConfigError
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from lenet.speed.fused import FewChannelConv, FlatLinear, PhaseBlock, fused_forward, phase_index
 from lenet.model.network import create_model
-from lenet.configuration.run import TrainConfig, build_config
+from lenet.configuration.build import build_config
+from lenet.configuration.run import TrainConfig
 from lenet.speed.policy import resolve_speed
 from lenet.training.driver import resume, train
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lenet.speed.halves import halved_threads, in_halves
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 from lenet.speed.policy import Speed
 
 

@@ -27,7 +27,8 @@ from lenet.cli import main
 from lenet.errors import ConfigError, DataError, RunError
 from lenet.data.idx import read_idx
 from lenet.use.predict import ImageError, load_image
-from lenet.configuration.run import build_config, load_file as load_config_file
+from lenet.configuration.build import build_config
+from lenet.configuration.files import load_file as load_config_file
 
 untrained_model = models_fixture.untrained_model
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lenet.model.network import ModelConfig
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 from lenet.errors import ConfigError, UsageError
 from lenet.model.network import (LeNet, count_parameters, create_model, list_models, model_config, summarize)
 

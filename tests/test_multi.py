@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 from lenet.training.multi import group_key, groups, train_many
 from lenet.errors import UsageError
 from lenet.training.driver import train
@@ -203,6 +203,6 @@ def test_the_one_channel_convolution_as_im2col_equals_the_grouped_convolution():
 
 
 def cfg_model():
-    from lenet.configuration.run import build_config
+    from lenet.configuration.build import build_config
 
     return build_config("d2l").model

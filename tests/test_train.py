@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from lenet.store.checkpoint import load_checkpoint, load_model
-from lenet.configuration.run import build_config
+from lenet.configuration.build import build_config
 from lenet.errors import DivergedError, RunError
 from lenet.data.datasets import Normalizer
 from lenet.training.optim import lr_factor

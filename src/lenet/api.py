@@ -19,7 +19,9 @@ from typing import Any
 from .data.augment import named
 from .errors import ConfigError, RunError, UsageError
 from .model.network import LayerInfo, LeNet, ModelConfig, format_summary, list_models, model_config, summarize
-from .configuration.run import PRESETS, RunConfig, build_config, flag_fields, preset_name
+from .configuration.build import build_config, flag_fields
+from .configuration.presets import PRESETS, preset_name
+from .configuration.run import RunConfig
 from .training.driver import Run
 
 

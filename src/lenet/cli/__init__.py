@@ -22,7 +22,8 @@ from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError
 from .parser import LenetParser, subparser
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ..configuration.run import FLAGS, PRESETS
+    from ..configuration.build import FLAGS
+    from ..configuration.presets import PRESETS
 
     p = sub.add_parser("train", help="train a model into runs/<name>/",
                        description="Train from a preset or config file, with flag overrides.")
@@ -44,7 +45,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..api import config
-    from ..configuration.run import FLAGS
+    from ..configuration.build import FLAGS
     from ..training.driver import resume, train
 
     if args.resume is not None:
@@ -83,7 +84,7 @@ def _run_or_same(text: Path) -> Path:
 
 def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
     """--set KEY=VALUE texts as {dotted key: value} (values parsed as YAML scalars and lists)."""
-    from ..configuration.run import parse_override
+    from ..configuration.build import parse_override
 
     return dict(parse_override(text) for text in texts)
 

@@ -10,7 +10,7 @@ from ..errors import EXIT_OK
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time training and evaluation of a preset on this device")
-    from ..configuration.run import PRESETS
+    from ..configuration.presets import PRESETS
 
     p.add_argument("--preset", default="d2l", help=f"recipe to time: {' | '.join(PRESETS)} (default: d2l)")
     p.add_argument("--config", help="YAML/TOML config file instead of a preset")
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..experiments.bench import bench, format_bench
-    from ..configuration.run import build_config
+    from ..configuration.build import build_config
 
     epochs = args.epochs if args.epochs is not None else (None if args.target else 1)
     cfg = build_config(None if args.config else args.preset, args.config, args.overrides,

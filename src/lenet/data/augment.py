@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from ..model.network import Strict
+from ..configuration.base import Strict
 
 # --augment NAMES: what each name turns on, at the strength the presets were tuned with.
 NAMED = {

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import RunError
-from ..configuration.run import load_file
+from ..configuration.files import load_file
 from ..store.files import atomic_write_text, read_json_or_empty
 from ..store.runs import read_metrics
 

@@ -13,21 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from ..configuration.base import Strict
 from ..errors import ConfigError, UsageError
 
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu", "elu"]
 Pooling = Literal["avg", "max", "none"]
 Init = Literal["xavier", "xavier_normal", "kaiming", "normal", "default"]
-
-
-class Strict(BaseModel):
-    """A config section: unknown keys are errors, and so are bad values set later."""
-
-    # allow_inf_nan=False: an infinite weight decay or a NaN learning rate is no setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):

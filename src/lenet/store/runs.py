@@ -29,7 +29,8 @@ from .. import __version__
 from ..errors import ConfigError, RunBusy, RunError
 from .files import (_UMASK, atomic_write_bytes, atomic_write_text, fsync_dir,  # noqa: F401 (re-exported)
                     read_json_or_empty, write_json)
-from ..configuration.run import RunConfig, load_file, validate
+from ..configuration.files import load_file
+from ..configuration.run import RunConfig, validate
 
 try:  # POSIX; on Windows runs are not locked (see run_lock)
     import fcntl

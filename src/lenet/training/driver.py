@@ -41,7 +41,8 @@ from .progress import Progress
 from ..store.recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
 from ..configuration.run import RunConfig
 from ..store.runs import create_run_dir, default_run_name, remove_failed_start, run_lock
-from ..speed.policy import Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything, synchronize
+from ..speed.policy import (Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything,
+                           synchronize)
 
 EpochHook = Callable[[dict[str, Any]], Any]
 EXTRAS_EVERY = 5  # epochs between measurements of the raw-weights and TTA accuracies

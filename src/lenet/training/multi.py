@@ -43,9 +43,11 @@ from .loop import (EpochSettings, EpochState, Position, StopFlag, checkpoint_mis
 from ..model.network import LeNet, count_parameters
 from .optim import learning_rate, lr_factor
 from ..store.recorder import DIVERGED, FINISHED, RUNNING, Recorder
-from ..configuration.run import FLAGS_BY_NAME, RunConfig, flatten
+from ..configuration.build import FLAGS_BY_NAME, flatten
+from ..configuration.run import RunConfig
 from ..store.runs import create_run_dir, default_run_name, run_lock
-from ..speed.policy import Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything, synchronize
+from ..speed.policy import (Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything,
+                           synchronize)
 from .stacked import StackedModels, StackedOptimizer
 from .driver import Run, recorded_speed
 

@@ -26,7 +26,7 @@ import yaml
 from ...errors import RunError
 from ...store.files import atomic_write_text, read_json_or_empty, write_json
 from ...store.recorder import FINISHED, read_status
-from ...configuration.run import flatten
+from ...configuration.build import flatten
 from ...store.runs import load_run_config, read_metrics
 from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, parse_search_spec
 

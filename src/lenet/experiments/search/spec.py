@@ -30,8 +30,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ...errors import ConfigError, LenetError
-from ...model.network import Strict
-from ...configuration.run import RunConfig, build_config, explain, flatten, load_file, parse_override
+from ...configuration.base import Strict
+from ...configuration.base import explain
+from ...configuration.build import build_config, flatten, parse_override
+from ...configuration.files import load_file
+from ...configuration.run import RunConfig
 from ..sweep.plan import RESERVED_KEYS, base_source
 from ..sweep.spec import _looks_like_file, _safe_name
 

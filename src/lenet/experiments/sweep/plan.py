@@ -16,7 +16,8 @@ from typing import Any
 
 from ...errors import ConfigError, LenetError
 from ...model.network import LeNet, count_mult_adds, count_parameters
-from ...configuration.run import RunConfig, build_config, flatten, parse_override
+from ...configuration.build import build_config, flatten, parse_override
+from ...configuration.run import RunConfig
 from .spec import SweepSpec, VariantSpec, _looks_like_file
 
 # Fields a sweep owns: each run's seed, directory name and parent folder.

@@ -20,8 +20,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from ...errors import ConfigError
-from ...model.network import Strict
-from ...configuration.run import PRESETS, SAFE_NAME, explain, load_file
+from ...configuration.base import Strict
+from ...configuration.base import explain
+from ...configuration.files import load_file
+from ...configuration.presets import PRESETS
+from ...configuration.run import SAFE_NAME
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
