@@ -137,7 +137,7 @@ def _session_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("session-cache")))
         patch.setenv("LENET_NO_DOWNLOAD", "1")
-        _pin_cpu_speed()
+        patch.setenv("LENET_CALIBRATE", "0")
         yield
 
 
@@ -151,18 +151,10 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LENET_NO_DOWNLOAD", "1")
     monkeypatch.delenv("LENET_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    _pin_cpu_speed()
-
-
-def _pin_cpu_speed() -> None:
-    """Precision "auto", micro-batches and halves are chosen from step times measured once
-    per machine (runtime.cpu_speedups). Tests pin that answer, so every test computes
-    alike on any CPU: float32, in micro-batches where a batch is split, halves slower.
-    test_runtime measures for real; halves have tests of their own."""
-    from lenet.speed.policy import record_cpu_speedups
-
-    record_cpu_speedups({"fp32": 1.0, "fp32 micro": 1.4, "fp32 halves": 0.9,
-                         "bf16": 1.0, "bf16 micro": 1.0, "bf16 halves": 0.9})
+    # speed.calibrate's default: no test measures this machine's step times unless it says
+    # so, so every test computes alike on any CPU (float32, whole batches); the speed
+    # choice is tested by passing measurements explicitly (test_speed_policy.py).
+    monkeypatch.setenv("LENET_CALIBRATE", "0")
 
 
 @pytest.fixture

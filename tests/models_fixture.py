@@ -53,7 +53,7 @@ def trained_model(dataset: str, base: Path) -> Path:
 
 
 def _train_once(out: Path, name: str, dataset: str, data_dir: Path) -> None:
-    from lenet.training.driver import train
+    from lenet.training.run import train
 
     if not (out / name / MODEL_FILE).is_file():
         cfg = build_config("keras-v2", overrides=[

@@ -43,7 +43,7 @@ def test_import_lenet_does_not_import_torch():
 
 def test_config_takes_the_cli_flag_names_and_validates_as_the_cli_does(tmp_path):
     cfg = lenet.config("keras-v2", epochs=3, dataset="mnist", batch_size=32, amp=True, set={"model.pool": "avg"})
-    assert (cfg.train.epochs, cfg.data.dataset, cfg.train.batch_size, cfg.train.amp) == (3, "mnist", 32, True)
+    assert (cfg.train.epochs, cfg.data.dataset, cfg.train.batch_size, cfg.speed.amp) == (3, "mnist", 32, True)
     assert cfg.model.pool == "avg" and cfg.model.activation == "relu"  # set= changes one field of the preset
     assert lenet.config().preset == "d2l"
     # The same resolved config as `lenet train ... --print-config`.

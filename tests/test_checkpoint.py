@@ -41,7 +41,7 @@ from lenet.configuration.build import build_config
 from lenet.errors import Interrupted, RunError
 from lenet.model.network import LeNet
 from lenet.store.runs import write_metrics
-from lenet.training.driver import resume, train
+from lenet.training.run import resume, train
 
 TIMING = ("epoch_seconds", "examples_per_second")  # the only fields a resume may change
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import lenet.data.datasets
 import lenet.store.runs
 import lenet.store.files
-import lenet.training.optim
+import lenet.training.learners
 from conftest import write_tiny_dataset
 from lenet.store.checkpoint import load_checkpoint
 from lenet.cli import main
@@ -237,7 +237,7 @@ def test_a_huge_learning_rate_stops_at_the_bad_step_with_advice(tiny_data_dir, c
 def test_divergence_after_a_good_epoch_keeps_that_epoch_loadable(tiny_data_dir, capsys, monkeypatch):
     # A schedule that turns lr 0.1 into 1e5 after the first epoch (9 steps): epoch 1
     # learns, epoch 2 blows up, as a run whose warm-up goes too high would.
-    monkeypatch.setattr(lenet.training.optim, "lr_factor", lambda cfg, step, steps_per_epoch:
+    monkeypatch.setattr(lenet.training.learners, "lr_factor", lambda cfg, step, steps_per_epoch:
                         1.0 if step < steps_per_epoch else 1e6)
     args = train_args(tiny_data_dir, "--optimizer", "sgd", "--lr", "0.1", "--set", "model.dropout=0")
     code, out, err = run_cli(capsys, args)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from lenet.speed.fused import FewChannelConv, FlatLinear, PhaseBlock, fused_forward, phase_index
 from lenet.model.network import create_model
 from lenet.configuration.build import build_config
-from lenet.configuration.run import TrainConfig
+from lenet.speed.config import SpeedConfig
 from lenet.speed.policy import resolve_speed
-from lenet.training.driver import resume, train
+from lenet.training.run import resume, train
 
 from conftest import StoppedAfterEpoch2, stop_after_epoch_2
 
@@ -122,20 +122,24 @@ def test_bf16_gradients_come_back_in_float32_and_near_the_plain_path():
 
 def test_the_speed_choice_turns_them_on_for_channels_last_cpu_runs_only():
     cpu = torch.device("cpu")
-    assert resolve_speed(TrainConfig(), cpu).fused_layers is True
-    assert resolve_speed(TrainConfig(channels_last=False), cpu).fused_layers is False
-    assert resolve_speed(TrainConfig(compile=True), cpu).fused_layers is False  # compile fuses its own way
-    assert resolve_speed(TrainConfig(fused_layers=False), cpu).fused_layers is False
-    assert resolve_speed(TrainConfig(), torch.device("meta")).fused_layers is False  # not a CPU
+
+    def fused(device=cpu, recorded=None, **speed) -> bool:
+        return resolve_speed(SpeedConfig(**speed), device, batch_size=256, recorded=recorded).fused_layers
+
+    assert fused() is True
+    assert fused(channels_last=False) is False
+    assert fused(compile=True) is False  # compile fuses its own way
+    assert fused(fused_layers=False) is False
+    assert fused(torch.device("meta")) is False  # not a CPU
     old = {"precision": "fp32", "channels_last": True, "reason": "auto"}  # a checkpoint from before them
-    assert resolve_speed(TrainConfig(), cpu, old).fused_layers is False
-    assert resolve_speed(TrainConfig(), cpu, old | {"fused_layers": True}).fused_layers is True
+    assert fused(recorded=old) is False
+    assert fused(recorded=old | {"fused_layers": True}) is True
 
 
 def _d2l(data_dir, name, *overrides):
     """The d2l recipe on the tiny data, whole batches (micro-batches have their own test)."""
     return build_config("d2l", overrides=[f"data.data_dir={data_dir}", f"name={name}", "out=runs", "train.epochs=3",
-                                          "device=cpu", "train.micro_batch=0", *overrides])
+                                          "device=cpu", "speed.micro_batch=0", *overrides])
 
 
 def test_a_run_with_fused_layers_records_them_and_resumes_exactly(tiny_data_dir):
@@ -147,7 +151,7 @@ def test_a_run_with_fused_layers_records_them_and_resumes_exactly(tiny_data_dir)
     resumed = resume(tiny_data_dir.parent / "runs" / "part")
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    plain = train(_d2l(tiny_data_dir, "plain", "train.fused_layers=false"), out="runs")
+    plain = train(_d2l(tiny_data_dir, "plain", "speed.fused_layers=false"), out="runs")
     assert json.loads((plain.run_dir / "environment.json").read_text())["speed"]["fused_layers"] is False
     # The same training up to float rounding: the two runs' losses agree closely.
     for a, b in zip(full.history, plain.history):
@@ -168,14 +172,14 @@ def test_deterministic_runs_take_them_and_repeat_bit_for_bit(tiny_data_dir, monk
 
 def test_the_learner_steps_through_the_fused_layers_when_chosen():
     from lenet.speed.fused import FusedLeNet
-    from lenet.speed.policy import Speed
-    from lenet.training.driver import Learner
+    from lenet.speed.choice import Speed
+    from lenet.training.learners import Learner
 
     cfg = build_config("d2l")
-    fused = Learner(create_model("lenet5"), cfg, torch.device("cpu"), 10, Speed("fp32", True, fused_layers=True))
-    plain = Learner(create_model("lenet5"), cfg, torch.device("cpu"), 10, Speed("fp32", True))
-    assert isinstance(fused.forward, FusedLeNet) and fused.forward.model is fused.model
-    assert plain.forward is plain.model
+    fused = Learner(create_model("lenet5"), cfg, 10, Speed("fp32", True, fused_layers=True))
+    plain = Learner(create_model("lenet5"), cfg, 10, Speed("fp32", True))
+    assert isinstance(fused.forward, FusedLeNet) and fused.forward.model is fused.raw
+    assert plain.forward is plain.raw
 
 
 def test_the_fused_step_matches_the_plain_step():

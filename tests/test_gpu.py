@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lenet
-from lenet.training.multi import train_many
+from lenet.training.run import train_many
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -50,14 +50,14 @@ def test_cuda_graph_runs_checkpoint_and_resume(tiny_data_dir):
             raise Stop
 
     with pytest.raises(Stop):
-        lenet.train(cfg(tiny_data_dir, "train.cuda_graphs=true", epochs=3, name="g"), out="runs",
+        lenet.train(cfg(tiny_data_dir, "speed.cuda_graphs=true", epochs=3, name="g"), out="runs",
                     on_epoch=stop_after_first)
     resumed = lenet.resume("runs/g")
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3] and resumed.test_accuracy > 0.5
 
 
-@pytest.mark.parametrize("switches", [["train.cuda_graphs=true"], ["train.amp=true", "train.channels_last=true"],
-                                      ["train.cuda_graphs=true", "train.amp=true"], ["train.compile=true"]])
+@pytest.mark.parametrize("switches", [["speed.cuda_graphs=true"], ["speed.amp=true", "speed.channels_last=true"],
+                                      ["speed.cuda_graphs=true", "speed.amp=true"], ["speed.compile=true"]])
 def test_gpu_switches_reach_the_plain_accuracy(tiny_data_dir, switches):
     plain = lenet.train(cfg(tiny_data_dir, "model.dropout=0", epochs=3))
     fast = lenet.train(cfg(tiny_data_dir, "model.dropout=0", *switches, epochs=3))

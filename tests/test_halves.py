@@ -12,7 +12,7 @@ import torch
 
 from lenet.speed.halves import halved_threads, in_halves
 from lenet.configuration.build import build_config
-from lenet.speed.policy import Speed
+from lenet.speed.choice import Speed
 
 
 def test_in_halves_runs_the_halves_at_once_on_half_the_threads_each(two_threads):
@@ -90,16 +90,16 @@ def test_outside_halved_threads_in_halves_holds_them_for_the_call(two_threads):
 def _learner_steps(speed, x, y, steps=3):
     """``steps`` SGD steps of a d2l LeNet on one batch under ``speed``; the weights."""
     from lenet.model.network import LeNet
-    from lenet.training.driver import Learner
+    from lenet.training.learners import Learner
 
     cfg = build_config("d2l", overrides=["optim.label_smoothing=0.1"])
     torch.manual_seed(0)
-    learner = Learner(LeNet(cfg.model), cfg, torch.device("cpu"), 10, speed)
+    learner = Learner(LeNet(cfg.model), cfg, 10, speed)
     x = x.contiguous(memory_format=torch.channels_last)
-    with learner.threads():
+    with learner.held():
         for step in range(steps):
             loss, logits = learner.step(x, y, step)
-    return loss, logits, {k: v.clone() for k, v in learner.model.state_dict().items()}
+    return loss, logits, {k: v.clone() for k, v in learner.raw.state_dict().items()}
 
 
 @pytest.mark.parametrize("fused", [False, True])

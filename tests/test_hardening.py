@@ -260,7 +260,7 @@ def test_a_run_that_fails_says_so_in_its_status(capsys, tiny_data_dir, monkeypat
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(["seed", "name", "optim.lr", "optim.weight_decay", "train.epochs", "train.batch_size",
                             "model.dense", "model.conv_channels", "model.kernel_size", "model.dropout",
-                            "data.val_split", "model.pool_padding", "train.precision", "device"]),
+                            "data.val_split", "model.pool_padding", "speed.precision", "device"]),
        value=st.one_of(st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True),
                        st.text(max_size=40), st.lists(st.integers(-5, 10**6), max_size=5), st.booleans(), st.none()))
 def test_fuzz_config_values_are_valid_or_a_config_error(key, value):

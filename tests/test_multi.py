@@ -7,9 +7,10 @@ import json
 import pytest
 
 from lenet.configuration.build import build_config
-from lenet.training.multi import group_key, groups, train_many
+from lenet.training.groups import group_key, groups
+from lenet.training.run import train_many
 from lenet.errors import UsageError
-from lenet.training.driver import train
+from lenet.training.run import train
 
 
 def cfg(data_dir, *overrides, preset="keras-v2", epochs=2):
@@ -104,12 +105,12 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
 
     import torch
 
-    import lenet.training.multi
+    import lenet.training.learners
     from lenet.errors import Interrupted
-    from lenet.training.multi import resume_many
+    from lenet.training.run import resume_many
 
     reference = train_many(_group(tiny_data_dir, "ref"))
-    real_step = lenet.training.multi.GroupLearner.step
+    real_step = lenet.training.learners.GroupLearner.step
     steps = {"n": 0}
 
     def step_then_stop(self, x, y, global_step):
@@ -120,11 +121,11 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)  # the loop finishes this step and saves
         return real_step(self, x, y, global_step)
 
-    monkeypatch.setattr(lenet.training.multi.GroupLearner, "step", step_then_stop)
+    monkeypatch.setattr(lenet.training.learners.GroupLearner, "step", step_then_stop)
     expected = Killed if where == "killed after epoch 1" else Interrupted
     with pytest.raises(expected):
         train_many(_group(tiny_data_dir, "cut"))
-    monkeypatch.setattr(lenet.training.multi.GroupLearner, "step", real_step)
+    monkeypatch.setattr(lenet.training.learners.GroupLearner, "step", real_step)
     dirs = [Path("runs/cut0"), Path("runs/cut1")]
     status = json.loads((dirs[0] / "status.json").read_text())
     assert status["status"] == ("running" if where == "killed after epoch 1" else "interrupted")
@@ -140,16 +141,16 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
 def test_a_run_of_a_group_resumes_alone_too(tiny_data_dir, monkeypatch):
     from pathlib import Path
 
-    import lenet.training.multi
-    from lenet.training.driver import resume
+    import lenet.training.learners
+    from lenet.training.run import resume
 
     reference = train_many(_group(tiny_data_dir, "ref"))
 
     def stop(self, x, y, global_step):
         raise Killed
 
-    real_step = lenet.training.multi.GroupLearner.step
-    monkeypatch.setattr(lenet.training.multi.GroupLearner, "step", lambda self, x, y, g: stop(self, x, y, g)
+    real_step = lenet.training.learners.GroupLearner.step
+    monkeypatch.setattr(lenet.training.learners.GroupLearner, "step", lambda self, x, y, g: stop(self, x, y, g)
                         if g == 2 * self.steps_per_epoch else real_step(self, x, y, g))
     with pytest.raises(Killed):
         train_many(_group(tiny_data_dir, "cut"))
@@ -160,15 +161,15 @@ def test_a_run_of_a_group_resumes_alone_too(tiny_data_dir, monkeypatch):
 
 def test_amp_is_honoured_and_the_other_switches_are_refused(tiny_data_dir):
     plain = train_many([cfg(tiny_data_dir, "seed=0", "name=p0"), cfg(tiny_data_dir, "seed=1", "name=p1")])
-    amp = train_many([cfg(tiny_data_dir, "seed=0", "name=a0", "train.amp=true"),
-                      cfg(tiny_data_dir, "seed=1", "name=a1", "train.amp=true")])
+    amp = train_many([cfg(tiny_data_dir, "seed=0", "name=a0", "speed.amp=true"),
+                      cfg(tiny_data_dir, "seed=1", "name=a1", "speed.amp=true")])
     # bf16 forward passes round differently: the weights differ, the accuracy does not.
     assert not all(torch_equal(plain[0].model, amp[0].model))
     assert amp[0].test_accuracy == pytest.approx(plain[0].test_accuracy, abs=0.05)
     for switch in ("compile", "channels_last", "fused_layers"):
         bad = [cfg(tiny_data_dir, f"seed={seed}", f"train.{switch}=true") for seed in (0, 1)]
         assert group_key(bad[0]) is None  # a sweep trains such runs one by one
-        name = "train.fused_layers" if switch == "fused_layers" else f"--{switch.replace('_', '-')}"
+        name = "speed.fused_layers" if switch == "fused_layers" else f"--{switch.replace('_', '-')}"
         with pytest.raises(UsageError, match=f"{name} does not work for runs trained together"):
             train_many(bad)
 

@@ -134,7 +134,7 @@ def test_a_worker_killed_mid_run_is_retried_from_its_checkpoint(local_ray, tmp_p
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5, 6]  # each epoch once
     assert "resuming" in (run_dir / "train.log").read_text()
     # The same run on this machine, never interrupted: the same numbers (CPU resume is exact).
-    from lenet.training.driver import train
+    from lenet.training.run import train
 
     alone = train(plan.runs()[0].config.model_copy(update={"name": "alone"}), out=tmp_path / "alone")
     assert [r["test_accuracy"] for r in metrics(run_dir)] == [r["test_accuracy"] for r in alone.history]

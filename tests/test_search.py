@@ -14,7 +14,7 @@ from lenet.experiments import search
 from lenet.cli import main
 from lenet.errors import ConfigError, Interrupted
 from lenet.experiments.search.spec import STOPPED_BY_SEARCH, TrialConfigs, spec_to_dict
-from lenet.training.driver import train
+from lenet.training.run import train
 
 SPACE = {"optim.lr": {"loguniform": [1.0e-3, 0.5]}, "model.pool": {"choice": ["avg", "max"]},
          "model.conv_channels": {"choice": [[6, 16], [8, 16]]}}

@@ -14,7 +14,7 @@ from lenet.store import tracking
 from lenet.api import config
 from lenet.cli import main
 from lenet.errors import Interrupted
-from lenet.training.driver import resume, train
+from lenet.training.run import resume, train
 
 
 def tiny_config(data_dir: Path, **changes):

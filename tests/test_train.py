@@ -14,7 +14,7 @@ from lenet.configuration.build import build_config
 from lenet.errors import DivergedError, RunError
 from lenet.data.datasets import Normalizer
 from lenet.training.optim import lr_factor
-from lenet.training.driver import resume, train
+from lenet.training.run import resume, train
 
 from conftest import StoppedAfterEpoch2, stop_after_epoch_2
 
@@ -108,17 +108,17 @@ def test_micro_batches_sum_to_the_whole_batchs_gradient():
     """Parts of 128, 128 and 44 images give the gradient, loss and logits of one batch of
     300, up to float rounding; the whole batch is the path with micro_batch 0."""
     from lenet.model.network import LeNet
-    from lenet.speed.policy import Speed
-    from lenet.training.driver import Learner
+    from lenet.speed.choice import Speed
+    from lenet.training.learners import Learner
 
     cfg = build_config("d2l", overrides=["optim.label_smoothing=0.1"])
     x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
     results = []
     for micro in (0, 128):
         torch.manual_seed(0)
-        learner = Learner(LeNet(cfg.model), cfg, torch.device("cpu"), 10, Speed("fp32", True, micro_batch=micro))
-        loss, logits = learner._forward_backward(x.contiguous(memory_format=torch.channels_last), y)
-        results.append((loss, logits, [p.grad.clone() for p in learner.model.parameters()]))
+        learner = Learner(LeNet(cfg.model), cfg, 10, Speed("fp32", True, micro_batch=micro))
+        loss, logits = learner.step_fn._forward_backward(x.contiguous(memory_format=torch.channels_last), y)
+        results.append((loss, logits, [p.grad.clone() for p in learner.raw.parameters()]))
     (loss0, logits0, grads0), (loss1, logits1, grads1) = results
     assert logits1.shape == (300, 10) and torch.allclose(logits0, logits1, atol=1e-6)
     assert loss1.item() == pytest.approx(loss0.item(), rel=1e-6)
@@ -128,26 +128,27 @@ def test_micro_batches_sum_to_the_whole_batchs_gradient():
 
 
 def test_a_run_in_micro_batches_records_them_and_resumes_exactly(tiny_data_dir):
-    """d2l's batches of 256 go in parts of 128 on the CPU by default; the choice is in
-    environment.json and the log, and a resumed run continues bit for bit."""
-    full = train(tiny_config(tiny_data_dir, preset="d2l", name="full", epochs=3), out="runs")
+    """d2l's batches of 256 in parts of 128 (as a CPU that measured them faster takes them):
+    the choice is in environment.json and the log, and a resumed run continues bit for bit."""
+    full = train(tiny_config(tiny_data_dir, "speed.micro_batch=128", preset="d2l", name="full", epochs=3),
+                 out="runs")
     env = json.loads((full.run_dir / "environment.json").read_text())
     assert env["speed"]["micro_batch"] == 128
     assert "micro-batches of 128" in (full.run_dir / "train.log").read_text()
     with pytest.raises(StoppedAfterEpoch2):
-        train(tiny_config(tiny_data_dir, preset="d2l", name="part", epochs=3), out="runs",
+        train(tiny_config(tiny_data_dir, "speed.micro_batch=128", preset="d2l", name="part", epochs=3), out="runs",
               on_epoch=stop_after_epoch_2)
     resumed = resume(tiny_data_dir.parent / "runs" / "part")
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    whole = train(tiny_config(tiny_data_dir, "train.micro_batch=0", preset="d2l", name="whole", epochs=3),
+    whole = train(tiny_config(tiny_data_dir, "speed.micro_batch=0", preset="d2l", name="whole", epochs=3),
                   out="runs")
     assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["micro_batch"] == 0
 
 
 def test_a_run_in_halves_records_them_reaches_the_whole_batches_accuracy_and_resumes_exactly(
         tiny_data_dir, two_threads):
-    halves = ["train.parallel_halves=true", "train.precision=fp32"]
+    halves = ["speed.parallel_halves=true", "speed.precision=fp32"]
     full = train(tiny_config(tiny_data_dir, *halves, preset="d2l", name="full", epochs=3), out="runs")
     env = json.loads((full.run_dir / "environment.json").read_text())
     assert env["speed"]["parallel_halves"] is True and env["speed"]["micro_batch"] == 0
@@ -162,8 +163,8 @@ def test_a_run_in_halves_records_them_reaches_the_whole_batches_accuracy_and_res
     # The accuracy: Keras V2's network (which learns the tiny data in 3 epochs) without
     # dropout, in batches of 128, with and without halves. Same seed, same data order:
     # only rounding differs.
-    learns = ["model.dropout=0", "train.batch_size=128", "train.precision=fp32", "train.micro_batch=0"]
-    runs = {on: train(tiny_config(tiny_data_dir, *learns, f"train.parallel_halves={on}", name=f"v2-{on}"),
+    learns = ["model.dropout=0", "train.batch_size=128", "speed.precision=fp32", "speed.micro_batch=0"]
+    runs = {on: train(tiny_config(tiny_data_dir, *learns, f"speed.parallel_halves={on}", name=f"v2-{on}"),
                       out="runs") for on in ("true", "false")}
     assert json.loads((runs["false"].run_dir / "environment.json").read_text())["speed"]["parallel_halves"] is False
     assert runs["false"].test_accuracy > 0.5  # it did learn
@@ -231,7 +232,7 @@ def plain_reference(tmp_path_factory):
     write_tiny_dataset(root / "fashion-mnist", n_train=1200, seed=0)
     out = tmp_path_factory.mktemp("switch-runs")
     # The plain path: float32, contiguous layout (the defaults pick per machine).
-    cfg = tiny_config(root, "model.dropout=0", f"out={out}", "train.precision=fp32", "train.channels_last=false",
+    cfg = tiny_config(root, "model.dropout=0", f"out={out}", "speed.precision=fp32", "speed.channels_last=false",
                       name="plain", epochs=3)
     return root, out, train(cfg, out=cfg.out)
 
@@ -256,4 +257,4 @@ def test_cuda_graphs_need_cuda(tiny_data_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; test_gpu.py covers the graphs")
     with pytest.raises(UsageError, match="needs a CUDA device"):
-        train(tiny_config(tiny_data_dir, "train.cuda_graphs=true", "device=cpu"), out="runs")
+        train(tiny_config(tiny_data_dir, "speed.cuda_graphs=true", "device=cpu"), out="runs")

@@ -20,7 +20,7 @@ __version__ = "0.2.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "config": "api", "load": "api", "summary": "api", "ModelSummary": "api",
-    "train": "training.driver", "resume": "training.driver", "Run": "training.driver",
+    "train": "training.run", "resume": "training.run", "Run": "training.result",
     "evaluate": "use.evaluation", "Evaluation": "use.evaluation",
     "load_dataset": "data.datasets", "Dataset": "data.datasets", "Split": "data.datasets",
     "Normalizer": "data.datasets",
@@ -29,7 +29,7 @@ _EXPORTS = {
     "RunConfig": "configuration.run", "PRESETS": "configuration.presets",
     "ModelConfig": "model.network", "LeNet": "model.network", "create_model": "model.network",
     "list_models": "model.network",
-    "train_many": "training.multi",
+    "train_many": "training.run",
     "LenetError": "errors", "ConfigError": "errors", "DataError": "errors", "RunError": "errors",
     "UsageError": "errors", "DivergedError": "errors", "Interrupted": "errors",
 }

@@ -22,7 +22,7 @@ from .model.network import LayerInfo, LeNet, ModelConfig, format_summary, list_m
 from .configuration.build import build_config, flag_fields
 from .configuration.presets import PRESETS, preset_name
 from .configuration.run import RunConfig
-from .training.driver import Run
+from .training.result import Run
 
 
 def config(preset: str | None = None, *, file: str | Path | None = None, set: dict[str, Any] | None = None,

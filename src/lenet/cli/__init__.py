@@ -11,7 +11,6 @@ divergence), 2 usage or config error, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..api import config
     from ..configuration.build import FLAGS
-    from ..training.driver import resume, train
+    from ..training.run import resume, train
 
     if args.resume is not None:
         # A run name prefix or "latest" works too; a path that is no run is resume's to explain.
@@ -258,21 +257,12 @@ def main(argv: Sequence[str] | None = None, on_parsed: Callable[[], None] | None
         return EXIT_INTERRUPTED
 
 
-def _imports_done() -> None:
-    gc.freeze()
-    gc.enable()
-
-
 def entry() -> None:
-    """The `lenet` process. Python's cyclic garbage collector costs every command about
-    0.45 s and frees nothing then: 0.2 s of collections while torch is imported (3 full
-    passes), and 0.3 s of final collections over those ~200,000 objects at exit. So it is
-    off while the parser's imports run; what they made is then frozen (gc.freeze: later
-    collections skip it), and so is everything at exit, after every file is written and
-    closed. `lenet models` took 1.59 s and takes 1.13 s (medians of 5, 2-core AMD EPYC);
-    a 3-epoch d2l run 0.7 s less. main(), which tests call in their own process, does none
-    of this."""
-    gc.disable()
-    code = main(on_parsed=_imports_done)
-    gc.freeze()
+    """The `lenet` process: main() with the collector paused through the imports and
+    frozen at exit (speed.process). main(), which tests call in-process, does none of this."""
+    from ..speed import process
+
+    process.collector_paused()
+    code = main(on_parsed=process.collector_after_imports)
+    process.collector_at_exit()
     sys.exit(code)

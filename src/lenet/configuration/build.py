@@ -115,20 +115,20 @@ FLAGS: tuple[Flag, ...] = (
     Flag("dry_run", "train.dry_run", "one batch of training and evaluation (smoke test)", bool),
     Flag("deterministic", "train.deterministic", "deterministic algorithms (slower)", bool),
     # Speed switches: each has a trade-off, so each is off unless given.
-    Flag("compile", "train.compile", "torch.compile the model (first epoch pays the compile time)", bool),
-    Flag("precision", "train.precision", "auto: bf16 where this CPU runs it faster, measured (default: auto)", str,
+    Flag("compile", "speed.compile", "torch.compile the model (first epoch pays the compile time)", bool),
+    Flag("precision", "speed.precision", "auto: bf16 where this CPU runs it faster, measured (default: auto)", str,
          ("auto", "fp32", "bf16", "tf32")),
-    Flag("amp", "train.amp", "bfloat16 autocast on CPU and CUDA (= --precision bf16)", bool),
-    Flag("channels_last", "train.channels_last", "channels-last (NHWC) memory layout (default: on for the CPU)", bool),
-    Flag("cuda_graphs", "train.cuda_graphs", "CUDA only: record the whole step as a CUDA graph, replay it", bool),
-    Flag("micro_batch", "train.micro_batch", "forward and backward in parts of N images, gradients summed; 0: off "
+    Flag("amp", "speed.amp", "bfloat16 autocast on CPU and CUDA (= --precision bf16)", bool),
+    Flag("channels_last", "speed.channels_last", "channels-last (NHWC) memory layout (default: on for the CPU)", bool),
+    Flag("cuda_graphs", "speed.cuda_graphs", "CUDA only: record the whole step as a CUDA graph, replay it", bool),
+    Flag("micro_batch", "speed.micro_batch", "forward and backward in parts of N images, gradients summed; 0: off "
          "(default: automatic on the CPU without batch norm)", int),
 )
 FLAGS_BY_NAME = {f.name: f for f in FLAGS}
 
 
 def flag_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """{"batch_size": 64, "amp": True} -> {"train.batch_size": 64, "train.amp": True};
+    """{"batch_size": 64, "amp": True} -> {"train.batch_size": 64, "speed.amp": True};
     an unknown name is a ConfigError with the closest flag. None (and False for a
     switch) means "not given": the preset's value stays."""
     fields = {}

@@ -1,4 +1,4 @@
-"""One validated config for a run: data, model, optimiser, training (build.py builds it).
+"""One validated config for a run: data, model, optimiser, training, speed (build.py builds it).
 
 The resolved config is written to every run directory and into every model file.
 """
@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..data.augment import AugmentConfig
 from ..model.network import ModelConfig, check_architecture
+from ..speed.config import SpeedConfig, move_speed_fields
 from .base import Strict, explain
 
 class DataConfig(Strict):
@@ -58,29 +59,6 @@ class TrainConfig(Strict):
     tensorboard: bool = Field(True, description="also write TensorBoard scalars into the run directory")
     evaluate_test: bool = Field(True, description="test loss and accuracy after every epoch; a search turns it "
                                                   "off, so choosing a config never sees the test set")
-    # Speed switches; each reaches the plain path's accuracy (test_train.py). "auto" and
-    # None are decided per machine when the run starts (runtime.resolve_speed) and the
-    # choice is recorded in environment.json and the checkpoint.
-    precision: Literal["auto", "fp32", "bf16", "tf32"] = Field(
-        "auto", description="auto: bf16 autocast where this CPU runs it faster (measured), else fp32; "
-                            "tf32: CUDA matmuls in TF32")
-    compile: bool = Field(False, description="torch.compile the model; the first steps pay the compile time")
-    amp: bool = Field(False, description="bfloat16 autocast for forward passes: precision bf16 by another name")
-    channels_last: bool | None = Field(None, description="NHWC memory layout; None: on for the CPU, where it is "
-                                                         "faster, off elsewhere")
-    cuda_graphs: bool = Field(False, description="CUDA only: record the whole step as a CUDA graph and replay it")
-    micro_batch: int | None = Field(None, ge=0, le=1_000_000, description=(
-        "forward and backward in parts of this many images, gradients summed (the same update up to "
-        "rounding), so activations stay in the CPU's caches; None: automatic on the CPU for networks without "
-        "batch norm, off elsewhere; 0: off"))
-    parallel_halves: bool | None = Field(None, description=(
-        "CPU: each batch's two halves forward and backward at once, each on half the threads, gradients summed "
-        "(the same update up to rounding; halves.py); None: where this CPU measured them within 3% of the "
-        "fastest step or faster, for networks without batch norm or dropout"))
-    fused_layers: bool | None = Field(None, description=(
-        "the same function computed faster on the CPU (fused.py): the first conv block by pixel phases, the "
-        "flatten in channels-last order, few-channel convs' input gradient as a transposed conv; None: on for "
-        "channels-last CPU runs without --compile"))
 
 
 class RunConfig(Strict):
@@ -93,6 +71,12 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig, description="how the run computes (speed/config.py)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _speed_switches_of_0_2(cls, data: Any) -> Any:
+        return move_speed_fields(data) if isinstance(data, dict) else data
 
     @field_validator("name")
     @classmethod

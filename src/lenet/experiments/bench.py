@@ -1,6 +1,6 @@
 """`lenet bench`: how fast a recipe trains and evaluates on this machine.
 
-It runs the real training loop (lenet.training.driver.train, in memory: no files) so the
+It runs the real training loop (lenet.training.run.train, in memory: no files) so the
 figures are those of `lenet train`, not of a special benchmark path: training
 examples per second, seconds per epoch, evaluation images per second, and the
 training seconds (evaluation excluded) until the test accuracy first reaches
@@ -20,8 +20,9 @@ from ..data.datasets import Normalizer, load_dataset
 from ..speed.fused import fused_forward
 from ..training.loop import evaluate
 from ..configuration.run import RunConfig
-from ..speed.policy import Speed, device_name, resolve_device
-from ..training.driver import train
+from ..device import device_name, resolve_device
+from ..speed.choice import Speed
+from ..training.run import train
 
 
 @dataclass

@@ -353,7 +353,7 @@ def run_on_ray(plan: Any, *, address: str | None = None, cpus_per_run: float = 1
     """``lenet sweep --backend ray``: run_sweep with each unit of work a Ray task.
 
     The plan's paths must be absolute (Ray's workers have their own working directory).
-    Runs trained together (lenet.training.multi) only when asked (``together``) or when each
+    Runs trained together (lenet.training.groups) only when asked (``together``) or when each
     run asks for a GPU. A Ray started here is shut down at the end."""
     from .sweep.execute import run_sweep
 

@@ -8,9 +8,9 @@ the batch is copied into the graph's input buffers and the graph replayed.
 What recording needs, and how it is met here:
 - Fixed shapes and addresses: one graph per batch shape (the last, shorter batch of an
   epoch gets its own); inputs are copied into static buffers before each replay.
-- No host work inside the step: the learning rate is a tensor on the device that the
-  loop fills before each step (optim.make_optimizer(graphable=True): fused SGD, or Adam
-  and AdamW with capturable=True), and autocast's weight cache is off while recording.
+- No host work inside the step: the learning rate (and Adam's step count) is a tensor
+  on the device that the loop fills before each step (training.optim, graphable=True),
+  and autocast's weight cache is off while recording.
 - Warm-up steps before recording (CUDA's lazy initialisation, cuDNN's algorithm choice,
   the optimiser's state): they run on the current batch and change the weights, so the
   weights and the optimiser state are put back afterwards, in place (the graph holds
@@ -19,13 +19,14 @@ What recording needs, and how it is met here:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .policy import autocast
+from .forward import autocast
 
 WARMUP_STEPS = 3  # torch's own whole-network example warms up 3 times on a side stream
 
@@ -40,12 +41,15 @@ class _Recorded:
 
 
 class CudaGraphStep:
-    """``step(x, y) -> (loss, logits)``, as Learner.step, by replaying a recorded graph."""
+    """``step(x, y) -> (loss, logits)``, as step.EagerStep takes it, by replaying a recorded graph."""
 
     def __init__(self, model: nn.Module, forward: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: nn.Module, amp: bool):
         self.model, self.forward, self.optimizer, self.loss_fn, self.amp = model, forward, optimizer, loss_fn, amp
         self.recorded: dict[tuple[int, ...], _Recorded] = {}
+
+    def held(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recorded = self.recorded.get(tuple(x.shape)) or self._record(x, y)
@@ -57,7 +61,7 @@ class CudaGraphStep:
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(x.device, self.amp, cache=False):  # a cached bf16 weight would go stale
             logits = self.forward(x)
-        return self.loss_fn(logits.float(), y), logits
+        return self.loss_fn(logits, y), logits
 
     def _record(self, x: torch.Tensor, y: torch.Tensor) -> _Recorded:
         saved_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

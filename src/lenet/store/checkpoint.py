@@ -243,7 +243,7 @@ class TrainedModel:
     def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Logits (N, classes) on the CPU for uint8 images (N, 1, 28, 28), in batches of
         ``batch_size`` (None: the device's default, runtime.eval_batch_size)."""
-        from ..speed.policy import eval_batch_size
+        from ..speed.forward import eval_batch_size
 
         batch_size = eval_batch_size(batch_size, self.device)
         self.model.eval()
@@ -255,7 +255,7 @@ class TrainedModel:
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """A run directory or .safetensors file, ready to use (see TrainedModel)."""
     from ..data.datasets import Normalizer, get_spec
-    from ..speed.policy import resolve_device
+    from ..device import resolve_device
 
     torch_device = resolve_device(device)
     model_path = resolve_model_path(path)
@@ -276,7 +276,7 @@ def as_trained(target: Any, device: str | torch.device = "cpu") -> TrainedModel:
         return target
     if hasattr(target, "model") and hasattr(target, "config"):  # a lenet Run
         from ..data.datasets import Normalizer, get_spec
-        from ..speed.policy import resolve_device
+        from ..device import resolve_device
 
         torch_device = resolve_device(device)
         names = list(target.class_names) or list(get_spec(target.config.data.dataset).class_names)

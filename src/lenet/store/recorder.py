@@ -18,9 +18,6 @@ status.json has one writer and one vocabulary:
 from __future__ import annotations
 
 import contextlib
-import importlib
-import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -32,6 +29,7 @@ from ..errors import DivergedError, Interrupted, LenetError
 from .files import read_json_or_empty, write_json
 from ..configuration.run import RunConfig
 from .tracking import Scalars
+from ..speed.process import import_in_background
 from .runs import environment_record, load_run_config, remove_stray_temp_files, save_config, write_metrics
 
 RUNNING, INTERRUPTED, FINISHED, DIVERGED, FAILED = "running", "interrupted", "finished", "diverged", "failed"
@@ -65,6 +63,9 @@ class Recorder:
     def __init__(self, run_dir: str | Path | None, verbose: bool = False):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.verbose = verbose
+        # A run on disk plots its curves at the end: its plotting module loads meanwhile,
+        # while the dataset decodes, and is waited for before training (ready()).
+        self.ready = import_in_background("lenet.use.figures" if self.run_dir is not None else None)
         self.scalars: Scalars | None = None  # TensorBoard, opened by start and on resuming
 
     def open_scalars(self, cfg: RunConfig, first_epoch: int) -> None:
@@ -116,6 +117,7 @@ class Recorder:
 
     def start(self, cfg: RunConfig, device: torch.device, header: str, **environment: Any) -> None:
         """A new run: its resolved config and environment, then the header line."""
+        self.ready()
         if self.run_dir is not None:
             stray = remove_stray_temp_files(self.run_dir)  # a run killed before its first write
             save_config(self.run_dir, cfg)
@@ -140,6 +142,7 @@ class Recorder:
     def rewrite_history(self, history: Sequence[dict[str, Any]]) -> None:
         """metrics.jsonl/csv as the checkpoint knows them: epochs a killed run logged after
         its last checkpoint are dropped, so each epoch appears once after a resume."""
+        self.ready()
         if self.run_dir is not None:
             write_metrics(self.run_dir, list(history))
 
@@ -194,14 +197,6 @@ class Recorder:
         self.status(INTERRUPTED, epoch, step=step)
         self.close()
 
-    def plotting_imported_meanwhile(self) -> contextlib.AbstractContextManager[None]:
-        """For a run that will plot its curves: the plotting module (matplotlib, 0.26 s)
-        imported in a thread while the body runs. The body is the dataset's decoding,
-        which spends its time in zlib, outside the GIL: the two took 0.50 s one after the
-        other and take 0.33 s together (2-core AMD EPYC). Not during training, whose
-        steps need both cores and the GIL."""
-        return imported_meanwhile(None if self.run_dir is None else "lenet.use.figures")
-
     def finish(self, model: nn.Module, cfg: RunConfig, class_names: Sequence[str],
                history: Sequence[dict[str, Any]], speed: dict[str, Any] | None = None, **extra: Any) -> None:
         """curves.png and model.safetensors, then status "finished" (last: a run killed
@@ -217,25 +212,3 @@ class Recorder:
                                "speed": speed or {}})
         self.status(FINISHED, len(history), **extra)
         self.close()
-
-
-@contextlib.contextmanager
-def imported_meanwhile(module: str | None) -> Iterator[None]:
-    """Import ``module`` (None: nothing) in a thread while the body runs, and wait for it
-    at the end. A failed import is left for the module's use to report, in context."""
-    if module is None or module in sys.modules:
-        yield
-        return
-    thread = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-
-
-def _import_quietly(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - the import at the point of use raises it again
-        pass

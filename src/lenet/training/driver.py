@@ -1,368 +1,201 @@
-"""The training loop, top to bottom: data on the device, batches by index.
+"""The training loop, top to bottom, for one run or K runs trained together.
 
-    train(cfg) / resume(run_dir) -> fit():
-        data -> model -> Learner (optimiser, loss, speed switches) -> for each epoch:
-            train_one_epoch()  one pass over a seeded permutation of the training set
+    fit(cfgs, recorders, saved):
+        data -> models -> speed (resolved once) -> learner (learners.py) -> for each epoch:
+            train_one_epoch()  one pass over each run's seeded permutation of its training rows
             evaluate()         validation split (if any) and test set
-            epoch_row()        the epoch's numbers -> Recorder (metrics, checkpoint, log)
-        -> Recorder.finish() (curves.png, model.safetensors) -> Run
+            epoch_row()        each run's numbers -> its Recorder (metrics, checkpoint, log)
+        -> Recorder.finish() (curves.png, model.safetensors) -> one Run per config
 
-The whole dataset lives on the device as uint8 (47 MB for 60k images) and is
-normalised per batch; the loss and the number of correct predictions are summed
-on the device, so a step never waits for the host (one sync per epoch).
-train_one_epoch() and evaluate() live in ``loop``, shared with ``multi``, which
-trains K same-shaped models at once through the same code.
+A single run is a group of one: K runs that share their layer shapes train as one
+stacked model (groups.py), and everything else (interrupt, restore, checkpoints,
+the metrics row, divergence) is written once, here. The whole dataset lives on the
+device as uint8 and is normalised per batch; the loss and the number of correct
+predictions are summed on the device, so a step never waits for the host.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..store import checkpoint as ckpt
-from ..data.augment import Augmenter
-from ..data.datasets import DeviceData, Normalizer, Split, prepare_data
-from ..errors import DivergedError, Interrupted, UsageError
-from ..speed.fused import fused_forward
-from ..speed.halves import in_halves, threads_for
-from .loop import (NAN_CHECK_EVERY_CUDA, EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit,
-                   checkpoint_state, epoch_row, evaluate, format_epoch, partial_epoch, position, train_one_epoch)
-from ..model.network import LeNet, count_parameters
-from .optim import learning_rate, make_optimizer, set_lr
-from .progress import Progress
-from ..store.recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
 from ..configuration.run import RunConfig
-from ..store.runs import create_run_dir, default_run_name, remove_failed_start, run_lock
-from ..speed.policy import (Speed, autocast, configure_backends, resolve_device, resolve_speed, seed_everything,
-                           synchronize)
+from ..data.datasets import DeviceData, Normalizer, Split
+from ..device import resolve_device, seed_everything, synchronize
+from ..errors import DivergedError, Interrupted
+from ..model.network import LeNet, count_parameters
+from ..speed.choice import Speed
+from ..speed.forward import finite_check_every
+from ..speed.policy import configure_backends, resolve_speed
+from ..store import checkpoint as ckpt
+from ..store.recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
+from .groups import REFUSED_SWITCHES, group_data
+from .learners import GroupLearner, Learner
+from .loop import (EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit, checkpoint_state, epoch_row,
+                   evaluate, format_epoch, partial_epoch, position, train_one_epoch)
+from .optim import learning_rate
+from .progress import Progress
+from .result import Run
 
 EpochHook = Callable[[dict[str, Any]], Any]
 EXTRAS_EVERY = 5  # epochs between measurements of the raw-weights and TTA accuracies
 
 
-# --------------------------------------------------------------------------- one epoch
-
-
-class Learner:
-    """One model, its optimiser and its loss: what a training step changes.
-
-    ``forward`` is the module called for forward passes, with the speed switches
-    applied (channels-last, fused layers, torch.compile, CUDA graphs); it shares its parameters with
-    ``model``, from which weights are saved, so a compiled run's files carry no
-    "_orig_mod." prefix.
-    """
-
-    def __init__(self, model: nn.Module, cfg: RunConfig, device: torch.device, steps_per_epoch: int, speed: Speed):
-        t = cfg.train
-        if t.cuda_graphs and device.type != "cuda":
-            raise UsageError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
-        if speed.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model, self.cfg, self.steps_per_epoch, self.amp = model, cfg, steps_per_epoch, speed.bf16
-        self.micro_batch, self.halves = speed.micro_batch, speed.parallel_halves
-        forward = fused_forward(model) if speed.fused_layers else model
-        self.forward = torch.compile(forward) if t.compile else forward
-        self.optimizer = make_optimizer(model, cfg, graphable=t.cuda_graphs)
-        # Label smoothing spreads eps of the target mass over all classes (Szegedy et al. 2016).
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-        self.graphed = None
-        if t.cuda_graphs:  # the whole step as one CUDA graph (graphs.py)
-            from ..speed.graphs import CudaGraphStep
-
-            self.graphed = CudaGraphStep(model, self.forward, self.optimizer, self.loss_fn, speed.bf16)
-        # optim.ema: the weights' moving average, which becomes the run's model.
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.optim.ema > 0 else None
-        # data.augment: random changes to each batch, from a generator of the run's own.
-        self.augment = (Augmenter(cfg.data.augment, torch.Generator().manual_seed(cfg.seed))
-                        if cfg.data.augment.active else None)
-
-    @property
-    def final_model(self) -> nn.Module:
-        """The model the run reports and saves: the moving average where there is one."""
-        return self.ema if self.ema is not None else self.model
-
-    def _update_ema(self, global_step: int) -> None:
-        """ema <- decay * ema + (1 - decay) * weights, batch-norm statistics included.
-
-        The decay warms up as (1 + t) / (10 + t) until it reaches optim.ema: a fixed
-        0.999 keeps 23% of the random initial weights after 1,500 steps, and live batch
-        statistics under averaged weights do not match them (measured on MNIST: 0.18
-        validation accuracy at epoch 7 against 0.99 for the live weights). Averaged
-        statistics follow the averaged weights."""
-        decay = min(self.cfg.optim.ema, (1 + global_step) / (10 + global_step))
-        with torch.no_grad():
-            ema, live = list(self.ema.parameters()), list(self.model.parameters())
-            torch._foreach_lerp_(ema, live, 1.0 - decay)
-            for mine, theirs in zip(self.ema.buffers(), self.model.buffers()):
-                if mine.is_floating_point():
-                    mine.lerp_(theirs, 1.0 - decay)
-                else:
-                    mine.copy_(theirs)  # num_batches_tracked
-
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """What a checkpoint needs beyond the model and optimiser to continue this learner."""
-        extra: dict[str, Any] = {}
-        if self.ema is not None:
-            extra["ema"] = self.ema.state_dict()
-        if self.augment is not None:
-            extra["augment_rng"] = self.augment.generator.get_state()
-        return extra
-
-    def load_extra(self, saved: dict[str, Any]) -> None:
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        if self.augment is not None:
-            self.augment.generator.set_state(saved["augment_rng"])
-
-    def load_optimizer(self, state: dict[str, Any]) -> None:
-        """A checkpoint's optimiser state; a graphable optimiser keeps its lr on the device."""
-        lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state)
-        for group, lr in zip(self.optimizer.param_groups, lrs):
-            if isinstance(lr, torch.Tensor):
-                group["lr"] = lr
-
-    def threads(self) -> contextlib.AbstractContextManager:
-        """The intra-op threads an epoch of steps takes: in halves, half of torch's for
-        this thread and half for the worker (halves.halved_threads); else torch's own."""
-        return threads_for(self.halves)
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        set_lr(self.optimizer, learning_rate(self.cfg, global_step, self.steps_per_epoch))
-        if self.graphed is not None:
-            loss, logits = self.graphed(x, y)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, logits = self._forward_backward(x, y)
-            self.optimizer.step()
-        if self.ema is not None:
-            self._update_ema(global_step)
-        return loss.detach(), logits.detach()
-
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's mean loss and its logits, its gradients accumulated. With
-        micro-batches, part by part, and with halves, both halves at once (halves.py):
-        each part's mean loss weighted by its share of the batch, so the gradients sum to
-        the whole batch's (up to rounding)."""
-        def part(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with autocast(x.device, self.amp):
-                logits = self.forward(xs)
-            loss = self.loss_fn(logits.float(), ys)  # the loss in float32 whatever the forward ran in
-            if len(ys) < len(y):
-                loss = loss * (len(ys) / len(y))
-            loss.backward()
-            return loss.detach(), logits.detach()
-
-        if self.halves:
-            results = [r for r in in_halves(part, x, y) if r is not None]
-        else:
-            results = [part(xs, ys) for xs, ys in zip(x.split(self.micro_batch or len(x)),
-                                                        y.split(self.micro_batch or len(x)))]
-        if len(results) == 1:
-            return results[0]
-        return torch.stack([loss for loss, _ in results]).sum(), torch.cat([logits for _, logits in results])
-
-    def check_finite(self, state: EpochState) -> None:
-        bad = int(state.first_bad_step)
-        if bad >= 0:
-            raise DivergedError(f"training diverged: the loss became NaN or infinite at step {bad + 1}. "
-                                "Try a lower learning rate (--lr), gradient-friendlier init or activation")
-
-
-# --------------------------------------------------------------------------- a run
-
-
-@dataclass
-class Run:
-    """What lenet.train returns: the trained model and everything known about its training."""
-
-    config: RunConfig
-    model: nn.Module
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (metrics.jsonl)
-    run_dir: Path | None = None  # None: trained in memory
-    status: str = FINISHED
-    class_names: tuple[str, ...] = ()
-    speed: dict[str, Any] = field(default_factory=dict)  # the precision and layout it ran with, and why
-
-    @property
-    def test_accuracy(self) -> float | None:
-        return self.history[-1].get("test_accuracy") if self.history else None
-
-    def plot(self, title: str | None = None):
-        """The chapter's curves (train loss, train acc, [val acc], test acc) as a matplotlib Figure."""
-        from ..use.figures import curves_figure
-
-        label = self.run_dir.name if self.run_dir else (self.config.name or self.config.preset or "run")
-        return curves_figure([(label, self.history)], title=title or label)
-
-    def save(self, path: str | Path) -> Path:
-        """The model as a .safetensors file that lenet.load, predict, serve and export read."""
-        return ckpt.save_model(Path(path), self.model, self.config, self.class_names,
-                               extra={"test_accuracy": self.test_accuracy, "epochs": len(self.history),
-                                      "speed": self.speed})
-
-    def evaluate(self, **options: Any):
-        """lenet.evaluate(this run): see lenet.use.evaluation.evaluate."""
-        from ..use.evaluation import evaluate as evaluate_run
-
-        return evaluate_run(self, **options)
-
-    def __repr__(self) -> str:
-        where = str(self.run_dir) if self.run_dir else "in memory"
-        acc = f", test accuracy {self.test_accuracy:.4f}" if self.test_accuracy is not None else ""
-        return f"Run({where}, {self.config.model.name}, {len(self.history)} epoch(s), {self.status}{acc})"
-
-
-def train(cfg: RunConfig, out: str | Path | None = None, *, data: Any = None, on_epoch: EpochHook | None = None,
-          until: EpochHook | None = None, exist_ok: bool = False, verbose: bool = False) -> Run:
-    """Train ``cfg``: in memory (writes nothing, prints nothing unless ``verbose``), or
-    with ``out`` into the run directory ``out/<cfg.name or a dated name>`` that
-    ``resume`` continues. ``data``: a Dataset or {"train": (images, labels), "test": ...}
-    (default: ``cfg.data.dataset``, found as the CLI finds it). ``on_epoch(row)`` runs
-    after each epoch; training ends early, as finished, once ``until(row)`` is true.
-    The run directory is locked meanwhile: a second writer gets RunBusy instead."""
-    if out is None:
-        return fit(cfg, Recorder(None, verbose), data=data, on_epoch=on_epoch, until=until)
-    run_dir = create_run_dir(Path(out), cfg.name or default_run_name(cfg), exist_ok)
-    with run_lock(run_dir):
-        cfg = cfg.model_copy(update={"name": run_dir.name, "out": str(out)})
-        recorder = Recorder(run_dir, verbose)
-        try:
-            with recorder.failures_recorded():
-                return fit(cfg, recorder, data=data, on_epoch=on_epoch, until=until)
-        except BaseException:
-            remove_failed_start(run_dir)  # data missing, say: no empty folder that looks like a run
-            raise
-
-
-def resume(run_dir: str | Path, *, data: Any = None, on_epoch: EpochHook | None = None,
-           until: EpochHook | None = None, verbose: bool = False) -> Run:
-    """Continue an interrupted run exactly (on the CPU: bitwise the uninterrupted run)."""
-    run_dir = Path(run_dir)
-    with run_lock(run_dir):
-        recorder = Recorder(run_dir, verbose)
-        cfg, saved = recorder.resume_state()
-        with recorder.failures_recorded():
-            return fit(cfg, recorder, saved, data=data, on_epoch=on_epoch, until=until)
-
-
-def fit(cfg: RunConfig, rec: Recorder, saved: dict[str, Any] | None = None, *, data: Any = None,
-        on_epoch: EpochHook | None = None, until: EpochHook | None = None) -> Run:
-    """The loop itself, for a new run (``saved`` None) or a checkpoint to continue."""
-    seed_everything(cfg.seed, cfg.train.deterministic)
-    device = resolve_device(cfg.device)
-    with rec.plotting_imported_meanwhile():
-        data = prepare_data(cfg, device, data)
-    steps = 1 if cfg.train.dry_run else math.ceil(data.n_train / cfg.train.batch_size)
-    epochs = 1 if cfg.train.dry_run else cfg.train.epochs
-    speed = resolve_speed(cfg.train, device, recorded_speed(cfg, saved), cfg.model.batch_norm, cfg.model.dropout > 0)
-    configure_backends(device, speed, cfg.train.cuda_graphs, cfg.train.deterministic)
-    learner = Learner(LeNet(cfg.model).to(device), cfg, device, steps, speed)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
+def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dict[str, Any]] | None = None, *,
+        data: Any = None, on_epoch: EpochHook | None = None, until: EpochHook | None = None,
+        speed: Speed | None = None, verbose: bool = False) -> list[Run]:
+    """Train ``cfgs`` (one run, or runs that share a groups.group_key) from the start or
+    from their checkpoints ``saved``; one Recorder per run (Recorder(None): in memory).
+    ``speed``: the choice to compute with (default: resolved here, once)."""
+    K, first = len(cfgs), cfgs[0]
+    seed_everything(first.seed, first.train.deterministic)
+    device = resolve_device(first.device)
+    data = group_data(cfgs, device, data)
+    steps = 1 if first.train.dry_run else math.ceil(data.n_train / first.train.batch_size)
+    epochs = 1 if first.train.dry_run else first.train.epochs
+    speed = speed or _resolve(cfgs, device, saved)
+    configure_backends(device, speed, first.train.deterministic)
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)  # each run's initial weights from its own seed
+        models.append(LeNet(c.model).to(device))
+    learner = Learner(models[0], first, steps, speed) if K == 1 else GroupLearner(models, cfgs, steps, speed)
+    shuffles = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+    histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     at = Position()
     if saved is None:
-        rec.start(cfg, device, header(cfg, learner.model, data, device, rec.run_dir, speed), speed=speed.to_dict())
+        for c, rec, m in zip(cfgs, recs, models):
+            rec.start(c, device, header(c, m, data, device, rec.run_dir, speed, K), speed=speed.to_dict(),
+                      **({"trained_with": f"{K} runs at once"} if K > 1 else {}))
     else:
-        history, at = restore(saved, learner, shuffle, device, rec)
-    progress = Progress(cfg.train.progress, rec.verbose, rec.run_dir.name if rec.run_dir else cfg.preset or "run")
-    eval_batches = 1 if cfg.train.dry_run else None
-    normalize = Normalizer.for_config(cfg, speed.channels_last)
-    with StopFlag(rec.run_dir) as stop:
+        histories, at = restore(learner, cfgs, recs, saved, shuffles, device)
+    say = Recorder(None, verbose)
+    if K > 1:
+        say.log(f"training {K} runs together on {device} (stacked parameters, grouped convolutions)")
+    progress = Progress(first.train.progress if K == 1 else "never", recs[0].verbose or verbose,
+                        recs[0].run_dir.name if recs[0].run_dir else first.preset or "run")
+    normalize = Normalizer.for_config(first, speed.channels_last)
+    diverged = [False] * K
+    with StopFlag(recs[0].run_dir) as stop:
         for epoch in range(at.epoch, epochs):
-            # Each epoch, not once: a run killed outright (power, OOM killer) still says
-            # how far it got.
-            rec.status(RUNNING, epoch + 1)
-            # The permutation is drawn from a saved generator state, so a resumed epoch
-            # visits the examples in the very order the interrupted one did.
-            if at.shuffle_state is not None:
-                shuffle.set_state(at.shuffle_state)
-            start_shuffle = shuffle.get_state()
-            order = data.order(torch.randperm(data.n_train, generator=shuffle).to(device))
-            state = at.state or EpochState.zeros((), device)
-            s = EpochSettings(cfg.train.batch_size, steps, normalize,
-                              1 if device.type == "cpu" else NAN_CHECK_EVERY_CUDA, stop,
+            for k, rec in enumerate(recs):  # each epoch: a run killed outright says how far it got
+                if not diverged[k]:
+                    rec.status(RUNNING, epoch + 1)
+            # The permutations come from saved generator states, so a resumed epoch visits
+            # the examples in the very order the interrupted one did.
+            for g, s in zip(shuffles, at.shuffle_state or ()):
+                g.set_state(s)
+            start_shuffles = [g.get_state() for g in shuffles]
+            order = torch.stack([torch.randperm(data.n_train, generator=g) for g in shuffles])  # (K, N)
+            order = data.order((order[0] if K == 1 else order).to(device))
+            state = at.state or EpochState.zeros(() if K == 1 else (K,), device)
+            s = EpochSettings(first.train.batch_size, steps, normalize, finite_check_every(device), stop,
                               progress.bar(epoch + 1, epochs, steps, state.step), learner.augment)
             tic = time.perf_counter()
             try:
-                with learner.threads():
-                    train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
-            except DivergedError as exc:
+                train_one_epoch(learner, data.dataset.train, order, state, s, epoch * steps)
+            except DivergedError as exc:  # a single run stops at once
                 reason = f"{exc}; " + (f"the checkpoint of epoch {epoch} is kept." if epoch > 0
                                        else "no epoch had finished, so there is no checkpoint.")
-                rec.status(DIVERGED, epoch + 1, reason=reason)
+                recs[0].status(DIVERGED, epoch + 1, reason=reason)
                 raise DivergedError(reason) from None
             finally:
                 s.bar.close()
             synchronize(device)
             seconds = at.seconds + time.perf_counter() - tic
             if stop.requested:
-                interrupt(rec, learner, cfg, history, shuffle, epoch, state, start_shuffle, seconds, speed)
-            scores = evaluate_epoch(learner, data, normalize, cfg, eval_batches, epoch + 1)
-            row = {**epoch_row(epoch + 1, float(state.loss_sum), int(state.correct), state.seen, scores.pop("val"),
-                               scores.pop("test"), learning_rate(cfg, (epoch + 1) * steps - 1, steps), seconds,
-                               state.seen), **scores}
-            history.append(row)
+                interrupt(learner, cfgs, recs, histories, shuffles, epoch, state, start_shuffles, seconds, speed,
+                          diverged)
+            scores = evaluate_epoch(learner, data, normalize, first, 1 if first.train.dry_run else None, epoch + 1)
+            bad = state.first_bad_step.reshape(-1).tolist()
+            rows = []
+            for k, (c, rec) in enumerate(zip(cfgs, recs)):
+                if diverged[k] or bad[k] >= 0:
+                    if not diverged[k]:
+                        diverged[k] = True
+                        reason = (f"training diverged: the loss became NaN or infinite at step {bad[k] + 1}. "
+                                  "Try a lower learning rate (--lr).")
+                        rec.status(DIVERGED, epoch + 1, reason=reason)
+                        rec.log(reason)
+                    continue
+                # A group's wall time is shared evenly: K runs together took `seconds`.
+                row = {**epoch_row(epoch + 1, float(_of(state.loss_sum, k)), int(_of(state.correct, k)), state.seen,
+                                   _pair(scores["val"], k), _pair(scores["test"], k),
+                                   learning_rate(c, (epoch + 1) * steps - 1, steps), seconds / K, state.seen),
+                       **scores["extras"]}
+                histories[k].append(row)
+                rows.append(row)
+                rec.epoch_done(row, histories[k], format_epoch(row, epochs),
+                               checkpoint_state(learner.run_state(k), c, histories[k], shuffles[k], epoch + 1,
+                                                speed=speed.to_dict()))
+                if on_epoch is not None:
+                    on_epoch(row)
             at = Position()
-            rec.epoch_done(row, history, format_epoch(row, epochs),
-                           checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg,
-                                            history, shuffle, epoch + 1, speed=speed.to_dict(),
-                                            **learner.checkpoint_extra()))
-            progress.epoch(history)
-            if on_epoch is not None:
-                on_epoch(row)
-            if until is not None and until(row):
-                rec.log(f"stopping after epoch {epoch + 1}: the target is reached")
+            progress.epoch(histories[0])
+            if K > 1:
+                test = scores["test"][1]
+                say.log(f"epoch {epoch + 1}/{epochs}: {K} runs, {seconds:.1f} s, "
+                        f"{data.n_train * K / max(seconds, 1e-9):,.0f} examples/s in all; "
+                        f"test acc {float(test.min()):.4f}..{float(test.max()):.4f}")
+            if until is not None and rows and all(until(row) for row in rows):
+                recs[0].log(f"stopping after epoch {epoch + 1}: the target is reached")
                 break
-    rec.finish(learner.final_model, cfg, data.dataset.class_names, history, speed.to_dict(),
-               **({"dry_run": True} if cfg.train.dry_run else {}))
-    rec.log(closing_lines(history, device, rec.run_dir))
-    progress.finish(f"{len(history)} epoch(s) of {steps} batches in "
-                    f"{sum(r['epoch_seconds'] for r in history):.1f} s of training")
-    return Run(cfg, learner.final_model, history, rec.run_dir, FINISHED, data.dataset.class_names, speed.to_dict())
+    return finish(learner, cfgs, recs, histories, data, speed, diverged, device, progress, steps)
 
 
-def evaluate_epoch(learner: Learner, data: DeviceData, normalize: Normalizer, cfg: RunConfig,
+def _resolve(cfgs: Sequence[RunConfig], device: torch.device, saved: Sequence[dict[str, Any]] | None) -> Speed:
+    """The speed of these runs: a single run's as its config and this machine decide; the
+    stacked step takes none of REFUSED_SWITCHES, which the CPU would otherwise choose by
+    itself (layout, micro-batches, halves, fused layers), and its precision as a run's."""
+    first = cfgs[0]
+    sp = first.speed
+    if len(cfgs) > 1:
+        sp = sp.model_copy(update={s: 0 if s == "micro_batch" else False for s in REFUSED_SWITCHES})
+    return resolve_speed(sp, device, batch_size=first.train.batch_size, deterministic=first.train.deterministic,
+                         batch_norm=first.model.batch_norm, dropout=first.model.dropout > 0,
+                         recorded=recorded_speed(first, saved[0] if saved else None))
+
+
+def _of(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Run k's share of a () tensor of one run or a (K,) tensor of K runs."""
+    return values if values.dim() == 0 else values[k]
+
+
+def _pair(scores: tuple[torch.Tensor, torch.Tensor] | None, k: int) -> tuple[float, float] | None:
+    return None if scores is None else (float(_of(scores[0], k)), float(_of(scores[1], k)))
+
+
+def evaluate_epoch(learner: Any, data: DeviceData, normalize: Normalizer, cfg: RunConfig,
                    max_batches: int | None, epoch: int) -> dict[str, Any]:
-    """The epoch's validation (if any) and test (loss, accuracy) as "val" and "test", of
-    the run's model (the moving average with optim.ema, the raw weights' accuracy then
-    as *_accuracy_raw), and with train.tta the accuracies under test-time
-    augmentation (val_accuracy_tta, test_accuracy_tta).
-    The raw and TTA accuracies are measured every EXTRAS_EVERY epochs and at the last:
-    together they cost up to 8 plain evaluations (the 91k-parameter speedrun network on
-    one thread: 25 s per epoch against 7.5 s of training).
-    Always float32, whatever the training precision: the accuracy reported is the one
-    `lenet eval`, predict and the exported model give."""
+    """The epoch's validation (if any) and test (loss, accuracy) of every run, of the run's
+    model (the moving average with optim.ema, the raw weights' accuracy then as
+    *_accuracy_raw), and with train.tta the accuracies under test-time augmentation
+    (val_accuracy_tta, test_accuracy_tta): "extras", measured every EXTRAS_EVERY epochs
+    and at the last, as together they cost up to 8 plain evaluations. Always float32,
+    whatever the training precision: the accuracy reported is the one `lenet eval`,
+    predict and the exported model give."""
     def measure(model: nn.Module, split: Split, index: torch.Tensor | None, tta: tuple[str, ...] = ()):
-        loss, accuracy = evaluate(model, split, normalize, cfg.train.eval_batch_size, index, max_batches, tta=tta)
-        return float(loss), float(accuracy)
+        return evaluate(model, split, normalize, cfg.train.eval_batch_size, index, max_batches, tta=tta)
 
-    model = learner.final_model if learner.ema is not None else learner.forward
-    out: dict[str, Any] = {"val": None}
-    if data.val_index is not None:
-        out["val"] = measure(model, data.dataset.train, data.val_index)
-    test = cfg.train.evaluate_test
-    out["test"] = measure(model, data.dataset.test, None) if test else None
+    model = learner.ema if learner.ema is not None else learner.forward
+    val = measure(model, data.dataset.train, data.val_index) if data.val_index is not None else None
+    test = measure(model, data.dataset.test, None) if cfg.train.evaluate_test else None
+    extras: dict[str, Any] = {}
+    out = {"val": val, "test": test, "extras": extras}
     if epoch % EXTRAS_EVERY and epoch != cfg.train.epochs:
         return out
-    if learner.ema is not None:
-        if data.val_index is not None:
-            out["val_accuracy_raw"] = measure(learner.forward, data.dataset.train, data.val_index)[1]
-        if test:
-            out["test_accuracy_raw"] = measure(learner.forward, data.dataset.test, None)[1]
-    if cfg.train.tta:  # on the validation split too, so choosing TTA never needs the test set
-        if data.val_index is not None:
-            out["val_accuracy_tta"] = measure(model, data.dataset.train, data.val_index, tta_kinds(cfg))[1]
-        if test:
-            out["test_accuracy_tta"] = measure(model, data.dataset.test, None, tta_kinds(cfg))[1]
+    splits = [("val", data.dataset.train, data.val_index)] if data.val_index is not None else []
+    splits += [("test", data.dataset.test, None)] if cfg.train.evaluate_test else []
+    for name, split, index in splits:
+        if learner.ema is not None:
+            extras[f"{name}_accuracy_raw"] = float(measure(learner.forward, split, index)[1])
+        if cfg.train.tta:  # on the validation split too, so choosing TTA never needs the test set
+            extras[f"{name}_accuracy_tta"] = float(measure(model, split, index, tta_kinds(cfg))[1])
     return out
 
 
@@ -374,7 +207,10 @@ def tta_kinds(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.device, run_dir: Path | None,
-           speed: Speed) -> str:
+           speed: Speed, k: int = 1) -> str:
+    if k > 1:
+        return (f"run {run_dir}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, {count_parameters(model):,} "
+                f"parameters, trained with {k - 1} other run(s), {speed.precision})")
     return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
             f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
             f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.describe(cfg.train.batch_size)})")
@@ -385,8 +221,27 @@ def recorded_speed(cfg: RunConfig, saved: dict[str, Any] | None) -> dict[str, An
     lenet 0.2 what its config said then (no auto: fp32 unless --amp, no channels-last)."""
     if saved is None:
         return None
-    return saved.get("speed") or {"precision": "bf16" if cfg.train.amp else "fp32",
-                                  "channels_last": bool(cfg.train.channels_last), "reason": "lenet 0.1 checkpoint"}
+    return saved.get("speed") or {"precision": "bf16" if cfg.speed.amp else "fp32",
+                                  "channels_last": bool(cfg.speed.channels_last), "reason": "lenet 0.1 checkpoint"}
+
+
+def finish(learner: Any, cfgs: Sequence[RunConfig], recs: Sequence[Recorder], histories: list[list[dict[str, Any]]],
+           data: DeviceData, speed: Speed, diverged: list[bool], device: torch.device, progress: Progress,
+           steps: int) -> list[Run]:
+    """Each run's curves and model file, its closing lines, and its Run."""
+    names = data.dataset.class_names
+    runs = []
+    for k, (c, rec) in enumerate(zip(cfgs, recs)):
+        model = learner.model(k)
+        if not diverged[k]:
+            extra = {"dry_run": True} if c.train.dry_run else {"trained_with": len(cfgs)} if len(cfgs) > 1 else {}
+            rec.finish(model, c, names, histories[k], speed.to_dict(), **extra)
+            rec.log(closing_lines(histories[k], device, rec.run_dir))
+        runs.append(Run(c, model, histories[k], rec.run_dir, DIVERGED if diverged[k] else FINISHED, names,
+                        speed.to_dict()))
+    progress.finish(f"{len(histories[0])} epoch(s) of {steps} batches in "
+                    f"{sum(r['epoch_seconds'] for r in histories[0]):.1f} s of training")
+    return runs
 
 
 def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: Path | None) -> str:
@@ -408,39 +263,55 @@ def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def interrupt(rec: Recorder, learner: Learner, cfg: RunConfig, history: list[dict[str, Any]],
-              shuffle: torch.Generator, epoch: int, state: EpochState, start_shuffle: torch.Tensor,
-              seconds: float, speed: Speed) -> None:
-    """Ctrl-C: save the epoch in progress (at a step boundary), then stop with exit code 130."""
-    if state.step == 0:
-        # Stopped before this epoch's first step (Ctrl-C during the previous evaluation
-        # or checkpoint): save the epoch boundary it is, with the shuffle generator from
-        # before this epoch's permutation was drawn, else the resumed epoch would draw
-        # the next epoch's permutation.
-        shuffle.set_state(start_shuffle)
-    partial = partial_epoch(state.loss_sum, state.correct, state.seen, start_shuffle, seconds)
-    rec.interrupted(checkpoint_state(learner.model.state_dict(), learner.optimizer.state_dict(), cfg, history,
-                                     shuffle, epoch, state.step, partial, speed=speed.to_dict(),
-                                     **learner.checkpoint_extra()), epoch + 1, state.step)
+def interrupt(learner: Any, cfgs: Sequence[RunConfig], recs: Sequence[Recorder],
+              histories: list[list[dict[str, Any]]], shuffles: list[torch.Generator], epoch: int, state: EpochState,
+              start_shuffles: list[torch.Tensor], seconds: float, speed: Speed, diverged: list[bool]) -> None:
+    """Ctrl-C: every run saves the epoch in progress (at a step boundary), then exit code 130."""
+    for k, (c, rec) in enumerate(zip(cfgs, recs)):
+        if diverged[k]:
+            continue
+        if state.step == 0:
+            # Stopped before this epoch's first step (Ctrl-C during the previous evaluation
+            # or checkpoint): save the epoch boundary it is, with the shuffle generator from
+            # before this epoch's permutation was drawn, else the resumed epoch would draw
+            # the next epoch's permutation.
+            shuffles[k].set_state(start_shuffles[k])
+        partial = partial_epoch(_of(state.loss_sum, k), _of(state.correct, k), state.seen, start_shuffles[k], seconds)
+        rec.interrupted(checkpoint_state(learner.run_state(k), c, histories[k], shuffles[k], epoch, state.step,
+                                         partial, speed=speed.to_dict()), epoch + 1, state.step)
+    then = (f"lenet train --resume {recs[0].run_dir}" if len(cfgs) == 1 else
+            "the same lenet sweep command (or lenet train --resume RUN_DIR for one run)")
     raise Interrupted(f"interrupted at epoch {epoch + 1}, step {state.step}; "
-                      f"checkpoint saved. Continue with: lenet train --resume {rec.run_dir}")
+                      f"checkpoint{'s' if len(cfgs) > 1 else ''} saved. Continue with: {then}")
 
 
-def restore(saved: dict[str, Any], learner: Learner, shuffle: torch.Generator, device: torch.device,
-            rec: Recorder) -> tuple[list[dict[str, Any]], Position]:
-    """Model, optimiser, random states and position from a checkpoint; a checkpoint
-    that does not fit the run's config is a RunError that says so, not a traceback."""
-    with checkpoint_misfit(rec.run_dir):
-        learner.model.load_state_dict(saved["model"])
-        learner.load_optimizer(saved["optimizer"])
-        learner.load_extra(saved)
-        ckpt.set_rng_state(saved["rng"], shuffle)
-        history, at = position(saved, device)
-    rec.rewrite_history(history)
-    rec.open_scalars(learner.cfg, at.epoch + 1)
-    rec.log(f"resuming {rec.run_dir} at epoch {at.epoch + 1}" + (f", step {at.state.step + 1}" if at.state else ""))
-    if read_status(rec.run_dir).get("status") == FINISHED or at.epoch >= learner.cfg.train.epochs:
-        rec.log("nothing to do: the run had already finished")
-    return history, at
-
-
+def restore(learner: Any, cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dict[str, Any]],
+            shuffles: list[torch.Generator], device: torch.device) -> tuple[list[list[dict[str, Any]]], Position]:
+    """Weights, optimiser states, random states and the position of every run; a checkpoint
+    that does not fit its run's config is a RunError that says so, not a traceback."""
+    histories, positions = [], []
+    for rec, one, shuffle in zip(recs, saved, shuffles):
+        with checkpoint_misfit(rec.run_dir):
+            ckpt.set_rng_state(one["rng"], shuffle)
+            history, at = position(one, device)
+        rec.rewrite_history(history)
+        others = f", with {len(saved) - 1} other run(s)" if len(saved) > 1 else ""
+        rec.log(f"resuming {rec.run_dir} at epoch {at.epoch + 1}"
+                + (f", step {at.state.step + 1}" if at.state else "") + others)
+        if read_status(rec.run_dir).get("status") == FINISHED or at.epoch >= cfgs[0].train.epochs:
+            rec.log("nothing to do: the run had already finished")
+        histories.append(history)
+        positions.append(at)
+    # One global generator drives dropout: every run of a group saved the same state.
+    ckpt.set_rng_state(saved[0]["rng"], shuffles[0])
+    with checkpoint_misfit(recs[0].run_dir):
+        learner.load(saved)
+    for c, rec, at in zip(cfgs, recs, positions):
+        rec.open_scalars(c, at.epoch + 1)
+    at = positions[0]
+    at.shuffle_state = [p.shuffle_state for p in positions] if at.state is not None else None
+    if at.state is not None and len(positions) > 1:  # stopped mid-epoch: the group's sums
+        at.state = EpochState(torch.stack([p.state.loss_sum for p in positions]),
+                              torch.stack([p.state.correct for p in positions]), at.state.seen, at.state.step,
+                              torch.full((len(positions),), -1, device=device))
+    return histories, at

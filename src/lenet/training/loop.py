@@ -1,4 +1,4 @@
-"""The pieces of the training loop that one model and K models at once share.
+"""The pieces of the training loop, for one model and for K models at once alike.
 
     train_one_epoch()   one pass over a permutation of the training rows
     evaluate()          mean loss and accuracy over a split, big batches, no gradients
@@ -6,9 +6,8 @@
     StopFlag            Ctrl-C as a flag read between steps
     checkpoint_state()  what a checkpoint holds, and position() where it continues
 
-``training`` drives them for one model; ``multi`` for K models that share their
-layer shapes, whose tensors then carry a leading K dimension: (K, B) indices,
-(K, B, classes) logits and (K,) losses; everything else reads the same.
+``driver.fit`` drives them; K models that share their layer shapes carry a leading
+K dimension: (K, B) indices, (K, B, classes) logits and (K,) losses.
 """
 
 from __future__ import annotations
@@ -24,15 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..store import checkpoint as ckpt
+from ..configuration.run import RunConfig
 from ..data.datasets import Normalizer, Split
 from ..errors import Interrupted, RunError
-from ..configuration.run import RunConfig
-from ..speed.policy import autocast, eval_batch_size
-
-# How often (steps) a CUDA run looks for a NaN loss: each look is a host sync, and the
-# step that went bad is recorded on the device, so the message still names it exactly.
-NAN_CHECK_EVERY_CUDA = 50
+from ..speed.forward import autocast, eval_batch_size
+from ..store import checkpoint as ckpt
+from .loss import cross_entropy
 
 
 @dataclass
@@ -75,9 +71,8 @@ class EpochState:
 
 
 def gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """rows[index] for an index of any shape, by index_select: on the CPU, 7.6 against
-    65 us for a batch of 256 Fashion-MNIST images (2-core AMD EPYC), where indexing
-    takes the general path of advanced indexing."""
+    """rows[index] for an index of any shape, by index_select: indexing takes the general
+    path of advanced indexing, several times slower on the CPU (docs/speed.md)."""
     return rows.index_select(0, index.reshape(-1)).view(*index.shape, *rows.shape[1:])
 
 
@@ -86,19 +81,20 @@ def train_one_epoch(learner: Any, split: Split, order: torch.Tensor, state: Epoc
     """One pass over ``order`` (rows of ``split``: (N,), or (K, N) for K models),
     from ``state.step`` on (non-zero after a resume); stops early on Ctrl-C."""
     learner.forward.train()
-    while state.step < s.steps:
-        if s.stop.requested:
-            return state
-        index = order[..., state.step * s.batch_size:(state.step + 1) * s.batch_size]  # (B,) or (K, B)
-        images = gather(split.images, index)  # (..., B, 1, 28, 28) uint8
-        x = s.normalize(s.augment(images) if s.augment is not None else images)
-        y = gather(split.labels, index)  # (..., B)
-        loss, logits = learner.step(x, y, first_step + state.step)
-        state.add(loss, logits, y, first_step + state.step)
-        if state.step % s.check_every == 0 or state.step == s.steps:
-            learner.check_finite(state)
-        if s.bar is not None:
-            s.bar.update(1)
+    with learner.held():
+        while state.step < s.steps:
+            if s.stop.requested:
+                return state
+            index = order[..., state.step * s.batch_size:(state.step + 1) * s.batch_size]  # (B,) or (K, B)
+            images = gather(split.images, index)  # (..., B, 1, 28, 28) uint8
+            x = s.normalize(s.augment(images) if s.augment is not None else images)
+            y = gather(split.labels, index)  # (..., B)
+            loss, logits = learner.step(x, y, first_step + state.step)
+            state.add(loss, logits, y, first_step + state.step)
+            if state.step % s.check_every == 0 or state.step == s.steps:
+                learner.check_finite(state)
+            if s.bar is not None:
+                s.bar.update(1)
     return state
 
 
@@ -131,8 +127,7 @@ def evaluate(model: nn.Module, split: Split, normalize: Normalizer, batch_size: 
             else:
                 logits = model(normalize(images))  # (B, C) or (K, B, C)
         y = y.expand(logits.shape[:-1])  # one test set for K models: the same labels for each
-        losses = nn.functional.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), reduction="none")
-        loss_sum = loss_sum + losses.view(y.shape).sum(-1)
+        loss_sum = loss_sum + cross_entropy(logits, y, reduction="sum")
         correct = correct + (logits.argmax(-1) == y).sum(-1)
     # The count divided on the host in float64: 9,900 of 10,000 is 0.99, where float32
     # would say 0.98999995 and miss a target (and MPS has no float64).
@@ -231,17 +226,15 @@ class Position:
     seconds: float = 0.0
 
 
-def checkpoint_state(model_state: dict[str, Any], optimizer_state: dict[str, Any], cfg: RunConfig,
-                     history: list[dict[str, Any]], shuffle: torch.Generator, epoch: int, step: int = 0,
-                     partial: dict[str, Any] | None = None, speed: dict[str, Any] | None = None,
-                     **extra: Any) -> dict[str, Any]:
-    """Everything needed to continue at (epoch, step); ``partial``: the sums of an epoch
-    stopped half-way (partial_epoch). The lr needs no state: it is a function of the
-    step (optim.learning_rate)."""
-    out = {"epoch": epoch, "step": step, "model": model_state, "optimizer": optimizer_state,
-           "metrics": list(history), "rng": ckpt.rng_state(shuffle), "config": cfg.to_dict(),
-           "speed": speed or {},  # the precision and layout it ran with: a resume keeps them
-           **extra}  # the learner's own state: the weights' moving average, the augmentation's generator
+def checkpoint_state(run_state: dict[str, Any], cfg: RunConfig, history: list[dict[str, Any]],
+                     shuffle: torch.Generator, epoch: int, step: int = 0, partial: dict[str, Any] | None = None,
+                     speed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to continue at (epoch, step): ``run_state`` (the learner's: model,
+    optimizer, and the moving average and augmentation generator where there are any),
+    the history and every random state; ``partial``: the sums of an epoch stopped
+    half-way (partial_epoch). The lr needs no state: it is a function of the step."""
+    out = {"epoch": epoch, "step": step, **run_state, "metrics": list(history), "rng": ckpt.rng_state(shuffle),
+           "config": cfg.to_dict(), "speed": speed or {}}  # the speed it ran with: a resume keeps it
     if step > 0 and partial is not None:
         out.update(partial)
     return out

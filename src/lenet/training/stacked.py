@@ -3,8 +3,8 @@
     StackedModels     parameters stacked along a leading K dimension (torch.func's
                       stack_module_state); convolutions as K channel groups, dense layers
                       as batched matrix products: (K, B, 1, 28, 28) in, (K, B, classes) out
-    StackedOptimizer  SGD or Adam/AdamW over the stacked parameters, each model with its
-                      own hyper-parameters; to and from each model's torch.optim state
+    StackedOptimizer  the run's optimiser over the stacked parameters, each model with
+                      its own hyper-parameters; to and from each model's optimiser state
 
 Used by ``multi`` to train runs together.
 """
@@ -12,7 +12,7 @@ Used by ``multi`` to train runs together.
 from __future__ import annotations
 
 import copy
-import math
+from collections import defaultdict
 from typing import Any, Sequence
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import stack_module_state
 
 from ..errors import UsageError
-from .optim import make_optimizer
+from .optim import Optimizer
 from ..configuration.run import RunConfig
 
 
@@ -99,94 +99,51 @@ class StackedModels(nn.Module):
                 **{n: t[k].clone() for n, t in self.stacked_buffers.items()}}
 
 
-def _per_model(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """(K,) hyper-parameters shaped (K, 1, 1, ...) to broadcast over a stacked tensor."""
-    t = torch.tensor(values, dtype=like.dtype, device=like.device)
-    return t.view(-1, *([1] * (like.dim() - 1)))
-
-
-class StackedOptimizer:
-    """SGD (momentum, Nesterov, L2) or Adam/AdamW over stacked parameters, with each
-    model's own lr, momentum and weight decay; the same arithmetic as torch.optim's
-    single-tensor implementations, so model k follows its separate run. Its state
-    converts to and from each model's torch.optim state_dict (torch_state, load)."""
+class StackedOptimizer(Optimizer):
+    """The run's optimiser (optim.Optimizer: one update rule for one model and K) over
+    stacked parameters, each model with its own lr, momentum and weight decay as (K,)
+    tensors, so model k follows its separate run. Its state converts to and from each
+    model's own optimiser state (``model_state``, ``load_models``), the single-run
+    checkpoint format."""
 
     def __init__(self, params: dict[str, torch.Tensor], cfgs: Sequence[RunConfig]):
-        self.kind = cfgs[0].optim.optimizer
-        self.nesterov = cfgs[0].optim.nesterov
+        first = next(iter(params.values()))
+        per_model = lambda values: torch.tensor(values, dtype=first.dtype, device=first.device)  # noqa: E731
+        o = cfgs[0].optim
+        super().__init__(list(params.values()), o.optimizer, lr=per_model([c.optim.lr for c in cfgs]),
+                         momentum=per_model([c.optim.momentum for c in cfgs]),
+                         weight_decay=per_model([c.optim.weight_decay for c in cfgs]),
+                         nesterov=o.nesterov and o.momentum > 0)
         self.cfgs = list(cfgs)
-        self.params = params
-        self.momentum = [c.optim.momentum for c in cfgs]
-        self.weight_decay = [c.optim.weight_decay for c in cfgs]
-        self.state: dict[str, dict[str, torch.Tensor]] = {}
-        self._constants: dict[str, dict[str, torch.Tensor]] = {}
-        self.steps = 0
-        self.betas, self.eps = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
-    def _constant(self, name: str, key: str, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        """A per-model hyper-parameter shaped for ``like``, made once (not one host copy per step)."""
-        cache = self._constants.setdefault(name, {})
-        if key not in cache:
-            cache[key] = _per_model(values, like)
-        return cache[key]
+    def model_state(self, k: int) -> dict[str, Any]:
+        """Model k's optimiser state, as its own run's optimiser saves it."""
+        cfg = self.cfgs[k].optim
+        saved = self.state_dict()
+        state = {}
+        for i, entries in saved["state"].items():
+            if self.kind == "sgd" and cfg.momentum == 0:
+                continue  # torch keeps no buffer without momentum
+            state[i] = {key: (v if key == "step" else v[k]).clone() for key, v in entries.items()}
+        group = {**saved["param_groups"][0], "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        if self.kind == "sgd":
+            group.update(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return {"state": state, "param_groups": [group]}
 
-    @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor], lrs: torch.Tensor) -> None:
-        """One update; ``lrs``: (K,) this step's learning rates, on the parameters' device."""
-        self.steps += 1
-        for (name, p), g in zip(self.params.items(), grads):
-            lr = lrs.to(p.dtype).view(-1, *([1] * (p.dim() - 1)))
-            wd = self._constant(name, "weight_decay", self.weight_decay, p)
-            state = self.state.setdefault(name, {})
-            if self.kind == "sgd":
-                g = g + wd * p
-                m = self._constant(name, "momentum", self.momentum, p)
-                buf = state.get("momentum")
-                buf = g.clone() if buf is None else buf.mul_(m).add_(g)
-                state["momentum"] = buf
-                p.sub_(lr * (g + m * buf if self.nesterov else buf))
-                continue
-            if self.kind == "adamw":
-                p.mul_(1 - lr * wd)
-            else:
-                g = g + wd * p
-            b1, b2 = self.betas
-            exp_avg = state.setdefault("exp_avg", torch.zeros_like(p)).mul_(b1).add_(g, alpha=1 - b1)
-            exp_avg_sq = state.setdefault("exp_avg_sq", torch.zeros_like(p)).mul_(b2).addcmul_(g, g, value=1 - b2)
-            bias1, bias2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
-            denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(self.eps)
-            p.sub_((lr / bias1) * exp_avg / denom)
-
-    def torch_state(self, k: int, model: nn.Module) -> dict[str, Any]:
-        """Model k's optimiser state as its own torch.optim optimiser would save it."""
-        optimizer = make_optimizer(model, self.cfgs[k])
-        for (name, _), param in zip(self.params.items(), model.parameters()):
-            state = self.state.get(name)
-            if not state:
-                continue
-            if self.kind == "sgd":
-                if self.momentum[k] != 0:  # torch keeps no buffer without momentum
-                    optimizer.state[param] = {"momentum_buffer": state["momentum"][k].clone()}
-            else:
-                optimizer.state[param] = {"step": torch.tensor(float(self.steps)),
-                                          "exp_avg": state["exp_avg"][k].clone(),
-                                          "exp_avg_sq": state["exp_avg_sq"][k].clone()}
-        return optimizer.state_dict()
-
-    def load(self, saved: Sequence[dict[str, Any]], models: Sequence[nn.Module]) -> None:
-        """The stacked state from each model's torch.optim state_dict (a checkpoint's)."""
-        per_model = []
-        for cfg, model, state_dict in zip(self.cfgs, models, saved):
-            optimizer = make_optimizer(model, cfg)
-            optimizer.load_state_dict(state_dict)
-            per_model.append([optimizer.state.get(p, {}) for p in model.parameters()])
-        keys = {"sgd": ("momentum_buffer",)}.get(self.kind, ("exp_avg", "exp_avg_sq"))
-        for i, (name, p) in enumerate(self.params.items()):
-            if not any(states[i] for states in per_model):
+    def load_models(self, saved: Sequence[dict[str, Any]]) -> None:
+        """The stacked state from each model's optimiser state (a checkpoint's)."""
+        params = self.params
+        for s in saved:
+            if len(s["param_groups"]) != 1 or len(s["param_groups"][0]["params"]) != len(params):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match the size "
+                                 "of optimizer's group")
+        self.state = defaultdict(dict)
+        for i, p in enumerate(params):
+            entries = [s["state"].get(i, s["state"].get(str(i))) for s in saved]
+            if not any(entries):
                 continue  # no step taken yet (or SGD without momentum): nothing to restore
-            for key in keys:
-                stacked = torch.stack([states[i].get(key, torch.zeros_like(p[0])).to(p.device)
-                                       for states in per_model])
-                self.state.setdefault(name, {})["momentum" if key == "momentum_buffer" else key] = stacked
+            keys = ("momentum_buffer",) if self.kind == "sgd" else ("exp_avg", "exp_avg_sq")
+            self.state[p] = {key: torch.stack([(e or {}).get(key, torch.zeros_like(p[0])).to(p.device)
+                                               for e in entries]) for key in keys}
             if self.kind != "sgd":
-                self.steps = int(per_model[0][i]["step"])
+                self.state[p]["step"] = torch.as_tensor(float(next(e for e in entries if e)["step"]))

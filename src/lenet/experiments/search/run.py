@@ -50,7 +50,7 @@ def trial(params: dict[str, Any], setup: TrialSetup) -> None:
 
     from ...store.recorder import FINISHED, read_status
     from ...store.runs import clear_run_dir, read_metrics
-    from ...training.driver import resume, train
+    from ...training.run import resume, train
 
     torch.set_num_threads(setup.threads)
     run_dir = Path(setup.trials_dir) / f"trial-{tune.get_context().get_trial_id()}"

@@ -32,7 +32,7 @@ from ...store.files import write_json
 from ...store.recorder import FAILED, FAILED_STATUSES, FINISHED, Recorder, failure_reason, read_status
 from ...configuration.run import RunConfig
 from ...store.runs import clear_run_dir, load_run_config, read_metrics, run_lock
-from ...training.driver import resume, train
+from ...training.run import resume, train
 from .plan import PlannedRun, SweepPlan, comparable, format_changes, format_value
 from .summary import short, write_summary
 
@@ -132,9 +132,9 @@ def execute_run(config: dict[str, Any], run_dir: str, action: str) -> dict[str, 
 
 def execute_together(configs: list[dict[str, Any]], run_dirs: list[str], action: str = START) -> list[dict[str, Any]]:
     """Train (or resume) runs that share their layer shapes in one stacked process
-    (lenet.training.multi). A run that diverges is recorded as failed, as in execute_run; the
+    (lenet.training.groups). A run that diverges is recorded as failed, as in execute_run; the
     others go on. A failure of the whole group fails each of its runs."""
-    from ...training.multi import resume_many, train_many
+    from ...training.run import resume_many, train_many
 
     tic = time.perf_counter()
     with contextlib.ExitStack() as locks:
@@ -174,15 +174,15 @@ Work = list[tuple[PlannedRun, str]]  # runs to execute as one unit: one alone, o
 
 
 def batch_groups(todo: Work, together: bool | None) -> list[Work]:
-    """``todo`` cut into units of work: runs that lenet.training.multi can batch, started or
+    """``todo`` cut into units of work: runs that lenet.training.groups can batch, started or
     resumed together (resumed ones only with those stopped at the same point).
 
     together=None (auto) batches on CUDA only: measured on the 2-core CPU, 4 vmapped
     d2l runs took 51 s per run-epoch against 22 s for one run alone, while a GPU that
     one LeNet leaves idle gains most from it.
     """
-    from ...training.multi import groups
-    from ...speed.policy import resolve_device
+    from ...training.groups import groups
+    from ...device import resolve_device
 
     if together is None:
         together = bool(todo) and resolve_device(todo[0][0].config.device).type == "cuda"

@@ -25,11 +25,11 @@ RESERVED_KEYS = ("seed", "name", "out")
 # Fields that say where or how a run computes, not what, ignored when checking that an
 # existing run directory belongs to the plan: a sweep re-run with a relative instead of
 # an absolute --data-dir, on another machine, or after lenet changed how it evaluates
-# (train.eval_batch_size, 2048 until 0.3) or computes a step (train.micro_batch,
-# train.fused_layers, train.parallel_halves: the same update up to float rounding) still
-# finds its finished runs.
+# (train.eval_batch_size, 2048 until 0.3) or computes a step (speed.micro_batch,
+# speed.fused_layers, speed.parallel_halves: the same update up to float rounding;
+# speed.calibrate: whether they were measured) still finds its finished runs.
 IGNORED_WHEN_COMPARING = ("name", "out", "device", "data.data_dir", "train.progress", "train.eval_batch_size",
-                          "train.micro_batch", "train.fused_layers", "train.parallel_halves")
+                          "speed.micro_batch", "speed.fused_layers", "speed.parallel_halves", "speed.calibrate")
 
 
 def format_value(value: Any) -> str:

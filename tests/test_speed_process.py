@@ -1,4 +1,4 @@
-"""recorder: the plotting module imported ahead, in a thread, while the data decodes."""
+"""speed.process: a module imported in a thread while the data decodes; the Recorder's use of it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from lenet.store.recorder import Recorder, imported_meanwhile
+from lenet.speed.process import import_in_background
+from lenet.store.recorder import Recorder
 
 
 @pytest.fixture
@@ -30,8 +31,9 @@ def test_the_module_is_imported_by_another_thread_while_the_body_runs(module_dir
     name = module_dir("slow_to_import", "import threading, time\n"
                                         "IMPORTED_BY = threading.current_thread().name\n"
                                         "time.sleep(0.2)\n")
-    with imported_meanwhile(name):
-        body_ran_while = [t.name for t in threading.enumerate() if t.name == f"import {name}"]
+    wait = import_in_background(name)
+    body_ran_while = [t.name for t in threading.enumerate() if t.name == f"import {name}"]
+    wait()
     assert body_ran_while == [f"import {name}"]
     assert sys.modules[name].IMPORTED_BY == f"import {name}"  # done when the block ends
     assert not any(t.name == f"import {name}" for t in threading.enumerate())
@@ -39,32 +41,20 @@ def test_the_module_is_imported_by_another_thread_while_the_body_runs(module_dir
 
 def test_a_failed_import_is_left_for_its_use_to_report(module_dir, capsys):
     name = module_dir("broken_module", "raise ImportError('a dependency is missing')\n")
-    with imported_meanwhile(name):
-        pass
+    import_in_background(name)()
     assert name not in sys.modules
     assert capsys.readouterr().err == ""  # the thread said nothing
     with pytest.raises(ImportError, match="a dependency is missing"):
         __import__(name)
 
 
-def test_an_error_in_the_body_still_waits_for_the_import(module_dir):
-    name = module_dir("imported_anyway", "import time\ntime.sleep(0.1)\n")
-    with pytest.raises(RuntimeError, match="decoding failed"):
-        with imported_meanwhile(name):
-            raise RuntimeError("decoding failed")
-    assert name in sys.modules
-    assert not any(t.name == f"import {name}" for t in threading.enumerate())
-
-
 def test_a_run_with_files_imports_its_plotting_ahead_and_one_in_memory_does_not(tmp_path, monkeypatch):
     from lenet.store import recorder
 
     asked: list[str | None] = []
-    spy = recorder.imported_meanwhile
-    monkeypatch.setattr(recorder, "imported_meanwhile", lambda module: asked.append(module) or spy(module))
-    with Recorder(None).plotting_imported_meanwhile():
-        pass
-    with Recorder(tmp_path / "run").plotting_imported_meanwhile():
-        pass
+    spy = recorder.import_in_background
+    monkeypatch.setattr(recorder, "import_in_background", lambda module: asked.append(module) or spy(module))
+    Recorder(None).ready()
+    Recorder(tmp_path / "run").ready()
     assert asked == [None, "lenet.use.figures"]
     assert "lenet.use.figures" in sys.modules
