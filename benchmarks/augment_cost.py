@@ -20,19 +20,20 @@ import torch
 
 import lenet
 from lenet.data.augment import Augmenter
-from lenet.speed.policy import cpu_name
+from lenet.device import cpu_name
 
 BOUND = 0.15
 
 
 def step_seconds(cfg, data, augment: bool, steps: int) -> float:
-    from lenet.training.driver import Learner
+    from lenet.training.learners import Learner
     from lenet.speed.policy import resolve_speed
     from lenet.data.datasets import Normalizer
 
     device = torch.device("cpu")
-    speed = resolve_speed(cfg.train, device, None, cfg.model.batch_norm, cfg.model.dropout > 0)
-    learner = Learner(lenet.LeNet(cfg.model), cfg, device, steps, speed)
+    speed = resolve_speed(cfg.speed, device, batch_size=cfg.train.batch_size, deterministic=cfg.train.deterministic,
+                          batch_norm=cfg.model.batch_norm, dropout=cfg.model.dropout > 0)
+    learner = Learner(lenet.LeNet(cfg.model), cfg, steps, speed)
     normalize = Normalizer.for_config(cfg, speed.channels_last)
     augmenter = Augmenter(cfg.data.augment, torch.Generator().manual_seed(0)) if augment else None
     images, labels = data.train.images, data.train.labels

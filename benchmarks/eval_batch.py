@@ -21,10 +21,11 @@ import torch
 
 import lenet
 from lenet.data.datasets import Normalizer, load_dataset
-from lenet.speed.fused import fused_forward
+from lenet.speed.forward import prepare_forward
 from lenet.training.loop import evaluate
 from lenet.model.network import LeNet
-from lenet.speed.policy import cpu_name, tune_cpu_allocator
+from lenet.device import cpu_name
+from lenet.speed.allocator import tune_cpu_allocator
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     test = load_dataset(cfg.data.dataset, cfg.data.data_dir).test
     torch.manual_seed(0)
     model = LeNet(cfg.model).to(memory_format=torch.channels_last).eval()
-    model = model if args.unfused else fused_forward(model)
+    model = prepare_forward(model, channels_last=True, fused_layers=not args.unfused)
     normalize = Normalizer.for_config(cfg, True)
     seconds: dict[int, list[float]] = {size: [] for size in args.sizes}
     for size in args.sizes:  # warm-up: oneDNN builds its kernels per shape

@@ -27,8 +27,10 @@ import torch.nn.functional as F
 
 from lenet.speed.fused import fused_forward
 from lenet.model.network import create_model
-from lenet.training.optim import LeanSGD
-from lenet.speed.policy import autocast, cpu_name, tune_cpu_allocator
+from lenet.training.optim import Optimizer
+from lenet.device import cpu_name
+from lenet.speed.allocator import tune_cpu_allocator
+from lenet.speed.forward import autocast
 
 
 def main() -> None:
@@ -50,7 +52,7 @@ def main() -> None:
     for name in ("plain", "fused"):
         torch.manual_seed(0)
         model = create_model("lenet5").to(memory_format=torch.channels_last)
-        paths[name] = (fused_forward(model) if name == "fused" else model, LeanSGD(model.parameters(), lr=0.1))
+        paths[name] = (fused_forward(model) if name == "fused" else model, Optimizer(model.parameters(), lr=0.1))
 
     def step(name: str) -> None:
         forward, optimizer = paths[name]

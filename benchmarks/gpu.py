@@ -61,14 +61,14 @@ def speedrun(preset: str, target: float, data_dir: str, **switches) -> dict:
 
 
 def grouped(data, k: int, epochs: int, **switches) -> dict:
-    """K d2l runs (seeds 0..K-1) trained together, in memory (lenet.training.multi.fit_many)."""
-    from lenet.training.multi import fit_many
+    """K d2l runs (seeds 0..K-1) trained together, in memory (lenet.training.driver.fit)."""
     from lenet.store.recorder import Recorder
+    from lenet.training.driver import fit
 
     cfgs = [lenet.config("d2l", epochs=epochs, device=DEVICE, seed=s, set={"train.progress": "never"}, **switches)
             for s in range(k)]
     tic = time.perf_counter()
-    runs = fit_many(cfgs, [Recorder(None) for _ in cfgs], None, False, data=data)
+    runs = fit(cfgs, [Recorder(None) for _ in cfgs], data=data)
     wall = time.perf_counter() - tic
     # epoch_seconds of a grouped run is the group's epoch time shared by K
     group_seconds = sum(r["epoch_seconds"] for r in runs[0].history) * k
@@ -94,13 +94,14 @@ def profile_step(data) -> str:
     from lenet.data.datasets import prepare_data
     from lenet.training.loop import EpochSettings, EpochState, StopFlag, train_one_epoch
     from lenet.model.network import LeNet
-    from lenet.training.driver import Learner
+    from lenet.training.learners import Learner
 
     device = torch.device(DEVICE)
     prepared = prepare_data(cfg, device, data)
     from lenet.speed.policy import resolve_speed
 
-    learner = Learner(LeNet(cfg.model).to(device), cfg, device, 235, resolve_speed(cfg.train, device))
+    speed = resolve_speed(cfg.speed, device, batch_size=cfg.train.batch_size)
+    learner = Learner(LeNet(cfg.model).to(device), cfg, 235, speed)
     order = torch.randperm(prepared.n_train, device=device)
     s = EpochSettings(256, 60, lenet.Normalizer.for_config(cfg), 50, StopFlag())
     train_one_epoch(learner, prepared.dataset.train, order, EpochState.zeros((), device), s, 0)  # warm-up

@@ -1,5 +1,5 @@
 """Whole training steps with both halves of each batch at once, one per thread, against
-the usual step that splits every operation across the threads (lenet/halves.py).
+the usual step that splits every operation across the threads (src/lenet/speed/halves.py).
 
     python benchmarks/halves_step.py [--rounds 40] [--steps 20] [--batch 256]
                                      [--precision fp32|bf16]
@@ -28,12 +28,14 @@ import time
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
-from lenet.speed.fused import fused_forward
-from lenet.speed.halves import halved_threads, in_halves
+from lenet.device import cpu_name
 from lenet.model.network import create_model
-from lenet.speed.policy import autocast, cpu_name, tune_cpu_allocator
+from lenet.speed.allocator import tune_cpu_allocator
+from lenet.speed.choice import Speed
+from lenet.speed.step import make_step
+from lenet.training.loss import cross_entropy
+from lenet.training.optim import Optimizer
 
 SLOW_STATE_GAIN = 1.2  # split / one below this: the second thread barely helps
 
@@ -47,34 +49,23 @@ def main() -> None:
     args = parser.parse_args()
     allocator = tune_cpu_allocator()
     threads = torch.get_num_threads()
-    cpu = torch.device("cpu")
     torch.manual_seed(0)
-    model = create_model("lenet5").to(memory_format=torch.channels_last)
-    forward = fused_forward(model)
-    params = list(model.parameters())
-    x = torch.randn(args.batch, 1, 28, 28)
+    x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))
-
-    def part(xs: torch.Tensor, ys: torch.Tensor) -> None:
-        with autocast(cpu, args.precision == "bf16"):
-            logits = forward(xs)
-        (F.cross_entropy(logits.float(), ys) * (len(ys) / len(y))).backward()
+    steps = {}
+    for path in ("split", "halves", "one"):  # the steps a run takes (speed.step), each its own model
+        model = create_model("lenet5")
+        speed = Speed(args.precision, True, fused_layers=True, parallel_halves=path == "halves")
+        steps[path] = make_step(model, Optimizer(model.parameters(), lr=0.01), cross_entropy, speed)
 
     def step(path: str) -> None:
-        for p in params:
-            p.grad = None
-        if path == "halves":
-            in_halves(part, x, y)
-        else:
-            part(x, y)
-        with torch.no_grad():
-            torch._foreach_add_(params, [p.grad for p in params], alpha=-0.01)
+        steps[path](x, y)
 
     @contextlib.contextmanager
     def threads_of(path: str) -> Iterator[None]:
-        """Held for a round, as training holds them for an epoch (halves.halved_threads)."""
+        """Held for a round, as training holds them for an epoch (step.held)."""
         if path == "halves":
-            with halved_threads():
+            with steps[path].held():
                 yield
         else:
             torch.set_num_threads(1 if path == "one" else threads)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lenet.experiments.cluster import RayBackend, connect
-from lenet.speed.policy import cpu_name
+from lenet.device import cpu_name
 from lenet.experiments.sweep import parse_spec, plan_sweep, run_sweep
 
 BOUND = 0.10

@@ -58,18 +58,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_loop  # noqa: E402
 
 import lenet  # noqa: E402
-from lenet.speed.policy import Speed, cpu_flags, cpu_name, cpu_speedups  # noqa: E402
+from lenet.device import cpu_flags, cpu_name  # noqa: E402
+from lenet.speed.calibration import cpu_speedups  # noqa: E402
+from lenet.speed.choice import Speed  # noqa: E402
+from lenet.speed.policy import fast_bf16_hardware  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LENET_PATHS = {
     "lenet default": {},
-    "lenet no halves": {"set": {"train.parallel_halves": False}},
+    "lenet no halves": {"set": {"speed.parallel_halves": False}},
     "lenet fp32": {"precision": "fp32"},
-    "lenet fp32 no halves": {"precision": "fp32", "set": {"train.parallel_halves": False}},
-    "lenet fp32 unfused": {"precision": "fp32", "set": {"train.fused_layers": False}},
-    "lenet fp32 whole batches": {"precision": "fp32", "set": {"train.micro_batch": 0, "train.eval_batch_size": 2048,
-                                                              "train.fused_layers": False}},
-    "lenet fp32 contiguous": {"precision": "fp32", "set": {"train.channels_last": False, "train.micro_batch": 0,
+    "lenet fp32 no halves": {"precision": "fp32", "set": {"speed.parallel_halves": False}},
+    "lenet fp32 unfused": {"precision": "fp32", "set": {"speed.fused_layers": False}},
+    "lenet fp32 whole batches": {"precision": "fp32", "set": {"speed.micro_batch": 0, "train.eval_batch_size": 2048,
+                                                              "speed.fused_layers": False}},
+    "lenet fp32 contiguous": {"precision": "fp32", "set": {"speed.channels_last": False, "speed.micro_batch": 0,
                                                            "train.eval_batch_size": 2048}},
     "lenet --precision bf16": {"precision": "bf16"},
     "lenet --compile": {"compile": True},
@@ -137,7 +140,7 @@ def main() -> None:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
     info = {"cpu": cpu_name(), "features": flags, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(),
-            "cpu_speedups_measured": cpu_speedups()}
+            "cpu_speedups_measured": cpu_speedups(fast_bf16_hardware())}
     print(json.dumps(info), flush=True)
     data = lenet.load_dataset("fashion-mnist", args.data_dir)
     rates: dict[str, list[float]] = {p: [] for p in args.paths}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..data.datasets import Normalizer, load_dataset
-from ..speed.fused import fused_forward
+from ..speed.forward import prepare_forward
 from ..training.loop import evaluate
 from ..configuration.run import RunConfig
 from ..device import device_name, resolve_device
@@ -58,7 +58,8 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
     rows = run.history
     # Evaluation throughput, measured apart from training: the test set, in the run's
     # evaluation batches, through the forward the run evaluated with.
-    model = (fused_forward(run.model) if run.speed.get("fused_layers") else run.model).eval()
+    speed = run.speed
+    model = prepare_forward(run.model, speed.get("channels_last", False), speed.get("fused_layers", False)).eval()
     test = dataset.test.to(device)
     normalize = Normalizer.for_config(cfg, run.speed.get("channels_last", False))
     evaluate(model, test, normalize, cfg.train.eval_batch_size)  # warm-up
