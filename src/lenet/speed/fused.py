@@ -1,18 +1,15 @@
 """Faster forms of a LeNet's forward pass for channels-last CPU training: the same
 function of the same parameters, computed another way (equal up to float rounding).
 
-Three rewrites, each used where the architecture allows it (``fused_forward``). The
-figures are from a 2-core AMD EPYC, 2 threads, the d2l recipe's batch of 256, float32
-unless said; "whole steps" are forward, loss, backward and SGD update, timed in
-alternating rounds (`python benchmarks/fused_step.py [--precision bf16]`).
+Three rewrites, each used where the architecture allows it (``fused_forward``); what
+each gives, and how to measure it, is in docs/speed.md.
 
 1. **The first conv block by pixel phases** (PhaseBlock). conv -> activation -> 2x2/2
    average pool is computed on the input rearranged into 2x2 blocks ("space to
    depth"): a conv with 4x the input channels, a kernel of k // 2 + 1 blocks and 4x
    the output channels, one group per output phase (which of the 4 pixels of a pool
-   window). oneDNN runs it faster: 4 input and 24 output channels vectorise where 1
-   and 6 did not (forward 1.54 -> 0.79 ms, weight gradient 2.06 -> 0.94 ms). The
-   pool becomes the mean of the 4 phase groups, a 1x1 conv, where PyTorch's
+   window). oneDNN vectorises 4 input and 24 output channels, not 1 and 6. The pool
+   becomes the mean of the 4 phase groups, a 1x1 conv, where PyTorch's
    avg_pool2d_backward zero-fills and scatters. The rearranging itself is one copy.
 2. **The flatten in channels-last order** (FlatLinear). nn.Flatten on a channels-last
    tensor copies it to NCHW order, and the gradient comes back NCHW, so the last
@@ -20,10 +17,6 @@ alternating rounds (`python benchmarks/fused_step.py [--precision bf16]`).
    permuting the first dense layer's weight to match (120x400 floats) computes the
    same products.
 3. **Few-channel convs' input gradient as a transposed conv in NCHW** (FewChannelConv).
-
-Whole steps, all three: 11.5 -> 9.6 ms (1.20x) in float32, 10.5 -> 8.0 ms (1.33x)
-under bf16 autocast before the third was added (it measured 1.03-1.05x in float32 and
-1.085x in bf16 on its own).
 
 ``Speed.fused_layers`` records whether a run used them (runtime.resolve_speed): a
 resumed run keeps its choice, so it continues bit for bit.
@@ -64,8 +57,7 @@ def phase_index(out_ch: int, in_ch: int, k: int) -> torch.Tensor:
 
 def phase_mean_weight(channels: int) -> torch.Tensor:
     """A 1x1 conv's weight (C, 4C, 1, 1) that averages the 4 phase groups of each channel:
-    oneDNN runs it (and its input gradient) faster than slicing and adding in torch,
-    0.40 against 0.58 ms forward and 0.38 against 0.48 ms backward at the d2l shape."""
+    oneDNN runs it (and its input gradient) faster than slicing and adding in torch."""
     weight = torch.zeros(channels, 4, channels)
     weight[:, :, :] = 0.25 * torch.eye(channels)[:, None, :]
     return weight.reshape(channels, 4 * channels, 1, 1)
@@ -103,8 +95,7 @@ class PhaseBlock(nn.Module):
 
 
 # A whole pixel pair (si = 0, 1) of a one-channel image moves as one integer of twice
-# the pixel's width: the copy then runs over 8-byte elements rather than pairs of 4, 0.11
-# against 0.59 ms for a d2l batch (256x1x32x32 float32).
+# the pixel's width: the copy then runs over 8-byte elements rather than pairs of 4.
 PAIR_TYPES = {1: torch.int16, 2: torch.int32, 4: torch.int64}
 
 
@@ -170,10 +161,8 @@ class _FewChannelConv(torch.autograd.Function):
 
 class FewChannelConv(nn.Module):
     """A stride-1 conv with few input channels whose input gradient oneDNN computes
-    faster as a transposed conv in NCHW layout, layout copies included: for the d2l
-    conv2 (6 -> 16 channels, 5x5, 14x14 in, batch 256) 2.06 against 2.40 ms in float32
-    and 1.08 against 1.73 ms in bf16. With 16 input channels the two were even (4.08
-    against 4.10 ms, 16 -> 32, 5x5), so only convs with at most FEW_CHANNELS take it."""
+    faster as a transposed conv in NCHW layout, layout copies included; from 16 input
+    channels on the two are even, so only convs with at most FEW_CHANNELS take it."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()

@@ -1,17 +1,11 @@
 """A CPU training step's two halves at once, each with half the threads (``Speed.parallel_halves``).
 
 By default PyTorch splits every operation of a step across its intra-op threads, so what
-one thread writes the next operation often reads on another core. On the 2-core AMD
-EPYC this project is measured on, that sharing is sometimes slow for minutes at a time:
-two threads then step no faster than one. One thread took 10.5 ms a bf16 d2l step
-(batch 256, fused layers) in both states; two threads took 6.6 ms in the fast state and
-9.5-10.5 ms in the slow one, while a 512x512 matmul kept its two-thread speed and
-OMP_WAIT_POLICY=ACTIVE changed nothing (29 against 30 slow blocks of 120). Computing
-the batch's two halves at once, each on one thread with its own activations (on more
-threads, each half on half of them), keeps the data of each half on its core:
-`python benchmarks/halves_step.py` (400 rounds of 20 steps, bf16) found them 1.27x
-faster than the split step in the 51 rounds of the slow state and even (1.00x) in the
-others; in float32, 1.07x over 250 rounds.
+one thread writes the next operation often reads on another core, and on some machines
+that sharing is slow for minutes at a time: two threads then step no faster than one.
+Computing the batch's two halves at once, each on one thread with its own activations
+(on more threads, each half on half of them), keeps the data of each half on its core.
+What it gives, and when: docs/speed.md.
 
 The halves' gradients reach each parameter's ``.grad`` by one addition, and
 a + b == b + a exactly in floating point, so which half finishes first changes no bit:
@@ -59,9 +53,7 @@ def halved_threads() -> Iterator[int]:
 
     Held for a whole epoch, not set per step: after any operation split across this
     thread's OpenMP team, the team's idle threads spin for a while before they sleep,
-    on the cores the halves need. Set only around each step, with the loop's batch
-    gathering and the optimiser's update split as usual between steps, a bf16 d2l step
-    took 15.2 ms against 7.5 ms held (medians of 20 alternating rounds of 20 steps)."""
+    on the cores the halves need (set per step, a step took twice as long)."""
     global _worker
     if _worker is None:
         _worker = _Worker()

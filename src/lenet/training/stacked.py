@@ -33,8 +33,7 @@ class StackedModels(nn.Module):
     (B, K*C, H, W) through one grouped convolution (groups=K), and the dense layers as
     one batched matrix product per layer. Both are single native kernels forward and
     backward: torch.func.vmap's rule for a convolution's backward computed the weight
-    gradient one model at a time, 64 kernel launches per layer and step for 64 models
-    (measured on an H200: 15 ms per step, a third of it in those launches).
+    gradient one model at a time, one kernel launch per model, layer and step.
     """
 
     def __init__(self, models: Sequence[nn.Module]):
@@ -44,10 +43,9 @@ class StackedModels(nn.Module):
         self.base = copy.deepcopy(models[0]).to("meta")  # the structure; its train/eval mode drives dropout
         self.layers = [(f"features.{n}", mod) for n, mod in self.base.features.named_children()] + \
                       [(f"classifier.{n}", mod) for n, mod in self.base.classifier.named_children()]
-        # On a GPU a one-channel convolution of K models as K groups runs as PyTorch's
-        # depthwise kernel: 2.7 ms forward and 1.5 ms backward per step for 64 LeNets on an
-        # H200, 40% of the step. As im2col and one batched product it is mostly memory
-        # traffic. On the CPU the grouped convolution is the faster of the two.
+        # On a GPU a one-channel convolution of K models as K groups runs as PyTorch's slow
+        # depthwise kernel; as im2col and one batched product it is mostly memory traffic
+        # (docs/speed.md). On the CPU the grouped convolution is the faster of the two.
         self.im2col_one_channel: bool | None = None  # None: on CUDA only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
