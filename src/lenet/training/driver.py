@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..store import checkpoint as ckpt
+from ..store.models import save_model
 from ..data.augment import Augmenter
 from ..data.datasets import DeviceData, Normalizer, Split, prepare_data
 from ..errors import DivergedError, Interrupted, UsageError
@@ -205,7 +206,7 @@ class Run:
 
     def save(self, path: str | Path) -> Path:
         """The model as a .safetensors file that lenet.load, predict, serve and export read."""
-        return ckpt.save_model(Path(path), self.model, self.config, self.class_names,
+        return save_model(Path(path), self.model, self.config, self.class_names,
                                extra={"test_accuracy": self.test_accuracy, "epochs": len(self.history),
                                       "speed": self.speed})
 
