@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from lenet.experiments.cluster import RayBackend, connect
+from lenet.experiments.cluster import connect
 from lenet.device import cpu_name
-from lenet.experiments.sweep import parse_spec, plan_sweep, run_sweep
+from lenet.experiments.sweep import RayBackend, parse_spec, plan_sweep, run_sweep
 
 BOUND = 0.10
 

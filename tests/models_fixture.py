@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet.store.checkpoint import MODEL_FILE, save_model
+from lenet.store.models import MODEL_FILE, save_model
 from lenet.configuration.build import build_config
 from lenet.data.datasets import get_spec
 from lenet.model.network import LeNet

@@ -34,8 +34,8 @@ import lenet.store.runs
 import lenet.store.files
 import lenet.training.progress
 from conftest import write_tiny_dataset
-from lenet.store.checkpoint import (load_checkpoint, load_model, rng_state, save_checkpoint, save_model,
-                              set_rng_state)
+from lenet.store.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lenet.store.models import load_model, save_model
 from lenet.cli import main
 from lenet.configuration.build import build_config
 from lenet.errors import Interrupted, RunError
@@ -469,7 +469,7 @@ def test_a_folder_a_run_died_in_before_its_first_write_is_not_an_existing_run(da
 def test_resuming_a_finished_run_has_nothing_to_do_and_changes_nothing(finished_run, capsys):
     files = ("metrics.jsonl", "metrics.csv", "checkpoint.pt")
     before = {name: (finished_run / name).read_bytes() for name in files}
-    _, _, metadata = load_model(finished_run)
+    metadata = load_model(finished_run).meta
     reference = Path(shutil.copytree(finished_run, finished_run.parent / "before"))
     assert main(["train", "--resume", str(finished_run)]) == 0
     assert "nothing to do: the run had already finished" in capsys.readouterr().out
@@ -477,7 +477,7 @@ def test_resuming_a_finished_run_has_nothing_to_do_and_changes_nothing(finished_
     # The model file is written again: same tensors, same metadata (safetensors may
     # order the metadata differently, so the bytes are not compared).
     assert_same_weights(finished_run, reference)
-    assert load_model(finished_run)[2] == metadata
+    assert load_model(finished_run).meta == metadata
 
 
 @pytest.mark.parametrize("damage", ["no checkpoint", "no config", "not a run", "truncated checkpoint",

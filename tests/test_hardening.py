@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import models_fixture
-from lenet.store.checkpoint import load_model
+from lenet.store.models import load_model
 from lenet.cli import main
 from lenet.errors import ConfigError, DataError, RunError
 from lenet.data.idx import read_idx

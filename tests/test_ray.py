@@ -111,7 +111,7 @@ def test_resume_without_a_sweep_to_resume_is_refused(tiny_data_dir, tmp_path, ca
 
 
 def test_a_worker_killed_mid_run_is_retried_from_its_checkpoint(local_ray, tmp_path, capsys):
-    from lenet.experiments.cluster import run_on_ray
+    from lenet.experiments.sweep import run_on_ray
     from lenet.experiments.sweep import load_spec, plan_sweep
 
     data = tmp_path / "bigger"

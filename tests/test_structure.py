@@ -85,7 +85,7 @@ def test_the_checker_sees_a_real_edge():
     # Guards the test itself: a graph without edges would pass every check above.
     graph = imports()
     assert "lenet.training.loop" in graph["lenet.training.driver"]
-    assert "lenet.store.checkpoint" in graph["lenet.use.predict"]
+    assert "lenet.store.models" in graph["lenet.use.predict"]
 
 
 def test_every_module_in_an_xdist_group_shares_its_worker_by_file():

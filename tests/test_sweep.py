@@ -205,6 +205,42 @@ def test_an_interrupted_sweep_finishes_only_what_is_missing(capsys, tmp_path, ti
     assert calls == [("new", "pool=avg-s0")]
 
 
+def test_start_or_resume_does_what_the_run_directory_says(tmp_path, tiny_data_dir, train_calls):
+    """The one start-or-resume a sweep's runs and a search's trials share (action_for,
+    then start_or_resume): a checkpoint is continued, a finished run left alone, a failed
+    run kept unless retried, and a retry starts from nothing."""
+    from lenet.configuration.build import build_config
+    from lenet.errors import Interrupted
+    from lenet.store.recorder import FAILED, FINISHED, read_status
+    from lenet.training.run import train
+
+    cfg = build_config("d2l", overrides=[f"data.data_dir={tiny_data_dir}", "name=r", "train.epochs=3",
+                                         "train.batch_size=64", "device=cpu"])
+    run_dir = tmp_path / "r"
+    assert execute.action_for(run_dir) == execute.START
+    def ctrl_c_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt  # as Ctrl-C would: epoch 2's checkpoint stands
+
+    with pytest.raises(Interrupted):
+        train(cfg, out=tmp_path, on_epoch=ctrl_c_after_epoch_2)
+    assert execute.action_for(run_dir) == execute.RESUME
+    execute.start_or_resume(cfg, run_dir, execute.action_for(run_dir))
+    assert train_calls == [("resume", "r")] and read_status(run_dir)["status"] == FINISHED
+    assert execute.action_for(run_dir) == execute.SKIP
+
+    execute.record_failure(run_dir, "broken on purpose")
+    assert read_status(run_dir)["status"] == FAILED
+    assert execute.action_for(run_dir) == execute.KEEP_FAILED
+    assert execute.action_for(run_dir, retry_failed=True) == execute.START
+    (run_dir / "stale.txt").write_text("left by the failed attempt")
+    execute.start_or_resume(cfg, run_dir, execute.START)
+    assert train_calls[-1] == ("new", "r") and read_status(run_dir)["status"] == FINISHED
+    assert not (run_dir / "stale.txt").exists()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
 def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, tiny_data_dir, train_calls):
     # SGD at lr 100 with ReLU blows the loss up within a few steps (see test_train).
     path = write_spec(tmp_path / "f.yaml", name="f", seeds=1,

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from lenet.store.checkpoint import load_checkpoint, load_model
+from lenet.store.checkpoint import load_checkpoint
+from lenet.store.models import read_model_file as load_model
 from lenet.configuration.build import build_config
 from lenet.errors import DivergedError, RunError
 from lenet.data.datasets import Normalizer

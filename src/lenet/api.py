@@ -47,27 +47,28 @@ def config(preset: str | None = None, *, file: str | Path | None = None, set: di
 def load(path: str | Path, device: str = "cpu") -> Run:
     """A run from its directory (config, history, status, and the model: the final one,
     or the last checkpoint's where the run did not finish) or from a .safetensors file."""
-    from .store import checkpoint as ckpt
+    from .store.checkpoint import CHECKPOINT, load_checkpoint
+    from .store.models import MODEL_FILE, load_model
     from .store.recorder import FINISHED, read_status
     from .store.runs import load_run_config, read_metrics
 
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file() and (path.parent / "metrics.jsonl").is_file() \
-            and path.name == ckpt.MODEL_FILE:
+            and path.name == MODEL_FILE:
         path = path.parent  # a run directory's own model file: load the whole run
-    if path.is_dir() and not (path / ckpt.MODEL_FILE).is_file() and (path / ckpt.CHECKPOINT).is_file():
+    if path.is_dir() and not (path / MODEL_FILE).is_file() and (path / CHECKPOINT).is_file():
         cfg = load_run_config(path)
         model = LeNet(cfg.model)
         try:
-            model.load_state_dict(ckpt.load_checkpoint(path)["model"])
+            model.load_state_dict(load_checkpoint(path)["model"])
         except (KeyError, RuntimeError, TypeError) as exc:
-            raise RunError(f"{path / ckpt.CHECKPOINT}: its weights do not fit the run's config ({exc})") from None
+            raise RunError(f"{path / CHECKPOINT}: its weights do not fit the run's config ({exc})") from None
         from .data.catalog import get_spec
 
         status = read_status(path).get("status", "interrupted")
         return Run(cfg, model.to(device).eval(), read_metrics(path, missing_ok=True), path, status,
                    get_spec(cfg.data.dataset).class_names)
-    trained = ckpt.load_trained(path, device)
+    trained = load_model(path, device)
     if path.is_dir():
         return Run(trained.config, trained.model, read_metrics(path, missing_ok=True), path,
                    read_status(path).get("status", FINISHED), tuple(trained.class_names))
@@ -117,10 +118,9 @@ def architecture(target: Any) -> tuple[ModelConfig, str]:
         except Exception:  # noqa: BLE001 - not a preset either: say what it could have been
             pass
     if path.is_dir() or path.suffix == ".safetensors":
-        from .store.checkpoint import load_model
+        from .store.models import load_model
 
-        _, cfg, _ = load_model(path)
-        return cfg.model, str(path)
+        return load_model(path).config.model, str(path)
     if path.is_file():
         return build_config(None, path).model, str(path)
     raise UsageError(f"{text!r} is neither a model ({', '.join(list_models())}), a preset "

@@ -115,7 +115,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..store.checkpoint import resolve_model_path
+    from ..store.models import resolve_model_path
     from ..use.evaluation import evaluate
 
     model_path = resolve_model_path(run_arg(args.target))

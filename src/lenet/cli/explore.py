@@ -172,7 +172,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     say = lambda line: print(line, flush=True)  # noqa: E731
     if ray:
-        from ..experiments.cluster import run_on_ray
+        from ..experiments.sweep import run_on_ray
 
         outcomes = run_on_ray(plan, address=args.address, cpus_per_run=args.cpus_per_run,
                               gpus_per_run=args.gpus_per_run, max_failures=args.max_failures,

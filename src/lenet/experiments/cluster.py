@@ -1,15 +1,16 @@
-"""Ray: connecting to a cluster (or starting a local one), checking that every node
-sees the output folder, and running a sweep's runs as Ray tasks.
+"""Ray: connecting to a cluster (or starting a local one) and checking it before any
+run starts. A sweep's Ray backend (sweep/ray_backend.py) and a search (search/run.py)
+both start here.
 
     connect(address)        ray.init: the cluster at ``address`` / $RAY_ADDRESS, else a
                             local Ray sized to this machine; one clear line when Ray is
                             missing, no cluster answers, or the cluster refuses our token
     check_nodes(folder)     every node must see ``folder`` (runs are written there and
                             read back here) and run the same lenet version
-    RayBackend              lenet sweep --backend ray: one task per run (or per group of
-                            runs trained together), asking for --cpus-per-run and a
-                            fraction of a GPU (--gpus-per-run); a worker or node that
-                            dies mid-run is retried from the run's last epoch checkpoint
+    TaskOptions             what each run asks for (--cpus-per-run, --gpus-per-run) and
+                            how often a dead one is retried (--max-failures), checked
+                            against the flags' rules and the cluster's nodes
+    refuse_uri(out)         runs are files: --out is a path, not a URI
 
 Ray is an optional dependency (``pip install -e '.[ray]'``): this module imports it
 only inside functions, so ``import lenet`` stays light. Authentication is Ray's own:
@@ -27,19 +28,17 @@ import platform
 import socket
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from ..errors import ClusterError, ConfigError, Interrupted
+from .. import __version__
+from ..errors import ClusterError, ConfigError
 
 INSTALL = "pip install -e '.[ray]'  (or: pip install 'ray[tune]>=2.59' optuna)"
 # Environment a task needs to find data as this process does (forwarded to the cluster).
 FORWARDED_ENV = ("LENET_DATA_DIR", "LENET_NO_DOWNLOAD", "LENET_CACHE_DIR")
-# Seconds a cancelled task gets to save its checkpoint after a Ctrl-C here.
-CANCEL_GRACE_S = 30.0
 
 
 def import_ray():
@@ -173,8 +172,6 @@ def alive_nodes() -> list[dict[str, Any]]:
 
 def _look(marker: str, token: str) -> dict[str, Any]:
     """On one node: does it see the driver's marker file, and which lenet does it run?"""
-    from .. import __version__
-
     try:
         sees = Path(marker).read_text() == token
     except OSError:
@@ -190,8 +187,6 @@ def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0) 
     from a task pinned to each node, so a path on the head's own disk is refused
     before any run starts instead of runs landing on nodes' private disks.
     """
-    from .. import __version__
-
     ray = import_ray()
     from ray.exceptions import TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -236,38 +231,28 @@ def refuse_uri(out: str) -> None:
                           "(mountpoint-s3, s3fs, gcsfuse) and give that path")
 
 
-def _run_unit_remotely(payload: list[tuple[dict[str, Any], str, str]], threads: int) -> list[dict[str, Any]]:
-    """A Ray task: train (or resume) one unit of a sweep on whichever node got it."""
-    import torch
+@dataclass(frozen=True)
+class TaskOptions:
+    """What each Ray task of a sweep or a search asks for, and how many times one whose
+    worker or node died is tried again: --cpus-per-run, --gpus-per-run, --max-failures."""
 
-    from .sweep.execute import execute_payload
+    cpus_per_run: float = 1
+    gpus_per_run: float = 0
+    max_failures: int = 3
 
-    torch.set_num_threads(threads)
-    results = execute_payload(payload)
-    import ray
-
-    host, node = platform.node(), ray.get_runtime_context().get_node_id()
-    for result in results:
-        result["node"] = node
-        if result["reason"]:
-            result["reason"] = f"{result['reason']} (on {host})"
-    return results
-
-
-class RayBackend:
-    """Where ``run_sweep`` sends its units of work when asked for ``--backend ray``."""
-
-    def __init__(self, cpus_per_run: float = 1, gpus_per_run: float = 0, max_failures: int = 3,
-                 log: Callable[[str], None] = print):
-        if cpus_per_run <= 0:
-            raise ConfigError(f"--cpus-per-run must be above 0, got {cpus_per_run}")
-        if gpus_per_run < 0 or (gpus_per_run > 1 and gpus_per_run != int(gpus_per_run)):
+    def __post_init__(self) -> None:
+        if self.cpus_per_run <= 0:
+            raise ConfigError(f"--cpus-per-run must be above 0, got {self.cpus_per_run}")
+        if self.gpus_per_run < 0 or (self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run)):
             raise ConfigError(f"--gpus-per-run must be a fraction of one GPU (0.25: four runs share one) "
-                              f"or a whole number, got {gpus_per_run}")
-        if max_failures < 0:
-            raise ConfigError(f"--max-failures must be 0 or more, got {max_failures}")
-        self.cpus_per_run, self.gpus_per_run, self.max_failures = cpus_per_run, gpus_per_run, max_failures
-        self.log = log
+                              f"or a whole number, got {self.gpus_per_run}")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures must be 0 or more, got {self.max_failures}")
+
+    @property
+    def threads(self) -> int:
+        """torch threads in each task: its whole CPUs, at least one."""
+        return max(1, int(self.cpus_per_run))
 
     def check_fits(self, connection: Connection) -> None:
         """A task asking for more than any node has would wait forever: refuse it now."""
@@ -278,96 +263,3 @@ class RayBackend:
         if self.gpus_per_run > most_gpus:
             raise ConfigError(f"--gpus-per-run {self.gpus_per_run:g} but "
                               + ("the cluster has no GPU" if not most_gpus else f"no node has more than {most_gpus:g}"))
-
-    def run(self, units: list, finish: Callable[[Any, str, dict[str, Any]], None]) -> None:
-        ray = import_ray()
-        from ray.exceptions import RayError
-
-        from .sweep.execute import RESUME, START, action_for, record_failure, unit_payload
-
-        task = ray.remote(_run_unit_remotely).options(
-            num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
-            # Retries are ours, not Ray's: a retry must resume from the checkpoint the
-            # dead attempt left, which only a fresh look at the run directory tells.
-            max_retries=0)
-        threads = max(1, int(self.cpus_per_run))
-
-        def submit(unit: list) -> Any:
-            return task.remote(unit_payload(unit), threads)
-
-        pending = {submit(unit): (unit, 0) for unit in units}
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                ref = ready[0]
-                unit, failures = pending.pop(ref)
-                try:
-                    results = ray.get(ref)
-                except RayError as exc:  # the worker or its node died; the run's files are as it left them
-                    reason = _short_ray_error(exc)
-                    labels = ", ".join(run.label for run, _ in unit)
-                    if failures < self.max_failures:
-                        retry = [(run, RESUME if action_for(run) == RESUME else START) for run, _ in unit]
-                        at = "its last checkpoint" if retry[0][1] == RESUME else "the start (no checkpoint yet)"
-                        self.log(f"{labels}: {reason}; retry {failures + 1} of {self.max_failures} from {at}")
-                        pending[submit(retry)] = (retry, failures + 1)
-                        continue
-                    reason = f"{reason}, {failures + 1} time(s) (--max-failures {self.max_failures})"
-                    results = []
-                    for run, _ in unit:
-                        record_failure(run.run_dir, reason)
-                        results.append({"run_dir": str(run.run_dir), "status": "failed", "reason": reason,
-                                        "test_accuracy": None, "seconds": 0.0})
-                for (run, action), result in zip(unit, results):
-                    finish(run, action, result)
-        except KeyboardInterrupt:
-            # ray.cancel interrupts each task as Ctrl-C would: its run saves a checkpoint
-            # and stops, so the same command with --resume finishes only what is left.
-            for ref in pending:
-                ray.cancel(ref)
-            deadline = time.monotonic() + CANCEL_GRACE_S
-            for ref in pending:
-                try:
-                    ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - only waiting here; a cancelled task raises, as it should
-                    pass
-            raise Interrupted(f"sweep interrupted with {len(pending)} run(s) in flight") from None
-
-
-def _short_ray_error(exc: Exception) -> str:
-    kind = type(exc).__name__
-    text = str(exc).strip().splitlines()
-    first = next((line for line in text if line.strip()), "")
-    if "WorkerCrashed" in kind or "worker died" in first.lower() or "unexpected system error" in first.lower():
-        return "its worker process died"
-    if "NodeDied" in kind or "node" in first.lower() and "died" in first.lower():
-        return "its node died"
-    if "OutOfMemory" in kind:
-        return "Ray killed its worker for using too much memory"
-    return f"{kind}: {first[:200]}"
-
-
-def run_on_ray(plan: Any, *, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
-               max_failures: int = 3, retry_failed: bool = False, together: bool | None = None,
-               log: Callable[[str], None] = print) -> list:
-    """``lenet sweep --backend ray``: run_sweep with each unit of work a Ray task.
-
-    The plan's paths must be absolute (Ray's workers have their own working directory).
-    Runs trained together (lenet.training.groups) only when asked (``together``) or when each
-    run asks for a GPU. A Ray started here is shut down at the end."""
-    from .sweep.execute import run_sweep
-
-    backend = RayBackend(cpus_per_run, gpus_per_run, max_failures, log)
-    refuse_uri(str(plan.sweep_dir))
-    if not Path(plan.sweep_dir).is_absolute():
-        raise ConfigError(f"the sweep folder must be an absolute path on Ray, got {plan.sweep_dir}")
-    connection = connect(address)
-    try:
-        log(f"on {connection.describe()}; each run asks for {cpus_per_run:g} CPU(s)"
-            + (f" and {gpus_per_run:g} GPU" if gpus_per_run else ""))
-        backend.check_fits(connection)
-        check_nodes(Path(plan.sweep_dir).parent, connection)
-        return run_sweep(plan, retry_failed=retry_failed, log=log, backend=backend,
-                         together=together if together is not None else gpus_per_run > 0)
-    finally:
-        connection.shutdown()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .models import MODEL_FILE, save_model
 from ..errors import DivergedError, Interrupted, LenetError
 from .files import read_json_or_empty, write_json
 from ..configuration.run import RunConfig
@@ -207,7 +208,7 @@ class Recorder:
 
         plot_curves([(self.run_dir.name, list(history))], self.run_dir / "curves.png", title=self.run_dir.name)
         last = history[-1] if history else {}
-        ckpt.save_model(self.run_dir / ckpt.MODEL_FILE, model, cfg, tuple(class_names),
+        save_model(self.run_dir / MODEL_FILE, model, cfg, tuple(class_names),
                         extra={"test_accuracy": last.get("test_accuracy"), "epochs": len(history),
                                "speed": speed or {}})
         self.status(FINISHED, len(history), **extra)

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..configuration.run import RunConfig
-from ..store import checkpoint as ckpt
+from ..store.models import save_model
 from ..store.recorder import FINISHED
 
 
@@ -38,7 +38,7 @@ class Run:
 
     def save(self, path: str | Path) -> Path:
         """The model as a .safetensors file that lenet.load, predict, serve and export read."""
-        return ckpt.save_model(Path(path), self.model, self.config, self.class_names,
+        return save_model(Path(path), self.model, self.config, self.class_names,
                                extra={"test_accuracy": self.test_accuracy, "epochs": len(self.history),
                                       "speed": self.speed})
 

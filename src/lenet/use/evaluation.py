@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..store.checkpoint import as_trained
+from ..store.models import load_model
 from ..data.datasets import Dataset, load_dataset
 
 MISTAKES_SHOWN = 32  # the most confident mistakes in misclassified.png: 4 rows of 8
@@ -144,7 +144,7 @@ def evaluate(target: Any, *, data: Dataset | None = None, data_dir: str | None =
              keep_images: bool = True) -> Evaluation:
     """Evaluate a run (``lenet.train``'s or ``lenet.load``'s), a run directory or a model
     file on its dataset's test set (``data``: a Dataset already loaded)."""
-    trained = as_trained(target, device)
+    trained = load_model(target, device)
     cfg = trained.config
     data = data or load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
     logits = trained.logits(data.test.images, cfg.train.eval_batch_size)

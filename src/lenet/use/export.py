@@ -101,14 +101,16 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, opset: in
     """
     import onnx
 
-    from ..store.checkpoint import load_model, resolve_model_path
-    from ..store.runs import atomic_write_bytes
+    from ..store.files import atomic_write_bytes
+    from ..store.models import load_model, resolve_model_path
 
     path = resolve_model_path(model_path)
     out = Path(out) if out is not None else path.with_suffix(".onnx")
     if out.is_dir():
         out = out / path.with_suffix(".onnx").name
-    model, cfg, meta = load_model(path, "cpu")
+    trained = load_model(path, "cpu")
+    cfg, meta = trained.config, trained.meta
+    model = trained.model.to(memory_format=torch.contiguous_format)  # the plain layout ONNX runtimes expect
     size = cfg.model.input_size
     example = torch.zeros(2, cfg.model.in_channels, size, size)  # batch 2: 1 would be specialised away
     proto = onnx.load_from_string(_torch_export(model, example, opset))
@@ -156,12 +158,12 @@ def onnx_logits(onnx_path: str | Path, images: np.ndarray, scale: float, shift: 
     return session.run(["logits"], {"image": x})[0]
 
 
-def check_onnx(onnx_path: str | Path, model_path: str | Path, images: np.ndarray,
-               source: str = "test set") -> OnnxCheck:
-    """Compare onnxruntime with PyTorch on uint8 images (N, 1, 28, 28) or (N, 28, 28)."""
-    from ..store.checkpoint import load_trained
+def check_onnx(onnx_path: str | Path, model: Any, images: np.ndarray, source: str = "test set") -> OnnxCheck:
+    """Compare onnxruntime with PyTorch on uint8 images (N, 1, 28, 28) or (N, 28, 28);
+    ``model``: what load_model takes (a run directory, a model file, a TrainedModel)."""
+    from ..store.models import load_model
 
-    trained = load_trained(model_path, "cpu")
+    trained = load_model(model, "cpu")
     images = np.asarray(images, dtype=np.uint8)
     if images.ndim == 3:
         images = images[:, None]
@@ -192,14 +194,15 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
     """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    from ..store.checkpoint import load_model
+    from ..store.models import load_model
 
     path = export_onnx(model_path, out, opset)
     if check <= 0:
         return path, None
-    _, cfg, _ = load_model(model_path, "cpu")
+    trained = load_model(model_path, "cpu")
+    cfg = trained.config
     images, source = check_images(cfg.data.dataset, check, data_dir or cfg.data.data_dir)
-    result = check_onnx(path, model_path, images, source)
+    result = check_onnx(path, trained, images, source)
     if result.max_abs_logit_diff > LOGIT_TOLERANCE:
         raise RunError(f"{path}: the exported model does not match PyTorch: {result}")
     return path, result

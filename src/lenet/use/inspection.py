@@ -306,9 +306,9 @@ def activations(target, classes: Sequence[str] | None = None, per_class: int = 1
                 data_dir: str | None = None) -> list[Figure]:
     """The feature maps of a run (in memory or on disk) or model file for some inputs
     (see chosen_inputs), one figure per input: what ``lenet activations`` draws."""
-    from ..store.checkpoint import as_trained
+    from ..store.models import load_model
 
-    trained = as_trained(target)
+    trained = load_model(target)
     batch, labels, sources, _ = chosen_inputs(trained, classes, per_class, indices, images, data_dir)
     cfg = trained.config
     title = f"{trained.name} ({cfg.model.name}, {cfg.model.activation}, {cfg.model.pool} pool)"
@@ -318,9 +318,9 @@ def activations(target, classes: Sequence[str] | None = None, per_class: int = 1
 
 def filters(target) -> Figure:
     """The learned conv kernels of a run or model file, as ``lenet filters`` draws them."""
-    from ..store.checkpoint import as_trained
+    from ..store.models import load_model
 
-    trained = as_trained(target)
+    trained = load_model(target)
     return filters_figure(trained.model, f"{trained.name}: learned conv kernels")
 
 
@@ -328,9 +328,9 @@ def write_activations(run: str | Path, classes: Sequence[str] | None = None, per
                       indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
                       data_dir: str | None = None, out: str | Path | None = None) -> list[Path]:
     """One activations PNG per input of a trained run or model file; returns the paths."""
-    from ..store.checkpoint import load_trained
+    from ..store.models import load_model
 
-    trained = load_trained(run)
+    trained = load_model(run)
     model_path, cfg = trained.path, trained.config
     out = Path(out) if out else model_path.parent / "activations"
     batch, labels, sources, names = chosen_inputs(trained, classes, per_class, indices, images, data_dir)
@@ -341,9 +341,9 @@ def write_activations(run: str | Path, classes: Sequence[str] | None = None, per
 
 
 def write_filters(run: str | Path, out: str | Path | None = None) -> Path:
-    from ..store.checkpoint import load_trained
+    from ..store.models import load_model
 
-    trained = load_trained(run)
+    trained = load_model(run)
     path = Path(out) if out else trained.path.parent / "filters.png"
     return plot_filters(trained.model, path, title=f"{trained.path.parent.name}: learned conv kernels")
 
@@ -358,9 +358,9 @@ def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, dat
 
     cfg = getattr(target, "config", target)
     if not hasattr(cfg, "data"):
-        from ..store.checkpoint import load_model
+        from ..store.models import load_model
 
-        cfg = load_model(target)[1]
+        cfg = load_model(target).config
     data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
     picked = torch.linspace(0, len(data.train) - 1, count).long()
     grid = augmented_examples(data.train.images[picked], cfg.data.augment, seed, versions)  # (count, 1+v, H, W)

@@ -347,9 +347,9 @@ class Predictor:
 
     def __init__(self, model_path: str | Path, device: str = "cpu"):
         from ..data.catalog import get_spec
-        from ..store.checkpoint import load_trained
+        from ..store.models import load_model
 
-        trained = load_trained(model_path, device)
+        trained = load_model(model_path, device)
         self.model_path, self.device = trained.path, trained.device
         self.model, self.config, self.meta = trained.model, trained.config, trained.meta
         self.dataset = self.config.data.dataset

@@ -25,7 +25,7 @@ import yaml
 
 from ...errors import RunError
 from ...store.files import atomic_write_text, read_json_or_empty, write_json
-from ...store.recorder import FINISHED, read_status
+from ...store.recorder import FINISHED, INTERRUPTED, read_status
 from ...configuration.build import flatten
 from ...store.runs import load_run_config, read_metrics
 from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, parse_search_spec
@@ -76,7 +76,7 @@ def load_trials(search_dir: Path, configs: TrialConfigs) -> list[Trial]:
         scores = [r.get(configs.spec.metric) for r in rows if r.get(configs.spec.metric) is not None]
         pick = max if configs.spec.mode == "max" else min
         state = status.get("status", "not started")
-        if state == "interrupted" and str(status.get("reason", "")).startswith(STOPPED_BY_SEARCH):
+        if state == INTERRUPTED and str(status.get("reason", "")).startswith(STOPPED_BY_SEARCH):
             state = "stopped early"
         trials.append(Trial(run_dir.name, values, len(rows), state, scores[-1] if scores else None,
                             pick(scores) if scores else None, sum(r.get("epoch_seconds", 0.0) for r in rows)))

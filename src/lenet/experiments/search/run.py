@@ -24,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ...errors import ConfigError, Interrupted, LenetError, UsageError
 from ...store.files import read_json_or_empty, write_json
+from ...store.recorder import FINISHED, INTERRUPTED, RUNNING, Recorder, read_status
+from ...store.runs import read_metrics
+from ..cluster import TaskOptions, check_nodes, connect, import_ray
+from ..sweep.execute import SKIP, action_for, start_or_resume
+from .results import collect
 from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, spec_to_dict
-
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,7 @@ def trial(params: dict[str, Any], setup: TrialSetup) -> None:
     actor right after a report, so every report comes after the run's files are safe:
     epochs before the last are reported once their checkpoint is written, and the last
     one once the run has finished and saved its model."""
-    import torch
     from ray import tune
-
-    from ...store.recorder import FINISHED, read_status
-    from ...store.runs import clear_run_dir, read_metrics
-    from ...training.run import resume, train
 
     torch.set_num_threads(setup.threads)
     run_dir = Path(setup.trials_dir) / f"trial-{tune.get_context().get_trial_id()}"
@@ -67,15 +68,12 @@ def trial(params: dict[str, Any], setup: TrialSetup) -> None:
         except SystemExit:  # Tune stopped this trial: report() raises SystemExit to end it
             raise Interrupted(f"{STOPPED_BY_SEARCH} after epoch {row['epoch']}") from None
 
-    status = read_status(run_dir).get("status")
+    # A trial Tune restarts after its worker died continues its run from the checkpoint,
+    # as a sweep's run does; a failed one (Tune retries crashes) starts again.
+    action = action_for(run_dir, retry_failed=True)
     try:
-        if status != FINISHED:
-            if (run_dir / "checkpoint.pt").is_file() and status in ("running", "interrupted"):
-                resume(run_dir, on_epoch=each_epoch)  # the worker died mid-run: continue it
-            else:
-                if run_dir.exists():
-                    clear_run_dir(run_dir)  # died before its first checkpoint
-                train(cfg, out=setup.trials_dir, exist_ok=True, on_epoch=each_epoch)
+        if action != SKIP:
+            start_or_resume(cfg, run_dir, action, on_epoch=each_epoch)
         rows = read_metrics(run_dir, missing_ok=True)
         if rows:
             send(rows[-1])
@@ -88,13 +86,10 @@ def trial(params: dict[str, Any], setup: TrialSetup) -> None:
 
 def mark_unfinished(trials_dir: Path) -> None:
     """Trials the search ended mid-epoch (its time budget) are interrupted, not running."""
-    from ...store.recorder import RUNNING, Recorder, read_status
-    from ...store.runs import read_metrics
-
     for run_dir in sorted(p for p in trials_dir.iterdir() if p.is_dir()):
         if read_status(run_dir).get("status") == RUNNING:
             done = len(read_metrics(run_dir, missing_ok=True))
-            Recorder(run_dir).status("interrupted", done + 1,
+            Recorder(run_dir).status(INTERRUPTED, done + 1,
                                      reason=f"{STOPPED_BY_SEARCH} during epoch {done + 1}; the last epoch's "
                                             "checkpoint stands")
 
@@ -131,11 +126,8 @@ def run_search(spec: SearchSpec, out: str | Path = "runs", *, overrides: list[st
                max_failures: int = 3, resume: bool = False, log: Callable[[str], None] = print):
     """Search ``spec``'s space on Ray Tune; returns the SearchResult (results.py), whose
     files (summary.md, trials.csv, search.png, best-config.yaml) are in OUT/<name>/."""
-    from ..cluster import RayBackend, check_nodes, connect, import_ray
-    from .results import collect
-
     configs = TrialConfigs(spec, overrides)  # every value the space can give, validated first
-    backend = RayBackend(cpus_per_run, gpus_per_run, max_failures)  # the same checks as a sweep's
+    options = TaskOptions(cpus_per_run, gpus_per_run, max_failures)  # the same checks as a sweep's
     import_ray()
     from ray import tune
 
@@ -161,11 +153,11 @@ def run_search(spec: SearchSpec, out: str | Path = "runs", *, overrides: list[st
             + (f", ASHA (grace {spec.asha.grace_epochs} epoch(s), keeps 1/{spec.asha.reduction_factor})"
                if spec.asha else ", no early stopping")
             + f", choosing on {spec.metric} ({spec.mode}); on {connection.describe()}")
-        backend.check_fits(connection)
+        options.check_fits(connection)
         check_nodes(search_dir.parent, connection)
         search_dir.mkdir(parents=True, exist_ok=True)
         write_json(search_dir / "search.json", record)
-        _fit(spec, configs, search_dir, cpus_per_run, gpus_per_run, max_failures, resume, log)
+        _fit(spec, configs, search_dir, options, resume, log)
     except KeyboardInterrupt:
         raise Interrupted(f"search interrupted; run the same command with --resume to finish it "
                           f"({search_dir})") from None
@@ -174,16 +166,17 @@ def run_search(spec: SearchSpec, out: str | Path = "runs", *, overrides: list[st
     return collect(search_dir, log=log)
 
 
-def _fit(spec: SearchSpec, configs: TrialConfigs, search_dir: Path, cpus: float, gpus: float,
-         max_failures: int, resume: bool, log: Callable[[str], None]) -> None:
+def _fit(spec: SearchSpec, configs: TrialConfigs, search_dir: Path, options: TaskOptions, resume: bool,
+         log: Callable[[str], None]) -> None:
     from ray import tune
 
-    from .lines import TrialLines
+    from .lines import TrialLines  # a tune.Callback: it imports Ray
 
     trials_dir = search_dir / "trials"
     trials_dir.mkdir(exist_ok=True)
-    setup = TrialSetup(configs, str(trials_dir), max(1, int(cpus)))
-    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup), {"cpu": cpus, "gpu": gpus})
+    setup = TrialSetup(configs, str(trials_dir), options.threads)
+    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup),
+                                    {"cpu": options.cpus_per_run, "gpu": options.gpus_per_run})
     # Tune's own console output (its table, banners) is off: lenet prints one line per trial.
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -203,7 +196,7 @@ def _fit(spec: SearchSpec, configs: TrialConfigs, search_dir: Path, cpus: float,
                 reuse_actors=False, trial_dirname_creator=lambda t: f"trial-{t.trial_id}"),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(search_dir), verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
+                failure_config=tune.FailureConfig(max_failures=options.max_failures),
                 callbacks=[TrialLines(configs, spec.trials, log)]))
     with _ctrl_c_stops_tune() as interrupted:
         tuner.fit()
@@ -251,6 +244,4 @@ def _ctrl_c_stops_tune():
 
 
 def _count_finished(trials_dir: Path) -> int:
-    from ...store.recorder import FINISHED, read_status
-
     return sum(1 for d in trials_dir.iterdir() if d.is_dir() and read_status(d).get("status") == FINISHED)

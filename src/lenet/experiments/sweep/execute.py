@@ -5,6 +5,7 @@
                         diverged / failed     kept as failed (trained again with retry_failed)
                         has a checkpoint      resumed
                         anything else         started (a folder a killed run left is cleared)
+                      (action_for and start_or_resume, which a search's trials use too),
                       one run after another, in ``jobs`` processes, or, where runs share
                       their layer shapes, several in one process as one stacked model (``multi``)
 
@@ -32,6 +33,8 @@ from ...store.files import write_json
 from ...store.recorder import FAILED, FAILED_STATUSES, FINISHED, Recorder, failure_reason, read_status
 from ...configuration.run import RunConfig
 from ...store.runs import clear_run_dir, load_run_config, read_metrics, run_lock
+from ...store.checkpoint import CHECKPOINT, load_checkpoint
+from ...training.result import Run
 from ...training.run import resume, train
 from .plan import PlannedRun, SweepPlan, comparable, format_changes, format_value
 from .summary import short, write_summary
@@ -57,16 +60,30 @@ class RunOutcome:
         return self.status in FAILED_STATUSES
 
 
-def action_for(run: PlannedRun, retry_failed: bool = False) -> str:
-    """What the sweep will do with this run, from what its directory holds."""
-    status = read_status(run.run_dir).get("status")
-    if status == FINISHED and (run.run_dir / "metrics.jsonl").is_file():
+def action_for(run_dir: str | Path, retry_failed: bool = False) -> str:
+    """What to do with the run in ``run_dir``, from what the directory holds (its
+    status.json, checkpoint and config): SKIP, KEEP_FAILED, RESUME or START."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir).get("status")
+    if status == FINISHED and (run_dir / "metrics.jsonl").is_file():
         return SKIP
     if status in FAILED_STATUSES:
         return START if retry_failed else KEEP_FAILED
-    if (run.run_dir / "checkpoint.pt").is_file() and (run.run_dir / "config.yaml").is_file():
+    if (run_dir / CHECKPOINT).is_file() and (run_dir / "config.yaml").is_file():
         return RESUME
     return START
+
+
+def start_or_resume(cfg: RunConfig, run_dir: Path, action: str,
+                    on_epoch: Callable[[dict[str, Any]], Any] | None = None) -> Run:
+    """Train the run in ``run_dir`` as ``action`` (action_for) says: RESUME continues it
+    from its checkpoint; START trains ``cfg`` afresh, first clearing what a run killed
+    before its first checkpoint, or a failed one, left there."""
+    if action == RESUME:
+        return resume(run_dir, on_epoch=on_epoch)
+    if run_dir.exists():
+        clear_run_dir(run_dir)
+    return train(cfg, out=run_dir.parent, exist_ok=True, on_epoch=on_epoch)
 
 
 def check_same_config(run: PlannedRun) -> None:
@@ -104,13 +121,7 @@ def execute_run(config: dict[str, Any], run_dir: str, action: str) -> dict[str, 
         # Locked before anything is cleared: another sweep over the same folder may be
         # training this very run, and its files must not be deleted under it.
         with run_lock(path) if path.is_dir() else contextlib.nullcontext():
-            if action == RESUME:
-                result = resume(path)
-            else:
-                if path.exists():
-                    clear_run_dir(path)  # a run killed before its first checkpoint, or a retry
-                cfg = RunConfig.model_validate(config)
-                result = train(cfg, out=path.parent, exist_ok=True)
+            result = start_or_resume(RunConfig.model_validate(config), path, action)
         outcome["test_accuracy"] = result.test_accuracy
     except RunBusy as exc:
         outcome.update(status=None, reason=str(exc))  # the other process finishes it; not a failure
@@ -181,8 +192,8 @@ def batch_groups(todo: Work, together: bool | None) -> list[Work]:
     d2l runs took 51 s per run-epoch against 22 s for one run alone, while a GPU that
     one LeNet leaves idle gains most from it.
     """
-    from ...training.groups import groups
     from ...device import resolve_device
+    from ...training.groups import groups
 
     if together is None:
         together = bool(todo) and resolve_device(todo[0][0].config.device).type == "cuda"
@@ -200,8 +211,6 @@ def batch_groups(todo: Work, together: bool | None) -> list[Work]:
 
 def _stopped_at(run: PlannedRun) -> tuple[int, int]:
     """(epoch, step) of a run's checkpoint, so only runs stopped together resume together."""
-    from ...store.checkpoint import load_checkpoint
-
     try:
         saved = load_checkpoint(run.run_dir)
         return int(saved.get("epoch", -1)), int(saved.get("step", -1))
@@ -262,7 +271,7 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, retry_failed: bool = False,
     todo: Work = []
     total, done = len(runs), 0
     for run in runs:
-        action = action_for(run, retry_failed)
+        action = action_for(run.run_dir, retry_failed)
         if action in (SKIP, KEEP_FAILED):
             status = read_status(run.run_dir)
             rows = read_metrics(run.run_dir, missing_ok=True)
@@ -368,7 +377,7 @@ def dry_run_lines(plan: SweepPlan, retry_failed: bool = False) -> list[str]:
     counts: dict[str, int] = {}
     missing: dict[tuple[str, str | None], str] = {}
     for run in runs:
-        action = action_for(run, retry_failed)
+        action = action_for(run.run_dir, retry_failed)
         label = {SKIP: "finished", KEEP_FAILED: "failed", RESUME: "resume", START: "new"}[action]
         if action == START and read_status(run.run_dir).get("status") in FAILED_STATUSES:
             label = "retry"
@@ -385,7 +394,7 @@ def dry_run_lines(plan: SweepPlan, retry_failed: bool = False) -> list[str]:
                 missing[key] = run.config.data.dataset
     lines.append("would train " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for dataset in sorted({d for d in missing.values() if d}):
-        affected = sum(1 for r in runs if r.config.data.dataset == dataset and action_for(r, retry_failed)
+        affected = sum(1 for r in runs if r.config.data.dataset == dataset and action_for(r.run_dir, retry_failed)
                        in (START, RESUME))
         lines.append(f"warning: dataset {dataset!r} is not on this machine (nor in --data-dir / LENET_DATA_DIR); "
                      f"its {affected} run(s) would download it or fail. Get it first: lenet download {dataset}")
