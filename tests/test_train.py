@@ -259,3 +259,54 @@ def test_cuda_graphs_need_cuda(tiny_data_dir):
         pytest.skip("this machine has CUDA; test_gpu.py covers the graphs")
     with pytest.raises(UsageError, match="needs a CUDA device"):
         train(tiny_config(tiny_data_dir, "speed.cuda_graphs=true", "device=cpu"), out="runs")
+
+
+def _as_written_by_0_2(tree: dict) -> dict:
+    """A config as lenet 0.2 wrote it: the speed switches in train:, no speed: section."""
+    tree = json.loads(json.dumps(tree))
+    speed = tree.pop("speed")
+    speed.pop("calibrate")
+    tree["train"].update(speed)
+    return tree
+
+
+def test_a_run_directory_of_lenet_0_2_resumes_exactly(tiny_data_dir):
+    """0.2 kept the speed switches under train: in config.yaml, in the checkpoint's config
+    and in the model file's metadata, and its optimiser state was torch.optim's: such a
+    run continues bit for bit, and its model file loads."""
+    import yaml
+
+    from lenet.store.checkpoint import load_checkpoint, save_checkpoint
+    from lenet.store.models import load_model
+
+    overrides = ("speed.precision=fp32", "speed.micro_batch=0")
+    full = train(tiny_config(tiny_data_dir, *overrides, preset="keras-v1", name="full"), out="runs")
+    with pytest.raises(StoppedAfterEpoch2):
+        train(tiny_config(tiny_data_dir, *overrides, preset="keras-v1", name="old"), out="runs",
+              on_epoch=stop_after_epoch_2)
+    old = tiny_data_dir.parent / "runs" / "old"
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    (old / "config.yaml").write_text(yaml.safe_dump(_as_written_by_0_2(config), sort_keys=False))
+    saved = load_checkpoint(old)
+    saved["config"] = _as_written_by_0_2(saved["config"])
+    theirs = torch.optim.Adam([torch.zeros_like(t) for t in saved["model"].values()], lr=1e-3, foreach=True)
+    theirs.load_state_dict(saved["optimizer"])  # what 0.2 saved is what torch.optim saves
+    saved["optimizer"] = theirs.state_dict()
+    save_checkpoint(old, saved)
+    assert "micro_batch" in yaml.safe_load((old / "config.yaml").read_text())["train"]
+
+    resumed = resume(old)
+    assert resumed.config.speed.micro_batch == 0 and resumed.config.speed.precision == "fp32"
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model_file = full.run_dir / "model.safetensors"
+    with safe_open(str(model_file), "pt") as handle:
+        metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(tensors, str(model_file), {**metadata, "config": json.dumps(_as_written_by_0_2(
+        json.loads(metadata["config"])))})
+    loaded = load_model(full.run_dir)
+    assert loaded.config.speed.precision == "fp32" and loaded.config.speed.micro_batch == 0
+    assert all(torch.equal(v, full.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
