@@ -62,25 +62,43 @@ def test_a_resumed_run_shows_each_epoch_once(tiny_data_dir, tmp_path):
     assert [v for _, v in scalars["loss/train"]] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
 
 
-def test_without_tensorboard_a_run_trains_and_says_so_once(tiny_data_dir, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def no_tensorboard(monkeypatch):
     real_import = builtins.__import__
 
-    def no_tensorboard(name, *args, **kwargs):
+    def without(name, *args, **kwargs):
         if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
             raise ImportError(f"No module named {name!r}")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setattr(builtins, "__import__", without)
     monkeypatch.setattr(tracking, "_said_missing", False)
-    first = train(tiny_config(tiny_data_dir, name="a", **{"train.epochs": 1}), out=tmp_path / "runs")
-    second = train(tiny_config(tiny_data_dir, name="b", **{"train.epochs": 1}), out=tmp_path / "runs")
+
+
+def test_without_tensorboard_a_run_that_did_not_ask_says_nothing(tiny_data_dir, tmp_path, no_tensorboard, capsys):
+    """TensorBoard is not part of the base install: the main job's first screen must not
+    warn about a package nobody asked for."""
+    assert main(["train", "--data-dir", str(tiny_data_dir), "--epochs", "1", "--batch-size", "64",
+                 "--name", "quiet", "--out", str(tmp_path / "runs")]) == 0
+    said = capsys.readouterr()
+    assert "epoch 1/1" in said.out and "TensorBoard" not in said.out + said.err
+    run_dir = tmp_path / "runs" / "quiet"
+    assert not list(run_dir.glob("events.out.tfevents.*"))
+    assert "TensorBoard" not in (run_dir / "train.log").read_text()
+
+
+def test_without_tensorboard_a_run_that_asked_trains_and_says_so_once(tiny_data_dir, tmp_path, no_tensorboard,
+                                                                      monkeypatch, capsys):
+    asked = {"train.epochs": 1, "train.tensorboard": True}
+    first = train(tiny_config(tiny_data_dir, name="a", **asked), out=tmp_path / "runs")
+    second = train(tiny_config(tiny_data_dir, name="b", **asked), out=tmp_path / "runs")
     err = capsys.readouterr().err
     assert err.count("TensorBoard scalars are not written") == 1 and "pip install tensorboard" in err
     # The CLI (verbose, as a new process would be): still one line on the terminal, not
     # one on stderr and its echo among the epoch lines.
     monkeypatch.setattr(tracking, "_said_missing", False)
     assert main(["train", "--data-dir", str(tiny_data_dir), "--epochs", "1", "--batch-size", "64",
-                 "--name", "c", "--out", str(tmp_path / "runs")]) == 0
+                 "--set", "train.tensorboard=true", "--name", "c", "--out", str(tmp_path / "runs")]) == 0
     said = capsys.readouterr()
     assert "epoch 1/1" in said.out and "TensorBoard" not in said.out
     assert said.err.count("TensorBoard scalars are not written") == 1
@@ -109,7 +127,7 @@ def test_a_parallel_sweep_without_tensorboard_says_so_once_not_once_per_worker(t
     (fake / "__init__.py").write_text("raise ImportError('no tensorboard in this test')\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "quiet", "base": "d2l", "seeds": 1,
-                                    "common": {"train.epochs": 1, "train.batch_size": 64,
+                                    "common": {"train.epochs": 1, "train.batch_size": 64, "train.tensorboard": True,
                                                "data.data_dir": str(tiny_data_dir)},
                                     "grid": {"model.pool": ["avg", "max"]}}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}

@@ -22,6 +22,11 @@ from .model.network import LayerInfo, LeNet, ModelConfig, format_summary, list_m
 from .configuration.build import build_config, flag_fields
 from .configuration.presets import PRESETS, preset_name
 from .configuration.run import RunConfig
+from .data.catalog import get_spec
+from .store.checkpoint import CHECKPOINT, load_checkpoint
+from .store.models import MODEL_FILE, load_model
+from .store.recorder import FINISHED, read_status
+from .store.runs import load_run_config, read_metrics
 from .training.result import Run
 
 
@@ -47,11 +52,6 @@ def config(preset: str | None = None, *, file: str | Path | None = None, set: di
 def load(path: str | Path, device: str = "cpu") -> Run:
     """A run from its directory (config, history, status, and the model: the final one,
     or the last checkpoint's where the run did not finish) or from a .safetensors file."""
-    from .store.checkpoint import CHECKPOINT, load_checkpoint
-    from .store.models import MODEL_FILE, load_model
-    from .store.recorder import FINISHED, read_status
-    from .store.runs import load_run_config, read_metrics
-
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file() and (path.parent / "metrics.jsonl").is_file() \
             and path.name == MODEL_FILE:
@@ -63,8 +63,6 @@ def load(path: str | Path, device: str = "cpu") -> Run:
             model.load_state_dict(load_checkpoint(path)["model"])
         except (KeyError, RuntimeError, TypeError) as exc:
             raise RunError(f"{path / CHECKPOINT}: its weights do not fit the run's config ({exc})") from None
-        from .data.catalog import get_spec
-
         status = read_status(path).get("status", "interrupted")
         return Run(cfg, model.to(device).eval(), read_metrics(path, missing_ok=True), path, status,
                    get_spec(cfg.data.dataset).class_names)
@@ -118,8 +116,6 @@ def architecture(target: Any) -> tuple[ModelConfig, str]:
         except Exception:  # noqa: BLE001 - not a preset either: say what it could have been
             pass
     if path.is_dir() or path.suffix == ".safetensors":
-        from .store.models import load_model
-
         return load_model(path).config.model, str(path)
     if path.is_file():
         return build_config(None, path).model, str(path)

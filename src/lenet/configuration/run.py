@@ -56,7 +56,9 @@ class TrainConfig(Strict):
     deterministic: bool = False
     progress: Literal["auto", "always", "never"] = "auto"
     tta: bool = Field(False, description="also report test accuracy with test-time augmentation (flips, shifts)")
-    tensorboard: bool = Field(True, description="also write TensorBoard scalars into the run directory")
+    tensorboard: bool | None = Field(None, description=(
+        "TensorBoard scalars in the run directory; None: where the tensorboard package is installed, silently "
+        "skipped where not; true: asked for (a missing package is said, once); false: none"))
     evaluate_test: bool = Field(True, description="test loss and accuracy after every epoch; a search turns it "
                                                   "off, so choosing a config never sees the test set")
 

@@ -29,6 +29,7 @@ from .models import MODEL_FILE, save_model
 from ..errors import DivergedError, Interrupted, LenetError
 from .files import read_json_or_empty, write_json
 from ..configuration.run import RunConfig
+from ..model.network import LeNet
 from .tracking import Scalars
 from ..speed.process import import_in_background
 from .runs import environment_record, load_run_config, remove_stray_temp_files, save_config, write_metrics
@@ -51,8 +52,6 @@ def checkpoint_bound(cfg: RunConfig) -> int:
     """The most bytes a checkpoint of ``cfg``'s run may take: weights, gradient-sized
     optimiser state (Adam: two moments) and random states, each a few times over, plus
     room for the metrics of every epoch."""
-    from ..model.network import LeNet
-
     with torch.device("meta"):  # counting, not allocating
         parameters = sum(p.numel() for p in LeNet(cfg.model).parameters())
     return 16 * 4 * parameters + 64 * 2**20
@@ -71,9 +70,9 @@ class Recorder:
 
     def open_scalars(self, cfg: RunConfig, first_epoch: int) -> None:
         """TensorBoard from ``first_epoch`` on (a resume calls it once the checkpoint is read)."""
-        if self.run_dir is not None and cfg.train.tensorboard and not cfg.train.dry_run:
-            # The missing-writer line goes to stderr once per process; train.log gets it too.
-            self.scalars = Scalars.open(self.run_dir, first_epoch, self.note)
+        if self.run_dir is not None and cfg.train.tensorboard is not False and not cfg.train.dry_run:
+            # Asked for and missing: one line on stderr per process, and in train.log.
+            self.scalars = Scalars.open(self.run_dir, first_epoch, self.note, asked=cfg.train.tensorboard is True)
 
     def close(self) -> None:
         """Close the TensorBoard writer (a finished, interrupted or failed run)."""

@@ -8,12 +8,15 @@ quantity (``accuracy/train``, ``accuracy/val``, ``accuracy/test``, ``loss/...``,
 once: a run killed later keeps the scalars of the epochs it finished.
 
 The writer is optional (``pip install tensorboard``). Without it a run trains as
-before and says so in one line (stderr once per process, and in each run's train.log).
+before; a run that asked for scalars (train.tensorboard: true) says so in one line
+(stderr once per process, and in each run's train.log), the others say nothing.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +29,8 @@ TAGS = {
     "lr": "lr", "examples_per_second": "speed/examples_per_second", "epoch_seconds": "speed/epoch_seconds",
 }
 MISSING = ("TensorBoard scalars are not written: the tensorboard package is not installed "
-           "(pip install tensorboard, or pip install -e '.[ray]'); --set train.tensorboard=false turns this off")
+           "(pip install tensorboard, or pip install -e '.[ray]'); train.tensorboard unset writes them only "
+           "where it is")
 _said_missing = False
 
 
@@ -37,15 +41,17 @@ class Scalars:
         self._writer = writer
 
     @classmethod
-    def open(cls, run_dir: Path, first_epoch: int, log: Callable[[str], None]) -> "Scalars | None":
+    def open(cls, run_dir: Path, first_epoch: int, log: Callable[[str], None],
+             asked: bool = False) -> "Scalars | None":
         """A writer appending to ``run_dir``'s events from ``first_epoch`` on: steps at or
         after it that an earlier, killed process wrote are purged, so a resumed run
-        shows each epoch once."""
+        shows each epoch once. None without the package (said where ``asked``)."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            say_missing_once()
-            log(MISSING)
+            if asked:
+                say_missing_once()
+                log(MISSING)
             return None
         purge = first_epoch if first_epoch > 1 else None
         if purge:
@@ -71,11 +77,8 @@ def after_earlier_events(run_dir: Path) -> None:
     creation time in whole seconds, then host, process id and the process's writer
     count. A resumed run's file made in the same second as the interrupted one's can
     sort before it (writer 10 against 9 compares as text) and show epochs 3, 4 before
-    1, 2: test_tracking caught it in one CI run of two. So a resume that would write
-    within the second of an earlier file waits for the next second (under 1 s)."""
-    import re
-    import time
-
+    1, 2. So a resume that would write within the second of an earlier file waits for
+    the next second (under 1 s)."""
     stamps = [int(m.group(1)) for path in run_dir.glob("events.out.tfevents.*")
               if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", path.name))]
     if stamps:

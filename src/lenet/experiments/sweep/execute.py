@@ -340,7 +340,8 @@ def _run_parallel(units: list[Work], jobs: int, finish: Callable[[PlannedRun, st
     # spawn, not fork: forking a process that has started torch's thread pools can hang.
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    if any(run.config.train.tensorboard for unit in units for run, _ in unit) and not tracking.writer_available():
+    if any(run.config.train.tensorboard is True for unit in units for run, _ in unit) \
+            and not tracking.writer_available():
         tracking.say_missing_once()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                              initargs=(threads,)) as pool:
