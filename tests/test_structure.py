@@ -99,3 +99,19 @@ def test_every_module_in_an_xdist_group_shares_its_worker_by_file():
     marked = {f"tests/{p.name}" for p in tests.glob("test_*.py")
               if re.search(r"^pytestmark = .*pytest\.mark\.xdist_group\(", p.read_text(), re.M)}
     assert marked and marked == set(SHARED_WORKER)
+
+
+def test_the_top_level_shows_the_plan():
+    """Subpackages by job; at most 12 modules of their own at the top (issue 23)."""
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(modules) <= 12, modules
+    assert {"configuration", "data", "model", "training", "speed", "store", "use", "experiments", "cli"} <= \
+        {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_only_the_speed_package_reaches_its_mechanisms():
+    """Fused layers, halves and CUDA graphs are behind the one seam (speed.step, speed.forward)."""
+    mechanisms = {"lenet.speed.fused", "lenet.speed.halves", "lenet.speed.graphs"}
+    outside = {m: sorted(edges & mechanisms) for m, edges in imports().items()
+               if not m.startswith("lenet.speed") and edges & mechanisms}
+    assert outside == {}

@@ -42,6 +42,11 @@ class SpeedConfig(Strict):
         "$LENET_CALIBRATE (0 or 1), else true"))
 
 
+# Switches the stacked step of K runs at once (training.stacked) does not honour:
+# torch.compile and CUDA graphs capture one model's graph, channels-last has no layout
+# for the (K, B, C, H, W) batch, and it takes each batch whole and its own layers.
+NOT_STACKED = ("channels_last", "compile", "cuda_graphs", "micro_batch", "fused_layers", "parallel_halves")
+
 # The fields that lenet 0.2 kept in the train section: its config files, run
 # directories, model files and sweep specs still say train.micro_batch and so on.
 MOVED_FROM_TRAIN = tuple(f for f in SpeedConfig.model_fields if f != "calibrate")

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from .allocator import tune_cpu_allocator
 from .calibration import MICRO_BATCH_CPU, calibrating, cpu_speedups
 from .choice import Speed
-from .config import SpeedConfig
+from .config import NOT_STACKED, SpeedConfig
 
 BF16_MARGIN = 1.1  # bf16 only where its best step beat float32's by 10%: noise never chooses it
 MICRO_MARGIN = 1.05  # micro-batches only where clearly faster
@@ -38,11 +38,15 @@ def fast_bf16_hardware() -> bool:
 
 def resolve_speed(cfg: SpeedConfig, device: torch.device, *, batch_size: int, deterministic: bool = False,
                   batch_norm: bool = False, dropout: bool = False, recorded: dict[str, Any] | None = None,
-                  measured: Mapping[str, float] | None = None) -> Speed:
+                  measured: Mapping[str, float] | None = None, stacked: bool = False) -> Speed:
     """The run's speed switches. ``recorded``: the choice a checkpoint holds (a resumed run
     keeps it); ``batch_norm``, ``dropout``: whether the network has any (no micro-batches
     with batch norm, no halves with either); ``measured``: step speed-ups as
-    calibration.cpu_speedups gives them, instead of this machine's (cached) measurement."""
+    calibration.cpu_speedups gives them, instead of this machine's (cached) measurement;
+    ``stacked``: K runs as one stacked model, which takes none of NOT_STACKED (the CPU
+    would otherwise choose some by itself) and its precision as a run's."""
+    if stacked:
+        cfg = cfg.model_copy(update={s: 0 if s == "micro_batch" else False for s in NOT_STACKED})
     allocator = tune_cpu_allocator() if device.type == "cpu" else ""  # before any measuring
     compiled = dict(compile=cfg.compile, cuda_graphs=cfg.cuda_graphs)
     if recorded:

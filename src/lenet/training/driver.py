@@ -34,7 +34,7 @@ from ..speed.forward import finite_check_every
 from ..speed.policy import configure_backends, resolve_speed
 from ..store import checkpoint as ckpt
 from ..store.recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
-from .groups import REFUSED_SWITCHES, group_data
+from .groups import group_data
 from .learners import GroupLearner, Learner
 from .loop import (EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit, checkpoint_state, epoch_row,
                    evaluate, format_epoch, partial_epoch, position, train_one_epoch)
@@ -149,16 +149,12 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
 
 
 def _resolve(cfgs: Sequence[RunConfig], device: torch.device, saved: Sequence[dict[str, Any]] | None) -> Speed:
-    """The speed of these runs: a single run's as its config and this machine decide; the
-    stacked step takes none of REFUSED_SWITCHES, which the CPU would otherwise choose by
-    itself (layout, micro-batches, halves, fused layers), and its precision as a run's."""
+    """The speed of these runs, as their config and this machine decide (policy.resolve_speed)."""
     first = cfgs[0]
-    sp = first.speed
-    if len(cfgs) > 1:
-        sp = sp.model_copy(update={s: 0 if s == "micro_batch" else False for s in REFUSED_SWITCHES})
-    return resolve_speed(sp, device, batch_size=first.train.batch_size, deterministic=first.train.deterministic,
-                         batch_norm=first.model.batch_norm, dropout=first.model.dropout > 0,
-                         recorded=recorded_speed(first, saved[0] if saved else None))
+    return resolve_speed(first.speed, device, batch_size=first.train.batch_size,
+                         deterministic=first.train.deterministic, batch_norm=first.model.batch_norm,
+                         dropout=first.model.dropout > 0, recorded=recorded_speed(first, saved[0] if saved else None),
+                         stacked=len(cfgs) > 1)
 
 
 def _of(values: torch.Tensor, k: int) -> torch.Tensor:

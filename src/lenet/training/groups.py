@@ -18,7 +18,7 @@ format, its random states), so an interrupted group resumes together
 (``run.resume_many``) or each run alone (``lenet train --resume``).
 
 Speed switches: precision and ``--deterministic`` apply as in a single run; the
-REFUSED_SWITCHES do not fit the stacked step and are refused (a sweep trains such runs
+NOT_STACKED do not fit the stacked step and are refused (a sweep trains such runs
 one by one instead).
 """
 
@@ -33,6 +33,7 @@ from ..configuration.build import FLAGS_BY_NAME, flatten
 from ..configuration.run import RunConfig
 from ..data.datasets import DeviceData, prepare_data, stratified_indices
 from ..errors import UsageError
+from ..speed.config import NOT_STACKED
 
 # Fields that may differ between runs trained together: none changes a tensor shape
 # or the computation graph, only values (initial weights, data order, update sizes).
@@ -41,16 +42,11 @@ VARYING = {
     "optim.lr", "optim.momentum", "optim.weight_decay", "optim.schedule", "optim.step_epochs",
     "optim.gamma", "optim.warmup_fraction", "model.init", "model.name",
 }
-# Switches the stacked step does not honour: torch.compile and CUDA graphs capture one
-# model's graph, channels-last has no layout for the (K, B, C, H, W) batch, and the
-# stacked step takes each batch whole and its own layers (a single run's micro-batches,
-# halves and fused layers are automatic on the CPU; a group simply has none).
-REFUSED_SWITCHES = ("channels_last", "compile", "cuda_graphs", "micro_batch", "fused_layers", "parallel_halves")
 
 
 def group_key(cfg: RunConfig) -> str | None:
     """Runs with equal keys can train together; None for runs that cannot batch at all."""
-    if cfg.model.batch_norm or cfg.train.dry_run or any(getattr(cfg.speed, s) for s in REFUSED_SWITCHES) \
+    if cfg.model.batch_norm or cfg.train.dry_run or any(getattr(cfg.speed, s) for s in NOT_STACKED) \
             or cfg.data.augment.active or cfg.optim.ema or cfg.train.tta:
         # Augmentation, weight averaging and test-time augmentation are the single loop's.
         # BN keeps running statistics per model, which the stacked step does not.
@@ -74,7 +70,7 @@ def groups(cfgs: Sequence[RunConfig]) -> list[list[int]]:
 
 def check_group(cfgs: Sequence[RunConfig]) -> None:
     for cfg in cfgs:
-        on = [s for s in REFUSED_SWITCHES if getattr(cfg.speed, s)]
+        on = [s for s in NOT_STACKED if getattr(cfg.speed, s)]
         if on:
             name = f"--{on[0].replace('_', '-')}" if on[0] in FLAGS_BY_NAME else f"speed.{on[0]}"
             raise UsageError(f"{name} does not work for runs trained together (one stacked "
