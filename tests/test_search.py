@@ -70,6 +70,29 @@ def test_epochs_are_not_searched_under_asha():
     TrialConfigs(spec(search={"train.epochs": {"choice": [2, 4]}}, asha=False))
 
 
+def test_more_trials_than_the_limit_are_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
+    def no_ray():
+        raise AssertionError("Ray was imported")
+
+    monkeypatch.setattr("lenet.experiments.cluster.import_ray", no_ray)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec_to_dict(spec(trials=20_000))))
+    assert main(["search", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "20,000 trials, over the limit of 10,000" in err and "--max-runs 20000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+    search.spec.check_trials(spec(trials=20_000), max_runs=20_000)  # the flag moves the limit
+
+
+def test_max_runs_help_states_the_library_default(capsys):
+    from lenet.experiments.sweep.plan import MAX_RUNS
+
+    for command in ("sweep", "search"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"(default: {MAX_RUNS})" in " ".join(capsys.readouterr().out.split())
+
+
 def test_trial_configs_never_evaluate_the_test_set_and_decode_choices():
     configs = TrialConfigs(spec())
     cfg = configs.build(configs.sampled({"optim.lr": 0.01, "model.pool": '"max"', "model.conv_channels": "[8, 16]"}))

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from ...errors import ConfigError, Interrupted, LenetError, UsageError
 from ...store.files import read_json_or_empty, write_json
-from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, spec_to_dict
+from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, check_trials, spec_to_dict
 
 
 
@@ -128,12 +128,15 @@ def search_dir_for(spec: SearchSpec, out: str | Path) -> Path:
 
 def run_search(spec: SearchSpec, out: str | Path = "runs", *, overrides: list[str] | None = None,
                address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
-               max_failures: int = 3, resume: bool = False, log: Callable[[str], None] = print):
+               max_failures: int = 3, resume: bool = False, max_runs: int | None = None,
+               log: Callable[[str], None] = print):
     """Search ``spec``'s space on Ray Tune; returns the SearchResult (results.py), whose
-    files (summary.md, trials.csv, search.png, best-config.yaml) are in OUT/<name>/."""
+    files (summary.md, trials.csv, search.png, best-config.yaml) are in OUT/<name>/.
+    More than ``max_runs`` trials are refused before anything starts."""
     from ..cluster import RayBackend, check_nodes, connect, import_ray
     from .results import collect
 
+    check_trials(spec, max_runs)
     configs = TrialConfigs(spec, overrides)  # every value the space can give, validated first
     backend = RayBackend(cpus_per_run, gpus_per_run, max_failures)  # the same checks as a sweep's
     import_ray()
