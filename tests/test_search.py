@@ -70,6 +70,29 @@ def test_epochs_are_not_searched_under_asha():
     TrialConfigs(spec(search={"train.epochs": {"choice": [2, 4]}}, asha=False))
 
 
+def test_more_trials_than_the_limit_are_refused_before_anything_starts(capsys, tmp_path, monkeypatch):
+    def no_ray():
+        raise AssertionError("Ray was imported")
+
+    monkeypatch.setattr("lenet.experiments.cluster.import_ray", no_ray)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec_to_dict(spec(trials=20_000))))
+    assert main(["search", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "20,000 trials, over the limit of 10,000" in err and "--max-runs 20000" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+    search.spec.check_trials(spec(trials=20_000), max_runs=20_000)  # the flag moves the limit
+
+
+def test_max_runs_help_states_the_library_default(capsys):
+    from lenet.experiments.sweep.plan import MAX_RUNS
+
+    for command in ("sweep", "search"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"(default: {MAX_RUNS})" in " ".join(capsys.readouterr().out.split())
+
+
 def test_trial_configs_never_evaluate_the_test_set_and_decode_choices():
     configs = TrialConfigs(spec())
     cfg = configs.build(configs.sampled({"optim.lr": 0.01, "model.pool": '"max"', "model.conv_channels": "[8, 16]"}))
@@ -98,8 +121,9 @@ def _fake_search(tmp_path: Path, tiny_data_dir: Path) -> tuple[Path, TrialConfig
     configs = TrialConfigs(s)
     (search_dir).mkdir(parents=True)
     (search_dir / "search.json").write_text(json.dumps({"spec": spec_to_dict(s), "overrides": []}))
-    for name, values, stop_at in (("trial-a", {"optim.lr": 0.3, "model.pool": "max"}, None),
-                                  ("trial-b", {"optim.lr": 0.002, "model.pool": "avg"}, None),
+    # Learning rates as a sampler gives them: more digits than anyone reads.
+    for name, values, stop_at in (("trial-a", {"optim.lr": 0.31622776601683794, "model.pool": "max"}, None),
+                                  ("trial-b", {"optim.lr": 0.0016051911333587634, "model.pool": "avg"}, None),
                                   ("trial-c", {"optim.lr": 0.1, "model.pool": "avg"}, 1)):
         cfg = configs.build(values, name=name, out=str(trials))
 
@@ -166,3 +190,28 @@ def test_report_of_a_search_shows_the_choice_and_every_trial(tiny_data_dir, tmp_
     page = (search_dir / "report.html").read_text()
     assert "Search s" in page and "trial-a" in page and "trial-c" in page and "data:image/png;base64," in page
     assert "stopped early" in page and "evaluated once, for the chosen config" in page
+
+
+def test_report_of_a_search_shows_the_plot_then_the_choice_as_rounded_changes_and_folds_the_config(
+        tiny_data_dir, tmp_path):
+    search_dir, configs = _fake_search(tmp_path, tiny_data_dir)
+    result = search.collect(search_dir, log=lambda _: None)
+    assert main(["report", str(search_dir)]) == 0
+    page = (search_dir / "report.html").read_text()
+    folded = page.index("<details><summary>The chosen config in full (best-config.yaml)</summary>")
+    assert page.index('alt="search plot"') < page.index("<h2>Chosen</h2>") < page.index("<h2>Trials</h2>") < folded
+    lr = result.best.values["optim.lr"]
+    assert f"<td>optim.lr</td><td>{configs.base.optim.lr:.4g}</td><td>{lr:.4g}</td>" in page
+    assert repr(lr) not in page[:folded] and f"lr: {lr!r}" in page[folded:]  # the file keeps every digit
+    changes = json.loads((search_dir / "summary.json").read_text())["best_changes"]
+    assert [c["field"] for c in changes] == list(SPACE)  # nothing but the searched fields differs here
+    assert changes[0] == {"field": "optim.lr", "base": configs.base.optim.lr, "chosen": lr, "searched": True}
+
+
+@pytest.mark.parametrize("value, text", [(0.0016051911333587634, "0.001605"), (0.31622776601683794, "0.3162"),
+                                         ([0.123456, 2], "[0.1235, 2]"), (True, "true"), (None, "null"),
+                                         ("max", "max"), (256, "256")])
+def test_values_are_rounded_to_four_significant_digits_for_reading(value, text):
+    from lenet.experiments.search.results import readable
+
+    assert readable(value) == text

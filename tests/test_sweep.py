@@ -148,6 +148,62 @@ def test_a_bad_value_names_the_variant_and_the_field():
         sweep.plan_sweep(spec)
 
 
+TEN = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+@pytest.fixture
+def no_expansion(monkeypatch):
+    """Planning fails the test if it builds a grid's product."""
+    def refuse(grid):
+        raise AssertionError(f"the product of {len(grid)} axes was built")
+
+    monkeypatch.setattr("lenet.experiments.sweep.plan.grid_variants", refuse)
+
+
+def test_a_grid_over_the_limit_is_refused_by_counting_before_it_is_expanded(capsys, tmp_path, no_expansion):
+    # 10^12 variants: expanding even the names would take the machine.
+    grid = {f"optim.{key}": list(TEN) for key in ("lr", "momentum", "gamma", "warmup_fraction")}  # no YAML aliases
+    grid.update({"model.dropout": TEN[:-1] + [0.0], "optim.ema": TEN[:-1] + [0.0]})
+    grid.update({f"model.{k}": list(range(1, 11)) for k in ("pool_size", "pool_stride", "in_channels",
+                                                            "input_size", "num_classes", "pool_padding")})
+    path = write_spec(tmp_path / "huge.yaml", name="huge", seeds=3, grid=grid)
+    code, out, err = run(capsys, "sweep", path, "--dry-run")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 = 1,000,000,000,000 variants" in err
+    assert "up to 3,000,000,000,003 runs, over the limit of 10,000" in err and "--max-runs 3000000000003" in err
+
+
+def test_max_runs_moves_the_limit_and_counts_seeds_and_the_base(capsys, tmp_path):
+    path = write_spec(tmp_path / "s.yaml", name="small", seeds=2, variants=[
+        {"name": "a", "set": {"optim.lr": 0.1}}, {"name": "b", "set": {"optim.lr": 0.2}}])
+    code, _, err = run(capsys, "sweep", path, "--dry-run", "--max-runs", "5")
+    assert code == 2 and "2 variants and the base, x 2 seed(s) = up to 6 runs, over the limit of 5" in err
+    code, out, _ = run(capsys, "sweep", path, "--dry-run", "--max-runs", "6")
+    assert code == 0 and "3 variants x 2 seeds = 6 runs" in out
+
+
+@pytest.mark.parametrize("axis, needle", [
+    ({"optim.lr2": [0.1, 0.2]}, "unknown key 'optim.lr2'; did you mean 'optim.lr'?"),
+    ({"model.pool": ["avg", "max", "median"]}, "variant 'lr=0.1,momentum=0.1,pool=median'"),
+])
+def test_every_grid_field_and_value_is_checked_before_the_product(axis, needle, no_expansion):
+    # Under a raised limit, 10^6 variants: the bad field or value is found without them.
+    grid = {"optim.lr": TEN, "optim.momentum": TEN[:-1] + [0.0], **axis}
+    spec = sweep.parse_spec({"name": "bad", "seeds": 1, "grid": grid})
+    with pytest.raises(ConfigError) as info:
+        sweep.plan_sweep(spec, max_runs=10**9)
+    assert needle in str(info.value)
+
+
+def test_axis_variants_hold_every_value_of_every_axis_and_are_grid_members():
+    grid = {"optim.lr": [0.1, 0.2, 0.3], "model.pool": ["avg", "max"], "model.activation": ["relu", "tanh"]}
+    members = sweep.plan.axis_variants(grid)
+    product = {v.name: v.set for v in sweep.grid_variants(grid)}
+    assert len(members) == 1 + 2 + 1 + 1 and all(product[v.name] == v.set for v in members)
+    for key, values in grid.items():
+        assert {v.set[key] for v in members} == set(values)
+
+
 def test_dry_run_lists_runs_and_trains_nothing(capsys, tmp_path, train_calls):
     path = write_spec(tmp_path / "s.yaml", name="dry", grid={"model.activation": ["relu", "tanh"]})
     code, out, _ = run(capsys, "sweep", path, "--dry-run", "--seeds", "2")

@@ -107,6 +107,9 @@ def add_spec_run_options(p: argparse.ArgumentParser, folder: str, unit: str, *, 
     p.add_argument("--device", help=f"auto | {devices} for every {unit} (default: the spec's, auto)")
     p.add_argument("--name", help=f"{folder} directory name (default: the spec's name)")
     p.add_argument("--out", default="runs", help="parent folder (default: runs)")
+    p.add_argument("--max-runs", type=int, metavar="N",  # None: the library's MAX_RUNS (sweep/plan.py)
+                   help=f"refuse a spec of more {unit}s than this, counted before anything is built "
+                        "(default: 10000)")
 
 
 def add_ray_options(p: argparse.ArgumentParser, search: bool = False) -> None:
@@ -162,7 +165,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.device:
         overrides.append(f"device={args.device}")
-    plan = sweep.plan_sweep(spec, args.out, overrides, args.seeds)
+    plan = sweep.plan_sweep(spec, args.out, overrides, args.seeds, max_runs=args.max_runs)
     if args.dry_run:
         print(sweep.format_dry_run(plan, args.retry_failed))
         return EXIT_OK
@@ -219,7 +222,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     result = search.run_search(spec, args.out, overrides=overrides, address=args.address,
                                cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                               max_failures=args.max_failures, resume=args.resume,
+                               max_failures=args.max_failures, resume=args.resume, max_runs=args.max_runs,
                                log=lambda line: print(line, flush=True))
     print(f"search {spec.name}: {len(result.trials)} trials in {time.perf_counter() - tic:.0f} s; wrote "
           f"{result.search_dir}/summary.md, trials.csv, search.png"

@@ -31,10 +31,11 @@ h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; } 
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.baseline td { background: #fff8e0; } tr.failed td { color: #a00; }
+tr.baseline td, tr.chosen td { background: #fff8e0; } tr.failed td { color: #a00; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.5em 0; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #555; font-size: 0.9em; }
+details { margin: 2em 0; } summary { cursor: pointer; font-weight: 600; }
 """
 
 
@@ -198,15 +199,17 @@ def sweep_report(sweep_dir: Path) -> str:
 
 
 def search_report(search_dir: Path) -> str:
-    """A search (lenet search): how it chose, the chosen config and its test accuracy,
-    the metric against each field, and every trial."""
-    import csv
+    """A search (lenet search): what it searched, the metric against each field, what it
+    chose as changes from its base (rounded for reading) and its test accuracy, every
+    trial, and the chosen config in full, folded, at the end."""
+    from .search.results import readable
 
-    if not (search_dir / "summary.json").is_file() or not (search_dir / "search.png").is_file():
+    summary = read_json_or_empty(search_dir / "summary.json")
+    if not summary or "best_changes" not in summary or not (search_dir / "search.png").is_file():
         from .search import collect
 
-        collect(search_dir, log=lambda _line: None)
-    summary = read_json_or_empty(search_dir / "summary.json")
+        collect(search_dir, log=lambda _line: None)  # the test set is not looked at again
+        summary = read_json_or_empty(search_dir / "summary.json")
     spec = read_json_or_empty(search_dir / "search.json").get("spec", {})
     title = f"Search {summary.get('name', search_dir.name)}"
     body = [f"<h1>{html.escape(title)}</h1>"]
@@ -218,23 +221,32 @@ def search_report(search_dir: Path) -> str:
                 + f" on the base <code>{html.escape(json.dumps(spec.get('base')))}</code>, chosen on "
                 f"<code>{html.escape(metric)}</code> (the validation split) among trials that ran all their epochs. "
                 "The test set was evaluated once, for the chosen config, after the choice.</p>")
+    body += ["<h2>The metric against each searched field</h2>", image(search_dir / "search.png", "search plot")]
     if summary.get("best"):
-        values = ", ".join(f"{k} = {json.dumps(v)}" for k, v in (summary.get("best_values") or {}).items())
-        body += ["<h2>Chosen</h2>", f"<p><b>{html.escape(summary['best'])}</b>: {html.escape(values)}; "
-                 f"{html.escape(metric)} {_fmt(summary.get('best_metric'))}; test accuracy "
-                 f"{_fmt(summary.get('test_accuracy'))}</p>"]
-        best_config = search_dir / "best-config.yaml"
-        if best_config.is_file():
-            body.append(f"<pre>{html.escape(best_config.read_text())}</pre>")
+        changes = [[c["field"] + ("" if c["searched"] else " (follows)"), readable(c["base"]), readable(c["chosen"])]
+                   for c in summary["best_changes"]]
+        body += ["<h2>Chosen</h2>",
+                 f"<p><b>{html.escape(summary['best'])}</b>: {html.escape(metric)} {_fmt(summary.get('best_metric'))}; "
+                 f"test accuracy {_fmt(summary.get('test_accuracy'))}. Its changes from the base every trial started "
+                 "from (the spec's base, common and --set):</p>",
+                 table(["field", "base", "chosen"], changes),
+                 "<p class=\"note\">Values to 4 significant digits; summary.json and best-config.yaml keep them "
+                 "in full.</p>"]
     else:
         body.append("<p>No trial ran all its epochs, so none was chosen.</p>")
-    body += ["<h2>The metric against each searched field</h2>", image(search_dir / "search.png", "search plot")]
-    trials_csv = search_dir / "trials.csv"
-    if trials_csv.is_file():
-        rows = list(csv.reader(trials_csv.read_text().splitlines()))
-        if rows:
-            body += ["<h2>Trials</h2>", table(rows[0], rows[1:], numeric=[len(rows[0]) - 4, len(rows[0]) - 2,
-                                                                         len(rows[0]) - 1])]
+    trials = summary.get("trials", [])
+    if trials:
+        keys = list(spec.get("search", {}))
+        rows = [[t["name"], *(readable(t["values"].get(k)) for k in keys), t["epochs"], t["status"],
+                 _fmt(t.get("metric")), _fmt(t.get("best_metric")), _fmt(t.get("seconds"), 1)] for t in trials]
+        n = len(keys)
+        chosen = ["chosen" if t["name"] == summary.get("best") else "" for t in trials]
+        body += ["<h2>Trials</h2>", table(["trial", *keys, "epochs", "status", metric, f"best {metric}", "seconds"],
+                                          rows, numeric=[n + 1, n + 3, n + 4, n + 5], row_classes=chosen)]
+    best_config = search_dir / "best-config.yaml"
+    if summary.get("best") and best_config.is_file():
+        body.append("<details><summary>The chosen config in full (best-config.yaml)</summary>"
+                    f"<pre>{html.escape(best_config.read_text())}</pre></details>")
     return page(title, body)
 
 

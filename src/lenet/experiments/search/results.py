@@ -3,7 +3,8 @@
     collect(search_dir)    trials.csv      one row per trial: its values, epochs, status, metric
                            search.png      the metric against each searched field
                            best-config.yaml  the chosen config, for `lenet train --config`
-                           summary.md, summary.json
+                           summary.md      for reading: values to 4 significant digits
+                           summary.json    the choice and its changes from the base, in full
                            and, once, the chosen config's test accuracy
 
 The choice uses only the validation metric of trials that ran all their epochs (a
@@ -30,6 +31,9 @@ from ...configuration.build import flatten
 from ...store.runs import load_run_config, read_metrics
 from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, parse_search_spec
 
+# Fields that say where a trial's run went, not what it computed.
+BOOKKEEPING = ("name", "out")
+
 
 @dataclass
 class Trial:
@@ -54,6 +58,8 @@ class SearchResult:
     best: Trial | None
     test_accuracy: float | None = None
     files: list[Path] = field(default_factory=list)
+    # The chosen config against the base: [{"field", "base", "chosen", "searched"}], full precision.
+    best_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         best = (f", best {self.best.name} {self.spec.metric} {self.best.metric:.4f}" if self.best and
@@ -106,6 +112,7 @@ def collect(search_dir: str | Path, *, evaluate_test: bool = True, log: Callable
     if best is not None:
         best_dir = search_dir / "trials" / best.name
         result.files.append(write_best_config(best_dir, search_dir / "best-config.yaml"))
+        result.best_changes = changes_from_base(best_dir, configs)
         if previous.get("best") == best.name and previous.get("test_accuracy") is not None:
             result.test_accuracy = previous["test_accuracy"]  # looked at once already
         elif evaluate_test:
@@ -115,7 +122,7 @@ def collect(search_dir: str | Path, *, evaluate_test: bool = True, log: Callable
     result.files += write_tables(result, configs)
     result.files.append(plot_search(result, configs, search_dir / "search.png"))
     if best is not None:
-        log(f"best: {best.name} ({', '.join(f'{k}={_cell(v)}' for k, v in best.values.items())}), "
+        log(f"best: {best.name} ({', '.join(f'{k}={readable(v)}' for k, v in best.values.items())}), "
             f"{spec.metric} {best.metric:.4f}"
             + (f"; its test accuracy, looked at once after choosing: {result.test_accuracy:.4f}"
                if result.test_accuracy is not None else ""))
@@ -139,9 +146,31 @@ def write_best_config(run_dir: Path, path: Path) -> Path:
     return path
 
 
-def _cell(value: Any) -> str:
+def changes_from_base(run_dir: Path, configs: TrialConfigs) -> list[dict[str, Any]]:
+    """The chosen trial's config against the base every trial started from (base, common,
+    --set): each searched field, then any other field that differs (a searched model.name
+    brings its variant's fields along)."""
+    chosen = flatten(load_run_config(run_dir).to_dict())
+    base = flatten(configs.base.to_dict())
+    others = [k for k in chosen if k not in configs.space and k not in BOOKKEEPING and chosen[k] != base.get(k)]
+    return [{"field": k, "base": base.get(k), "chosen": chosen.get(k), "searched": k in configs.space}
+            for k in [*configs.space, *others]]
+
+
+def readable(value: Any) -> str:
+    """A value for reading: floats to 4 significant digits, inside lists too (the files
+    that are read back, summary.json, trials.csv and best-config.yaml, keep them whole)."""
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(readable(v) for v in value) + "]"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _csv_cell(value: Any) -> str:
+    # repr: the shortest text that reads back as the same float.
+    if isinstance(value, float):
+        return repr(value)
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
@@ -153,7 +182,7 @@ def write_tables(result: SearchResult, configs: TrialConfigs) -> list[Path]:
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for t in trials:
-        writer.writerow([t.name, *(_cell(t.values[k]) for k in keys), t.epochs, t.status,
+        writer.writerow([t.name, *(_csv_cell(t.values[k]) for k in keys), t.epochs, t.status,
                          "" if t.metric is None else f"{t.metric:.6f}",
                          "" if t.best_metric is None else f"{t.best_metric:.6f}", f"{t.seconds:.1f}"])
     csv_path = result.search_dir / "trials.csv"
@@ -179,9 +208,12 @@ def write_tables(result: SearchResult, configs: TrialConfigs) -> list[Path]:
               "epoch, among the trials that ran all their epochs; the test set was not evaluated during the search",
               ""]
     if best is not None:
-        lines += ["## Chosen", "",
-                  f"**{best.name}**: " + ", ".join(f"`{k}` = {_cell(v)}" for k, v in best.values.items())
-                  + f"; {spec.metric} **{best.metric:.4f}**", ""]
+        lines += ["## Chosen", "", f"**{best.name}**, {spec.metric} **{best.metric:.4f}**; its changes from the "
+                  "base (values to 4 significant digits, in full in summary.json and best-config.yaml):", "",
+                  "| field | base | chosen |", "|---|---|---|"]
+        lines += [f"| `{c['field']}`{'' if c['searched'] else ' (follows)'} | {readable(c['base'])} | "
+                  f"{readable(c['chosen'])} |" for c in result.best_changes]
+        lines += [""]
         if result.test_accuracy is not None:
             lines += [f"Test accuracy of the chosen config, evaluated once after the choice: "
                       f"**{result.test_accuracy:.4f}**", ""]
@@ -193,7 +225,7 @@ def write_tables(result: SearchResult, configs: TrialConfigs) -> list[Path]:
     for t in order:
         mark = " **(chosen)**" if best is not None and t.name == best.name else ""
         metric = "" if t.metric is None else f"{t.metric:.4f}"
-        lines.append(f"| {t.name}{mark} | " + " | ".join(_cell(t.values[k]) for k in keys)
+        lines.append(f"| {t.name}{mark} | " + " | ".join(readable(t.values[k]) for k in keys)
                      + f" | {t.epochs} | {t.status} | {metric} |")
     md_path = result.search_dir / "summary.md"
     atomic_write_text(md_path, "\n".join(lines) + "\n")
@@ -201,6 +233,7 @@ def write_tables(result: SearchResult, configs: TrialConfigs) -> list[Path]:
     write_json(json_path, {
         "name": spec.name, "metric": spec.metric, "mode": spec.mode,
         "best": best.name if best else None, "best_values": best.values if best else None,
+        "best_changes": result.best_changes,
         "best_metric": best.metric if best else None, "test_accuracy": result.test_accuracy,
         "trials": [t.__dict__ for t in trials]})
     return [csv_path, md_path, json_path]
@@ -233,7 +266,7 @@ def plot_search(result: SearchResult, configs: TrialConfigs, path: Path) -> Path
                        facecolors=("C3" if chosen else "C0") if t.complete else "none",
                        edgecolors="C3" if chosen else "C0", zorder=3 if chosen else 2)
         if labels:
-            ax.set_xticks(range(len(labels)), [_cell(c) for c in dist.args], rotation=20)
+            ax.set_xticks(range(len(labels)), [readable(c) for c in dist.args], rotation=20)
             ax.set_xlim(-0.5, len(labels) - 0.5)
         elif dist.log_scale:
             ax.set_xscale("log")

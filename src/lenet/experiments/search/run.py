@@ -33,7 +33,7 @@ from ...store.runs import read_metrics
 from ..cluster import TaskOptions, check_nodes, connect, import_ray
 from ..sweep.execute import SKIP, action_for, start_or_resume
 from .results import collect
-from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, spec_to_dict
+from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, check_trials, spec_to_dict
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,12 @@ def search_dir_for(spec: SearchSpec, out: str | Path) -> Path:
 
 def run_search(spec: SearchSpec, out: str | Path = "runs", *, overrides: list[str] | None = None,
                address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
-               max_failures: int = 3, resume: bool = False, log: Callable[[str], None] = print):
+               max_failures: int = 3, resume: bool = False, max_runs: int | None = None,
+               log: Callable[[str], None] = print):
     """Search ``spec``'s space on Ray Tune; returns the SearchResult (results.py), whose
-    files (summary.md, trials.csv, search.png, best-config.yaml) are in OUT/<name>/."""
+    files (summary.md, trials.csv, search.png, best-config.yaml) are in OUT/<name>/.
+    More than ``max_runs`` trials are refused before anything starts."""
+    check_trials(spec, max_runs)
     configs = TrialConfigs(spec, overrides)  # every value the space can give, validated first
     options = TaskOptions(cpus_per_run, gpus_per_run, max_failures)  # the same checks as a sweep's
     import_ray()

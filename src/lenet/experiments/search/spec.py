@@ -35,7 +35,7 @@ from ...configuration.base import explain
 from ...configuration.build import build_config, flatten, parse_override
 from ...configuration.files import load_file
 from ...configuration.run import RunConfig
-from ..sweep.plan import RESERVED_KEYS, base_source
+from ..sweep.plan import MAX_RUNS, RESERVED_KEYS, base_source
 from ..sweep.spec import _looks_like_file, _safe_name
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
@@ -58,7 +58,7 @@ class SearchSpec(Strict):
     common: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value for every trial")
     search: dict[str, dict[str, Any]] = Field(description="dotted key -> {choice|uniform|loguniform|randint: ...}")
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    trials: int = Field(16, ge=1, le=10_000, description="how many configs to try")
+    trials: int = Field(16, ge=1, description="how many configs to try (at most --max-runs)")
     algorithm: Literal["tpe", "random"] = "tpe"
     time_budget: float | None = Field(None, gt=0, description="seconds; running trials stop when it is spent")
     asha: Asha | bool = Field(default_factory=Asha, description="ASHA early stopping; false: every trial runs "
@@ -162,6 +162,14 @@ def load_search_spec(path: str | Path) -> SearchSpec:
     if isinstance(spec.base, str) and _looks_like_file(spec.base) and not Path(spec.base).is_absolute():
         spec = spec.model_copy(update={"base": str((path.parent / spec.base).resolve())})
     return spec
+
+
+def check_trials(spec: SearchSpec, max_runs: int | None = None) -> None:
+    """ConfigError when the spec asks for more than ``max_runs`` trials (--max-runs; None: MAX_RUNS)."""
+    max_runs = MAX_RUNS if max_runs is None else max_runs
+    if spec.trials > max_runs:
+        raise ConfigError(f"search {spec.name!r}: {spec.trials:,} trials, over the limit of {max_runs:,}; ask for "
+                          f"fewer (--trials), or raise the limit with --max-runs {spec.trials}")
 
 
 def parse_duration(text: str | float | None) -> float | None:

@@ -9,6 +9,8 @@ seed before any second seed, so a sweep stopped half-way already compares all va
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ RESERVED_KEYS = ("seed", "name", "out")
 # speed.calibrate: whether they were measured) still finds its finished runs.
 IGNORED_WHEN_COMPARING = ("name", "out", "device", "data.data_dir", "train.progress", "train.eval_batch_size",
                           "speed.micro_batch", "speed.fused_layers", "speed.parallel_halves", "speed.calibrate")
+# Runs a sweep may plan unless --max-runs says more: a week of 1-minute runs, and a plan
+# (configs, names, the dry-run's list) that fits in a few hundred MB.
+MAX_RUNS = 10_000
 
 
 def format_value(value: Any) -> str:
@@ -49,14 +54,49 @@ def grid_variants(grid: dict[str, list[Any]]) -> list[VariantSpec]:
 
     An axis is named by its last dotted component unless two axes share it.
     """
+    return [_grid_variant(grid, values) for values in itertools.product(*grid.values())]
+
+
+def _grid_variant(grid: dict[str, list[Any]], values: tuple[Any, ...]) -> VariantSpec:
     keys = list(grid)
     shorts = [k.split(".")[-1] for k in keys]
     labels = [short if shorts.count(short) == 1 else key for key, short in zip(keys, shorts, strict=True)]
-    variants = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        name = ",".join(f"{label}={_name_part(v)}" for label, v in zip(labels, values, strict=True))
-        variants.append(VariantSpec(name=name, set=dict(zip(keys, values, strict=True))))
-    return variants
+    name = ",".join(f"{label}={_name_part(v)}" for label, v in zip(labels, values, strict=True))
+    return VariantSpec(name=name, set=dict(zip(keys, values, strict=True)))
+
+
+def axis_variants(grid: dict[str, list[Any]]) -> list[VariantSpec]:
+    """Grid members that hold every value of every axis, each once: all axes at their
+    first value but one (sum of the axis lengths, not their product). Each is a run of
+    the grid, so an error in one is an error of the grid."""
+    first = [values[0] for values in grid.values()]
+    members = [tuple(first)]
+    for i, values in enumerate(grid.values()):
+        members += [(*first[:i], value, *first[i + 1:]) for value in values[1:]]
+    return [_grid_variant(grid, m) for m in members]
+
+
+def count_runs(spec: SweepSpec) -> tuple[int, int]:
+    """(variants, runs) a spec can plan, by multiplication: the grid is never expanded.
+    The base variant is counted: it is added when no variant equals it."""
+    listed = math.prod(len(values) for values in spec.grid.values()) if spec.grid is not None \
+        else len(spec.variants or [])
+    variants = listed + (1 if spec.include_base else 0)
+    return variants, variants * spec.seed_count()
+
+
+def check_size(spec: SweepSpec, max_runs: int | None = None) -> None:
+    """ConfigError when the spec can plan more than ``max_runs`` runs (--max-runs; None: MAX_RUNS)."""
+    max_runs = MAX_RUNS if max_runs is None else max_runs
+    variants, runs = count_runs(spec)
+    if runs > max_runs:
+        listed = variants - spec.include_base
+        made = (f"the grid makes {' x '.join(str(len(v)) for v in spec.grid.values())} = {listed:,} variants"
+                if spec.grid is not None else f"{listed:,} variants")
+        base = " and the base" if spec.include_base else ""
+        raise ConfigError(f"sweep {spec.name!r}: {made}{base}, x {spec.seed_count():,} seed(s) = up to {runs:,} "
+                          f"runs, over the limit of {max_runs:,}; shrink the grid or the seeds, "
+                          f"or raise the limit with --max-runs {runs}")
 
 
 def _name_part(value: Any) -> str:
@@ -142,17 +182,20 @@ def comparable(cfg: RunConfig) -> dict[str, Any]:
 
 
 def plan_sweep(spec: SweepSpec, out: str | Path = "runs", overrides: list[str] | None = None,
-               seeds: int | None = None) -> SweepPlan:
+               seeds: int | None = None, max_runs: int | None = None) -> SweepPlan:
     """Every variant's config, validated before anything trains; errors name the variant.
 
     ``overrides`` ("train.epochs=5") and ``seeds`` come from the command line and
-    apply to every run; a variant's own fields still win over them.
+    apply to every run; a variant's own fields still win over them. A spec that can
+    plan more than ``max_runs`` runs is refused before its grid is expanded, and every
+    grid field and value is checked before the product is built.
     """
     overrides = list(overrides or [])
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {seeds}")
         spec = spec.model_copy(update={"seeds": seeds})
+    check_size(spec, max_runs)
     preset, file, base_fields = base_source(spec.base)
     common = flatten(spec.common)
     cli = dict(parse_override(text) for text in overrides)
@@ -164,25 +207,43 @@ def plan_sweep(spec: SweepSpec, out: str | Path = "runs", overrides: list[str] |
         except LenetError as exc:
             raise ConfigError(f"sweep {spec.name!r}, {where}: {exc}") from None
 
-    base_cfg = resolve({}, "base")
-    variant_specs = grid_variants(spec.grid) if spec.grid is not None else list(spec.variants or [])
-    variants: list[VariantPlan] = []
-    baseline = None
-    for v in variant_specs:
+    def resolve_variant(v: VariantSpec) -> tuple[VariantSpec, dict[str, Any], RunConfig]:
         changes = flatten(v.set)
         _check_reserved(changes, f"sweep {spec.name!r}, variant {v.name!r}")
-        cfg = resolve(changes, f"variant {v.name!r}")
-        model = LeNet(cfg.model)
-        variants.append(VariantPlan(v.name, changes, cfg, count_parameters(model),
-                                    count_mult_adds(model, cfg.model), v.note))
+        return v, changes, resolve(changes, f"variant {v.name!r}")
+
+    base_cfg = resolve({}, "base")
+    if spec.grid is not None:
+        for v in axis_variants(spec.grid):  # every field name and value, before the product
+            resolve_variant(v)
+    variant_specs = grid_variants(spec.grid) if spec.grid is not None else list(spec.variants or [])
+    resolved = [resolve_variant(v) for v in variant_specs]  # every config valid before any model is built
+    sizes = _ModelSizes()
+    variants: list[VariantPlan] = []
+    baseline = None
+    for v, changes, cfg in resolved:
+        variants.append(VariantPlan(v.name, changes, cfg, *sizes(cfg), v.note))
         if baseline is None and comparable(cfg) == comparable(base_cfg):
             baseline = v.name
     if baseline is None and spec.include_base:
         if any(v.name == "base" for v in variants):
             raise ConfigError(f"sweep {spec.name!r}: a variant is named 'base' but differs from the base; "
                               "rename it or set include_base: false")
-        model = LeNet(base_cfg.model)
-        variants.insert(0, VariantPlan("base", {}, base_cfg, count_parameters(model),
-                                       count_mult_adds(model, base_cfg.model), "the base config"))
+        variants.insert(0, VariantPlan("base", {}, base_cfg, *sizes(base_cfg), "the base config"))
         baseline = "base"
     return SweepPlan(spec.name, spec, Path(out) / spec.name, spec.seed_list(), variants, baseline, overrides)
+
+
+class _ModelSizes:
+    """(parameters, mult-adds) of a config's network, built once per distinct
+    architecture: a grid over optimiser fields shares one (a forward pass each costs ms)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, cfg: RunConfig) -> tuple[int, int]:
+        key = json.dumps(cfg.model.model_dump(mode="json"), sort_keys=True)
+        if key not in self.known:
+            model = LeNet(cfg.model)
+            self.known[key] = (count_parameters(model), count_mult_adds(model, cfg.model))
+        return self.known[key]

@@ -69,6 +69,9 @@ class SweepSpec(Strict):
                 raise ValueError("seeds must be distinct and >= 0")
         return value
 
+    def seed_count(self) -> int:
+        return self.seeds if isinstance(self.seeds, int) else len(self.seeds)
+
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
