@@ -138,10 +138,10 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
             at = Position()
             progress.epoch(histories[0])
             if K > 1:
-                test = scores["test"][1]
+                test = scores["test"][1] if scores["test"] is not None else None
                 say.log(f"epoch {epoch + 1}/{epochs}: {K} runs, {seconds:.1f} s, "
-                        f"{data.n_train * K / max(seconds, 1e-9):,.0f} examples/s in all; "
-                        f"test acc {float(test.min()):.4f}..{float(test.max()):.4f}")
+                        f"{data.n_train * K / max(seconds, 1e-9):,.0f} examples/s in all"
+                        + (f"; test acc {float(test.min()):.4f}..{float(test.max()):.4f}" if test is not None else ""))
             if until is not None and rows and all(until(row) for row in rows):
                 recs[0].log(f"stopping after epoch {epoch + 1}: the target is reached")
                 break
