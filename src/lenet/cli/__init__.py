@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     options = {flag.name: getattr(args, flag.name) for flag in FLAGS}
     preset = args.preset or (None if args.config else "d2l")
-    cfg = config(preset, file=args.config, set=_parse_sets(args.overrides), **options)
+    cfg = config(preset, file=args.config, set=parse_sets(args.overrides), **options)
     if args.print_config:
         import yaml
 
@@ -82,7 +82,7 @@ def _run_or_same(text: Path) -> Path:
         return text
 
 
-def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
+def parse_sets(texts: Sequence[str]) -> dict[str, Any]:
     """--set KEY=VALUE texts as {dotted key: value} (values parsed as YAML scalars and lists)."""
     from ..configuration.build import parse_override
 

@@ -242,7 +242,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 def cmd_augment(args: argparse.Namespace) -> int:
     from ..use.inspection import augment_figure
-    from ..use.figures import _save
+    from ..use.figures import save_figure
 
     if args.images < 1 or args.versions < 1:
         raise UsageError("--images and --versions must be at least 1")
@@ -252,11 +252,11 @@ def cmd_augment(args: argparse.Namespace) -> int:
         target = run_arg(args.run)
     else:
         from ..api import config
-        from . import _parse_sets
+        from . import parse_sets
 
         preset = args.preset or (None if args.config else "d2l")
-        target = config(preset, file=args.config, set=_parse_sets(args.overrides), augment=args.augment)
-    path = _save(augment_figure(target, args.images, args.versions, data_dir=args.data_dir), args.out)
+        target = config(preset, file=args.config, set=parse_sets(args.overrides), augment=args.augment)
+    path = save_figure(augment_figure(target, args.images, args.versions, data_dir=args.data_dir), args.out)
     print(f"wrote {path}")
     return EXIT_OK
 

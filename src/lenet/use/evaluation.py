@@ -118,14 +118,14 @@ class Evaluation:
         """What `lenet eval` writes into ``out``: the figures, the pairs and the numbers."""
         from ..errors import RunError
         from ..store.files import atomic_write_text, write_json
-        from .figures import _save
+        from .figures import save_figure
 
         out = Path(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            paths = [_save(self.plot_confusion(), out / "confusion.png")]
+            paths = [save_figure(self.plot_confusion(), out / "confusion.png")]
             if self.images is not None:
-                paths.append(_save(self.plot_mistakes(), out / "misclassified.png"))
+                paths.append(save_figure(self.plot_mistakes(), out / "misclassified.png"))
         except OSError as exc:
             raise RunError(f"cannot write into {out}: {exc.strerror or exc}; choose another --out") from None
         atomic_write_text(out / "most_confused.csv", self.most_confused_csv())

@@ -211,7 +211,7 @@ def plot_search(result: SearchResult, configs: TrialConfigs, path: Path) -> Path
     stopped are hollow, the chosen one a star."""
     from matplotlib.figure import Figure
 
-    from ...use.figures import _save
+    from ...use.figures import save_figure
 
     keys = list(configs.space)
     spec = result.spec
@@ -244,4 +244,4 @@ def plot_search(result: SearchResult, configs: TrialConfigs, path: Path) -> Path
         ax.set_visible(False)
     fig.suptitle(f"search {spec.name}: {spec.metric} per trial (filled: all epochs; hollow: stopped early; "
                  "star: chosen)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
