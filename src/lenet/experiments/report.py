@@ -9,6 +9,7 @@ metrics.jsonl, eval.json), never from memory, so a report can be rebuilt any tim
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import math
@@ -22,7 +23,10 @@ import yaml
 from ..errors import RunError
 from ..configuration.files import load_file
 from ..store.files import atomic_write_text, read_json_or_empty
+from ..store.recorder import read_status
 from ..store.runs import read_metrics
+from .search.results import collect
+from .sweep.summary import SUMMARY_COLUMNS, summarize, summary_rows, write_plots
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
@@ -143,9 +147,6 @@ def run_report(run_dir: Path) -> str:
 
 
 def sweep_report(sweep_dir: Path) -> str:
-    from ..store.recorder import read_status
-    from .sweep import SUMMARY_COLUMNS, summarize, summary_rows, write_plots
-
     summaries, info = summarize(sweep_dir)
     if not (sweep_dir / "accuracy_bars.png").is_file():
         write_plots(sweep_dir, summaries, info)
@@ -200,11 +201,7 @@ def sweep_report(sweep_dir: Path) -> str:
 def search_report(search_dir: Path) -> str:
     """A search (lenet search): how it chose, the chosen config and its test accuracy,
     the metric against each field, and every trial."""
-    import csv
-
     if not (search_dir / "summary.json").is_file() or not (search_dir / "search.png").is_file():
-        from .search import collect
-
         collect(search_dir, log=lambda _line: None)
     summary = read_json_or_empty(search_dir / "summary.json")
     spec = read_json_or_empty(search_dir / "search.json").get("spec", {})

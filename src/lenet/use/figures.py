@@ -9,6 +9,7 @@ object, and leaves a Jupyter user's backend alone.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,8 +35,6 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 def figure_png(fig: Figure) -> bytes:
     """The figure as PNG bytes, drawn as save_figure draws it (for notebooks and web pages)."""
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     return buffer.getvalue()

@@ -22,6 +22,8 @@ server; /healthz and /model are answered in the event loop, never queued behind 
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import gc
 import io
 import logging
@@ -36,16 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from starlette.requests import ClientDisconnect
 
 from ..errors import RunError, UsageError
 from .predict import BlankImage, ImageError, ImageTooLarge, Predictor
+
+try:  # POSIX; elsewhere the connection limit is MAX_CONNECTIONS
+    import resource
+except ImportError:  # pragma: no cover - exercised only on Windows
+    resource = None  # type: ignore[assignment]
 
 LOG = logging.getLogger("lenet.use.serve")
 
@@ -65,8 +73,6 @@ STATIC = resources.files("lenet.use") / "static"
 
 
 def _png_data_url(pixels: Any) -> str:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 (28, 28): grayscale
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -279,7 +285,6 @@ def run_server(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000
     several torch threads per request only fight over the cores (measured: 1.3 ms
     per image with one thread, 40+ ms with two on a busy 2-core machine).
     """
-    import torch
     import uvicorn
 
     return_freed_memory()
@@ -334,9 +339,6 @@ def trim_memory() -> None:
 
 
 def _glibc() -> Any:
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -350,12 +352,12 @@ _LIBC = _glibc()
 
 def connection_limit() -> int:
     """MAX_CONNECTIONS, or fewer where the process may not open that many files."""
+    if resource is None:
+        return MAX_CONNECTIONS
     try:
-        import resource
-
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return max(16, min(MAX_CONNECTIONS, soft - 64))  # files for the model, logs, uploads
-    except (ImportError, OSError, ValueError):
+    except (OSError, ValueError):
         return MAX_CONNECTIONS
 
 
@@ -447,7 +449,7 @@ class ServerProcess:
         raise RunError(f"the server did not start within {self.startup_timeout:.0f} s:\n{self.log}")
 
     def _healthy(self) -> bool:
-        import httpx
+        import httpx  # a test dependency, not the package's: only this test helper needs it
 
         try:
             return httpx.get(self.url + "healthz", timeout=2).status_code == 200
