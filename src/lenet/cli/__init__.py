@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, DataError, LenetError
 from .parser import LenetParser, subparser
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -90,9 +91,7 @@ def parse_sets(texts: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from ..api import summary
-
-    from ..api import architecture
+    from ..api import architecture, summary
 
     try:
         architecture(args.target)
@@ -180,14 +179,12 @@ def cmd_data(args: argparse.Namespace) -> int:
                 expected = "" if ok else f" (expected {spec.files[key].sha256})"
                 print(f"  {'ok ' if ok else 'BAD'} sha256 {digest}{expected}  {path}")
     if bad:
-        from ..errors import DataError
-
         raise DataError(f"{bad} file(s) do not match their published checksums; delete them and download again")
     return EXIT_OK
 
 
 # Further command groups, each a module here with register(subparsers).
-COMMAND_MODULES: list[str] = ["speed", "explore", "use"]
+COMMAND_MODULES: list[str] = ["bench", "inside", "experiments", "use"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,8 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--verify", action="store_true")
     p.set_defaults(func=cmd_data)
-
-    import importlib
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
