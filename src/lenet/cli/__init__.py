@@ -259,14 +259,11 @@ def _imports_done() -> None:
 
 
 def entry() -> None:
-    """The `lenet` process. Python's cyclic garbage collector costs every command about
-    0.45 s and frees nothing then: 0.2 s of collections while torch is imported (3 full
-    passes), and 0.3 s of final collections over those ~200,000 objects at exit. So it is
-    off while the parser's imports run; what they made is then frozen (gc.freeze: later
-    collections skip it), and so is everything at exit, after every file is written and
-    closed. `lenet models` took 1.59 s and takes 1.13 s (medians of 5, 2-core AMD EPYC);
-    a 3-epoch d2l run 0.7 s less. main(), which tests call in their own process, does none
-    of this."""
+    """The `lenet` process. Python's cyclic garbage collector frees nothing while torch is
+    imported, nor at exit, yet walks its ~200,000 objects each time; so it is off while
+    the parser's imports run, what they made is then frozen (gc.freeze: later collections
+    skip it), and so is everything at exit, after every file is written and closed.
+    main(), which tests call in their own process, does none of this."""
     gc.disable()
     code = main(on_parsed=_imports_done)
     gc.freeze()

@@ -193,9 +193,9 @@ def batch_groups(todo: Work, together: bool | None) -> list[Work]:
     """``todo`` cut into units of work: runs that lenet.training.multi can batch, started or
     resumed together (resumed ones only with those stopped at the same point).
 
-    together=None (auto) batches on CUDA only: measured on the 2-core CPU, 4 vmapped
-    d2l runs took 51 s per run-epoch against 22 s for one run alone, while a GPU that
-    one LeNet leaves idle gains most from it.
+    together=None (auto) batches on CUDA only: on a CPU, runs stacked into one model
+    train slower per run than one run alone, while a GPU that one LeNet leaves idle
+    gains most from it.
     """
     if together is None:
         together = bool(todo) and resolve_device(todo[0][0].config.device).type == "cuda"
