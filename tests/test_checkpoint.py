@@ -1,4 +1,5 @@
-"""Checkpoints and model files: what they hold, that a resume is exact, that nothing is lost.
+"""Checkpoints: what they hold, that a resume is exact, that nothing is lost (model files:
+test_models.py).
 
 Issue 5, "lenet never loses a run": every epoch ends in an atomic checkpoint; a kill,
 one or two Ctrl-C or a full disk leaves a run that `--resume` finishes with bitwise
@@ -27,8 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import lenet.store.runs
 import lenet.store.files
@@ -545,56 +545,3 @@ def test_a_checkpoint_that_would_run_code_is_refused_unexecuted(finished_run, tm
     torch.save({"model": _Payload(marker)}, tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.is_dir()
-
-
-def _edit_metadata(path: Path, edit) -> None:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    save_file(load_file(path), path, metadata=edit(dict(metadata)))
-
-
-def _eight_channels(metadata):
-    config = json.loads(metadata["config"])
-    config["model"]["conv_channels"] = [8, 16]
-    return {**metadata, "config": json.dumps(config)}
-
-
-MODEL_FAULTS = {
-    "weights do not match the config": (lambda p: _edit_metadata(p, _eight_channels),
-                                        r"weights do not match the stored config: features\.conv1\.weight: "
-                                        r"file has \(6, 1, 5, 5\), config needs \(8, 1, 5, 5\)"),
-    "random bytes": (lambda p: p.write_bytes(os.urandom(2048)), "not a safetensors model file"),
-    "empty file": (lambda p: p.write_bytes(b""), "not a safetensors model file"),
-    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:3000]), "not a safetensors model file"),
-    "no lenet metadata": (lambda p: save_file(load_file(p), p), "a safetensors file, but not a lenet model"),
-    "invalid stored config": (lambda p: _edit_metadata(p, lambda m: {**m, "config": '{"optim": {"lr": -1}}'}),
-                              r"(?s)the stored config is invalid:.*optim\.lr = -1"),
-    "pickle renamed": (lambda p: p.write_bytes(pickle.dumps({"fc1.weight": [[0.0] * 4]})),
-                       "not a safetensors model file"),
-    "torch.save renamed": (lambda p: torch.save(LeNet(build_config("d2l").model).state_dict(), p),
-                           "not a safetensors model file"),
-    "hostile pickle renamed": (lambda p: p.write_bytes(pickle.dumps(_Payload(p.parent / "payload-ran"))),
-                               "not a safetensors model file"),
-    "missing": (lambda p: p.unlink(), "no such model file"),
-}
-
-
-def test_eval_of_a_good_model_file_works(finished_run, data_dir, capsys):
-    # The control for the faults below: the same command on the undamaged file succeeds.
-    assert main(["eval", str(finished_run / "model.safetensors"), "--data-dir", str(data_dir),
-                 "--device", "cpu"]) == 0
-    assert "test accuracy" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("fault", list(MODEL_FAULTS))
-def test_a_bad_model_file_is_a_clear_error(finished_run, data_dir, capsys, fault):
-    damage, message = MODEL_FAULTS[fault]
-    path = finished_run / "model.safetensors"
-    damage(path)
-    with pytest.raises(RunError, match=message):
-        load_model(path)
-    assert main(["eval", str(path), "--data-dir", str(data_dir), "--device", "cpu"]) == 1
-    err = capsys.readouterr().err
-    assert re.search(message, err) and str(path) in err
-    assert err.startswith("lenet eval: error: ") and "Traceback" not in err
-    assert not (finished_run / "payload-ran").exists()

@@ -1,90 +1,156 @@
-"""Models: the chapter's shapes, the registry, configurable architectures, summary."""
+"""Model files (store/models.py): what model.safetensors holds, the one loader that
+takes a TrainedModel, a Run, a run directory or a file, and one clear error for every
+file that is not a lenet model (checked before anything is built, never unpickled)."""
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
 import pytest
 import torch
-from torch import nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from lenet.model.network import ModelConfig
+from lenet.cli import main
 from lenet.configuration.build import build_config
-from lenet.errors import ConfigError, UsageError
-from lenet.model.network import (LeNet, count_parameters, create_model, list_models, model_config, summarize)
+from lenet.data.datasets import get_spec, load_dataset
+from lenet.errors import RunError
+from lenet.model.network import LeNet
+from lenet.store.models import IN_MEMORY, MODEL_FILE, TrainedModel, load_model, save_model
+from lenet.training.run import train
+from models_fixture import write_untrained
 
 
-def test_d2l_lenet5_shapes_and_parameters_are_the_chapters():
-    model = LeNet(build_config("d2l").model)
-    rows = summarize(model)
-    shapes = {r.name: r.output_shape for r in rows}
-    assert shapes["act1"] == (6, 28, 28) and shapes["pool1"] == (6, 14, 14)
-    assert shapes["conv2"] == (16, 10, 10) and shapes["pool2"] == (16, 5, 5)
-    assert [shapes[k] for k in ("flatten", "fc1", "fc2", "fc3")] == [(400,), (120,), (84,), (10,)]
-    assert count_parameters(model) == 61_706 == sum(r.parameters for r in rows)
-    # 6*28*28*25 + 16*10*10*150 + 400*120 + 120*84 + 84*10 multiply-adds
-    assert sum(r.mult_adds for r in rows) == 117_600 + 240_000 + 48_000 + 10_080 + 840
+def tiny_config(data_dir: Path, name: str = "tiny"):
+    return build_config("keras-v2", overrides=[f"data.data_dir={data_dir}", f"name={name}", "train.epochs=1",
+                                               "train.batch_size=64", "device=cpu", "train.progress=never"])
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_registered_model_runs_forward_and_backward(name):
-    torch.manual_seed(0)
-    model = create_model(name)
-    x = torch.rand(4, 1, 28, 28)
-    logits = model(x)
-    assert logits.shape == (4, 10) and torch.isfinite(logits).all()
-    logits.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A run directory holding only an (untrained) keras-v2 Fashion-MNIST model file."""
+    return write_untrained(tmp_path / "run", "fashion-mnist")
 
 
-@pytest.mark.parametrize(
-    "overrides, out_shape",
-    [
-        ({"kernel_size": 3, "padding": 1}, (16, 7, 7)),
-        ({"conv_channels": [8, 16, 32], "kernel_size": 3, "padding": 1}, (32, 3, 3)),
-        ({"pool": "none", "kernel_size": 3, "padding": 0}, (16, 24, 24)),
-        ({"conv_channels": [4], "dense": []}, (4, 14, 14)),
-        ({"pool_size": 3, "pool_stride": 2, "padding": 2}, (16, 6, 6))  # 28->13->13->6,
-    ],
-)
-def test_configurable_architectures(overrides, out_shape):
-    model = LeNet(ModelConfig(**overrides))
-    features = model.features(torch.zeros(2, 1, 28, 28))
-    assert features.shape[1:] == out_shape
-    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+# --------------------------------------------------------------------------- what a model file holds
 
 
-def test_activation_pool_dropout_batchnorm_layers_are_built():
-    model = LeNet(ModelConfig(activation="gelu", pool="max", dropout=0.3, dropout_where="all",
-                              batch_norm=True, dense=[64, 32, 16]))
-    kinds = [type(m) for m in model.modules()]
-    assert kinds.count(nn.GELU) == 2 + 3 and kinds.count(nn.MaxPool2d) == 2
-    assert kinds.count(nn.Dropout) == 3 and kinds.count(nn.BatchNorm2d) == 2 and kinds.count(nn.BatchNorm1d) == 3
-    first_only = LeNet(ModelConfig(dropout=0.5))
-    assert [n for n, m in first_only.named_modules() if isinstance(m, nn.Dropout)] == ["classifier.dropout1"]
+def test_a_model_file_holds_the_weights_and_what_using_them_needs(tmp_path):
+    cfg = build_config("keras-v2", overrides=["device=cpu"])
+    torch.manual_seed(1)
+    model = LeNet(cfg.model).eval()
+    names = tuple(f"class {i}" for i in range(10))
+    (tmp_path / "run").mkdir()
+    save_model(tmp_path / "run" / MODEL_FILE, model, cfg, names, extra={"test_accuracy": 0.5})
+
+    for target in (tmp_path / "run", tmp_path / "run" / MODEL_FILE):
+        trained = load_model(target)
+        assert isinstance(trained, TrainedModel) and trained.path == tmp_path / "run" / MODEL_FILE
+        assert trained.config == cfg and trained.class_names == list(names) and trained.test_accuracy == 0.5
+        assert trained.name == "run" and trained.dataset == "fashion-mnist" and not trained.model.training
+        for key, value in model.state_dict().items():
+            assert torch.equal(trained.model.state_dict()[key], value), key
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model(trained.normalize(images))
+    assert torch.allclose(trained.logits(images, batch_size=2), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("init", ["xavier", "xavier_normal", "kaiming", "normal", "default"])
-def test_initialisations_differ_and_zero_biases(init):
-    torch.manual_seed(0)
-    model = LeNet(ModelConfig(init=init))
-    conv1 = model.features.conv1
-    if init == "default":
-        assert conv1.bias.abs().sum() > 0  # PyTorch's own init draws biases too
-    else:
-        assert conv1.bias.abs().sum() == 0
-    if init == "normal":
-        assert conv1.weight.std().item() == pytest.approx(0.01, rel=0.3)
-    if init == "xavier":
-        bound = (6 / (25 * 1 + 25 * 6)) ** 0.5  # fan_in = 1*5*5, fan_out = 6*5*5
-        assert conv1.weight.abs().max() <= bound
+def test_a_model_trained_channels_last_loads_in_that_layout_on_the_cpu(tmp_path):
+    cfg = build_config("keras-v2", overrides=["device=cpu"])
+    names = get_spec("fashion-mnist").class_names
+    save_model(tmp_path / "plain.safetensors", LeNet(cfg.model), cfg, names)
+    save_model(tmp_path / "cl.safetensors", LeNet(cfg.model), cfg, names, extra={"speed": {"channels_last": True}})
+    plain, cl = load_model(tmp_path / "plain.safetensors"), load_model(tmp_path / "cl.safetensors")
+    weight = "features.conv2.weight"  # conv1 has one input channel: both layouts are the same strides
+    assert not plain.model.state_dict()[weight].is_contiguous(memory_format=torch.channels_last)
+    assert cl.model.state_dict()[weight].is_contiguous(memory_format=torch.channels_last)
+    assert cl.name == "cl"
 
 
-def test_impossible_architecture_is_rejected_before_building():
-    with pytest.raises(ConfigError, match="conv2"):
-        LeNet(ModelConfig(kernel_size=[5, 15]))
+def test_a_run_in_memory_on_disk_and_its_files_load_as_the_same_model(tiny_data_dir, tmp_path):
+    in_memory = train(tiny_config(tiny_data_dir))
+    trained = load_model(in_memory)
+    assert trained.model is in_memory.model and trained.path == Path(IN_MEMORY) and trained.name == "tiny"
+    assert trained.class_names == list(get_spec("fashion-mnist").class_names)
+    assert load_model(trained) is trained
+
+    on_disk = train(tiny_config(tiny_data_dir, "saved"), out=tmp_path)
+    images = load_dataset("fashion-mnist", tiny_data_dir).test.images[:50]
+    from_run = load_model(on_disk)
+    assert from_run.path == on_disk.run_dir and from_run.name == "saved"
+    for target in (on_disk.run_dir, on_disk.run_dir / MODEL_FILE, str(on_disk.run_dir)):
+        from_file = load_model(target)
+        assert from_file.model is not on_disk.model and from_file.config == on_disk.config
+        assert torch.allclose(from_file.logits(images), from_run.logits(images), atol=1e-5)
 
 
-def test_registry_lookup():
-    assert "lenet5" in list_models() and list_models("lenet5-*")
-    assert model_config("lenet5-v2", dropout=None).dropout == 0.5  # None = keep
-    with pytest.raises(UsageError, match="lenet models"):
-        model_config("vgg16")
+# --------------------------------------------------------------------------- files that are not lenet models
+
+
+class _Payload:
+    """Unpickling this runs code: it makes a directory, a harmless stand-in for what a
+    hostile file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _edit_metadata(path: Path, edit) -> None:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(path), path, metadata=edit(dict(metadata)))
+
+
+def _eight_channels(metadata):
+    config = json.loads(metadata["config"])
+    config["model"]["conv_channels"] = [8, 16]
+    return {**metadata, "config": json.dumps(config)}
+
+
+MODEL_FAULTS = {
+    "weights do not match the config": (lambda p: _edit_metadata(p, _eight_channels),
+                                        r"weights do not match the stored config: features\.conv1\.weight: "
+                                        r"file has \(6, 1, 5, 5\), config needs \(8, 1, 5, 5\)"),
+    "random bytes": (lambda p: p.write_bytes(os.urandom(2048)), "not a safetensors model file"),
+    "empty file": (lambda p: p.write_bytes(b""), "not a safetensors model file"),
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:3000]), "not a safetensors model file"),
+    "no lenet metadata": (lambda p: save_file(load_file(p), p), "a safetensors file, but not a lenet model"),
+    "invalid stored config": (lambda p: _edit_metadata(p, lambda m: {**m, "config": '{"optim": {"lr": -1}}'}),
+                              r"(?s)the stored config is invalid:.*optim\.lr = -1"),
+    "pickle renamed": (lambda p: p.write_bytes(pickle.dumps({"fc1.weight": [[0.0] * 4]})),
+                       "not a safetensors model file"),
+    "torch.save renamed": (lambda p: torch.save(LeNet(build_config("d2l").model).state_dict(), p),
+                           "not a safetensors model file"),
+    "hostile pickle renamed": (lambda p: p.write_bytes(pickle.dumps(_Payload(p.parent / "payload-ran"))),
+                               "not a safetensors model file"),
+    "missing": (lambda p: p.unlink(), "no such model file"),
+}
+
+
+def test_eval_of_a_good_model_file_works(model_dir, tiny_data_dir, capsys):
+    # The control for the faults below: the same command on the undamaged file succeeds.
+    assert main(["eval", str(model_dir / MODEL_FILE), "--data-dir", str(tiny_data_dir), "--device", "cpu",
+                 "--out", str(model_dir / "eval")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fault", list(MODEL_FAULTS))
+def test_a_bad_model_file_is_a_clear_error(model_dir, tiny_data_dir, capsys, fault):
+    damage, message = MODEL_FAULTS[fault]
+    path = model_dir / MODEL_FILE
+    damage(path)
+    with pytest.raises(RunError, match=message):
+        load_model(path)
+    assert main(["eval", str(path), "--data-dir", str(tiny_data_dir), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err) and str(path) in err
+    assert err.startswith("lenet eval: error: ") and "Traceback" not in err
+    assert not (model_dir / "payload-ran").exists()

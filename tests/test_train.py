@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from lenet.store.checkpoint import load_checkpoint
-from lenet.store.models import read_model_file as load_model
+from lenet.store.models import read_model_file
 from lenet.configuration.build import build_config
 from lenet.errors import DivergedError, RunError
 from lenet.data.datasets import Normalizer
@@ -42,7 +42,7 @@ def test_training_learns_and_writes_a_complete_run_directory(tiny_data_dir):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["preset"] == "keras-v2" and saved["train"]["epochs"] == 3
     # the model file carries everything needed to use it
-    model, cfg, meta = load_model(run)
+    model, cfg, meta = read_model_file(run)
     assert cfg.model == result.config.model and meta["class_names"][2] == "Pullover"
     assert meta["test_accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
 
@@ -248,7 +248,7 @@ def test_speed_switch_reaches_the_plain_accuracy(plain_reference, switch):
     assert fast.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.04)
     assert fast.history[-1]["train_loss"] == pytest.approx(plain.history[-1]["train_loss"], rel=0.15)
     # the saved weights load into a plain model (no torch.compile prefixes)
-    model, _, _ = load_model(fast.run_dir)
+    model, _, _ = read_model_file(fast.run_dir)
     assert set(model.state_dict()) == set(plain.model.state_dict())
 
 

@@ -25,7 +25,7 @@ from .configuration.run import RunConfig
 from .data.catalog import get_spec
 from .store.checkpoint import CHECKPOINT, load_checkpoint
 from .store.models import MODEL_FILE, load_model
-from .store.recorder import FINISHED, read_status
+from .store.recorder import FINISHED, INTERRUPTED, read_status
 from .store.runs import load_run_config, read_metrics
 from .training.result import Run
 
@@ -63,7 +63,7 @@ def load(path: str | Path, device: str = "cpu") -> Run:
             model.load_state_dict(load_checkpoint(path)["model"])
         except (KeyError, RuntimeError, TypeError) as exc:
             raise RunError(f"{path / CHECKPOINT}: its weights do not fit the run's config ({exc})") from None
-        status = read_status(path).get("status", "interrupted")
+        status = read_status(path).get("status", INTERRUPTED)
         return Run(cfg, model.to(device).eval(), read_metrics(path, missing_ok=True), path, status,
                    get_spec(cfg.data.dataset).class_names)
     trained = load_model(path, device)

@@ -11,13 +11,14 @@ divergence), 2 usage or config error, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, EXIT_OK, LenetError
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, DataError, LenetError
 from .parser import LenetParser, subparser
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     options = {flag.name: getattr(args, flag.name) for flag in FLAGS}
     preset = args.preset or (None if args.config else "d2l")
-    cfg = config(preset, file=args.config, set=_parse_sets(args.overrides), **options)
+    cfg = config(preset, file=args.config, set=parse_sets(args.overrides), **options)
     if args.print_config:
         import yaml
 
@@ -81,7 +82,7 @@ def _run_or_same(text: Path) -> Path:
         return text
 
 
-def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
+def parse_sets(texts: Sequence[str]) -> dict[str, Any]:
     """--set KEY=VALUE texts as {dotted key: value} (values parsed as YAML scalars and lists)."""
     from ..configuration.build import parse_override
 
@@ -89,9 +90,7 @@ def _parse_sets(texts: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from ..api import summary
-
-    from ..api import architecture
+    from ..api import architecture, summary
 
     try:
         architecture(args.target)
@@ -179,14 +178,12 @@ def cmd_data(args: argparse.Namespace) -> int:
                 expected = "" if ok else f" (expected {spec.files[key].sha256})"
                 print(f"  {'ok ' if ok else 'BAD'} sha256 {digest}{expected}  {path}")
     if bad:
-        from ..errors import DataError
-
         raise DataError(f"{bad} file(s) do not match their published checksums; delete them and download again")
     return EXIT_OK
 
 
 # Further command groups, each a module here with register(subparsers).
-COMMAND_MODULES: list[str] = ["speed", "explore", "use"]
+COMMAND_MODULES: list[str] = ["bench", "inside", "experiments", "use"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,8 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--verify", action="store_true")
     p.set_defaults(func=cmd_data)
-
-    import importlib
 
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)

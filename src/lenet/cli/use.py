@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, UsageError
+from . import run_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,9 +60,6 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".
 def model_arg(text: str, pictures: list[str] | None = None) -> Path:
     """The MODEL argument: a run directory, a .safetensors file, "latest" or a run name
     prefix. A picture given where the model goes (arguments swapped) is said so."""
-    from ..errors import UsageError
-    from . import run_arg
-
     path = Path(text)
     if path.is_file() and path.suffix.lower() in PICTURE_SUFFIXES:
         model_like = [p for p in pictures or [] if Path(p).is_dir() or p.endswith(".safetensors")]
@@ -74,7 +74,6 @@ def _input_path(base: Path, index: int, count: int) -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
     from ..use.predict import ImageError, Predictor, save_input
 
     if args.top_k < 1:
@@ -96,8 +95,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records, indent=2))
     else:
-        import sys
-
         for record in records:
             if "error" in record:
                 if len(records) > 1:  # a single failure is reported by main, once
@@ -128,9 +125,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import math
-
-    from ..errors import UsageError
     from ..use.serve import run_server
 
     if not 0 <= args.port <= 65535:

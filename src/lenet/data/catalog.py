@@ -32,7 +32,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     aliases: dict[str, str] = field(default_factory=dict)  # lower-case alias -> class name
     # Per-pixel mean and std of the training images on a [0, 1] scale, for
-    # normalize="standard"; computed from the training set (see test_data.py).
+    # normalize="standard"; computed from the training set (see test_datasets.py).
     mean: float = 0.0
     std: float = 1.0
 

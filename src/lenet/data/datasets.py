@@ -21,6 +21,7 @@ import torch
 
 from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_spec  # noqa: F401 (re-exported)
 from ..errors import DataError, UsageError
+from .download import download_dataset
 from .idx import read_idx
 
 # --------------------------------------------------------------------------- locating
@@ -74,8 +75,6 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool | None 
     if download is None:
         download = not os.environ.get("LENET_NO_DOWNLOAD")
     if download:
-        from .download import download_dataset
-
         folder = download_dataset(spec, user_cache_dir() / name)
         return files_in(folder, spec)  # type: ignore[return-value]
     wanted = ", ".join(f.filename for f in spec.files.values())

@@ -34,11 +34,9 @@ MAX_DIMS = 4  # images are 3-D, labels 1-D; more is not an IDX file we know
 
 
 CHUNK = 1 << 20  # 1 MiB: bounded reads of uncompressed files
-# Compressed reads are larger: zlib lets go of the GIL while it inflates, and training
-# imports the plotting module in a thread meanwhile (Recorder.plotting_imported_meanwhile).
-# Each read hands the GIL back and forth once; with 1 MiB reads the hand-offs made the
-# decoding 0.24 -> 0.42 s, with 8 MiB 0.33 s (2-core AMD EPYC). The size bound is
-# checked on the output, so it does not depend on this.
+# Compressed reads are larger: each hands the GIL to the thread that imports the plotting
+# module meanwhile (Recorder.plotting_imported_meanwhile) and back, so fewer reads decode
+# sooner. The size bound is checked on the output, so it does not depend on this.
 GZIP_CHUNK = 8 << 20
 
 
@@ -84,9 +82,8 @@ ZLIB_REASONS = {
 
 def _gunzip_bounded(handle, limit: int, path: Path) -> bytearray:
     """The gzip file's content, of one member or several (gzip allows concatenating
-    them). zlib directly, not gzip.GzipFile: its 1 MiB reads, its CRC in Python and the
-    copies of their bytes took 238 against 167 ms for Fashion-MNIST's training images
-    (2-core AMD EPYC); the content comes back writable, so no copy is needed for torch."""
+    them). zlib directly, not gzip.GzipFile, which adds 1 MiB reads, a CRC in Python and
+    copies of their bytes; the content comes back writable, so no copy is needed for torch."""
     pieces: list[bytes] = []
     size = 0
     inflate = zlib.decompressobj(GZIP_WBITS)

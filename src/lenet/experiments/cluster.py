@@ -125,9 +125,9 @@ def _start_local_ray(ray: Any, num_cpus: int) -> None:
 
     - ``address="local"``: without it Ray joins whatever /tmp/ray/ray_current_cluster
       names (the last `ray start` here, possibly long dead) and then refuses num_cpus.
-    - Workers at normal priority: Ray runs them at nice 15, and on a machine doing
-      anything else (a second sweep, a test run) a search crawled, 1 trial in 12 min
-      where 16 take 3 min idle. The user asked for this job; it should not yield to all.
+    - Workers at normal priority: Ray runs them at nice 15, where on a machine doing
+      anything else (a second sweep, a test run) they get next to no CPU. The user
+      asked for this job; it should not yield to all.
     - Ray's "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out"
       is not passed on: lenet keeps the token on and does not advertise turning it off.
     """

@@ -22,7 +22,10 @@ import yaml
 from ..errors import RunError
 from ..configuration.files import load_file
 from ..store.files import atomic_write_text, read_json_or_empty
+from ..store.recorder import read_status
 from ..store.runs import read_metrics
+from .search.results import collect, readable
+from .sweep.summary import SUMMARY_COLUMNS, summarize, summary_rows, write_plots
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
@@ -144,9 +147,6 @@ def run_report(run_dir: Path) -> str:
 
 
 def sweep_report(sweep_dir: Path) -> str:
-    from ..store.recorder import read_status
-    from .sweep import SUMMARY_COLUMNS, summarize, summary_rows, write_plots
-
     summaries, info = summarize(sweep_dir)
     if not (sweep_dir / "accuracy_bars.png").is_file():
         write_plots(sweep_dir, summaries, info)
@@ -202,12 +202,8 @@ def search_report(search_dir: Path) -> str:
     """A search (lenet search): what it searched, the metric against each field, what it
     chose as changes from its base (rounded for reading) and its test accuracy, every
     trial, and the chosen config in full, folded, at the end."""
-    from .search.results import readable
-
     summary = read_json_or_empty(search_dir / "summary.json")
     if not summary or "best_changes" not in summary or not (search_dir / "search.png").is_file():
-        from .search import collect
-
         collect(search_dir, log=lambda _line: None)  # the test set is not looked at again
         summary = read_json_or_empty(search_dir / "summary.json")
     spec = read_json_or_empty(search_dir / "search.json").get("spec", {})

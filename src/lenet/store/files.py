@@ -16,8 +16,8 @@ from ..errors import RunError
 
 # mkstemp creates 0600 files; run files should get what open() gives (0666 less the
 # umask), or a run directory cannot be shared. The umask can only be read by setting it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -28,7 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             try:
-                os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
+                os.fchmod(handle.fileno(), 0o666 & ~UMASK)
             except OSError:
                 pass  # a filesystem without Unix modes: the file is still written
             handle.write(data)

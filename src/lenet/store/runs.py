@@ -27,8 +27,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError, RunBusy, RunError
-from .files import (_UMASK, atomic_write_bytes, atomic_write_text, fsync_dir,  # noqa: F401 (re-exported)
-                    read_json_or_empty, write_json)
+from .files import UMASK, atomic_write_text, read_json_or_empty
 from ..configuration.files import load_file
 from ..configuration.run import RunConfig, validate
 
@@ -74,7 +73,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             _HELD[key][1] -= 1
         return
     try:
-        fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
     except OSError as exc:
         raise RunError(f"cannot write to {run_dir}: {exc.strerror or exc}; choose another --out") from None
     try:

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..store.models import load_model
 from ..data.datasets import Dataset, load_dataset
+from ..errors import RunError
+from ..store.files import atomic_write_text, write_json
+from ..store.models import load_model
 
 MISTAKES_SHOWN = 32  # the most confident mistakes in misclassified.png: 4 rows of 8
 CONFUSED_PAIRS_WRITTEN = 10  # rows of most_confused.csv
@@ -96,14 +98,14 @@ class Evaluation:
 
     def plot_confusion(self, title: str | None = None):
         """The confusion matrix as a matplotlib Figure."""
-        from .figures import confusion_figure
+        from .figures import confusion_figure  # matplotlib: loaded only to draw
 
         return confusion_figure(self.confusion, self.class_names,
                                 title or f"{self.name}: test accuracy {self.accuracy:.4f}")
 
     def plot_mistakes(self, k: int = MISTAKES_SHOWN, title: str | None = None):
         """The k most confident mistakes as a grid of images (a matplotlib Figure)."""
-        from .figures import image_grid_figure
+        from .figures import image_grid_figure  # matplotlib: loaded only to draw
 
         if self.images is None:
             raise ValueError("this evaluation holds no images (evaluate(..., keep_images=True))")
@@ -116,16 +118,14 @@ class Evaluation:
 
     def save(self, out: str | Path) -> list[Path]:
         """What `lenet eval` writes into ``out``: the figures, the pairs and the numbers."""
-        from ..errors import RunError
-        from ..store.files import atomic_write_text, write_json
-        from .figures import _save
+        from .figures import save_figure  # matplotlib: loaded only to draw
 
         out = Path(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            paths = [_save(self.plot_confusion(), out / "confusion.png")]
+            paths = [save_figure(self.plot_confusion(), out / "confusion.png")]
             if self.images is not None:
-                paths.append(_save(self.plot_mistakes(), out / "misclassified.png"))
+                paths.append(save_figure(self.plot_mistakes(), out / "misclassified.png"))
         except OSError as exc:
             raise RunError(f"cannot write into {out}: {exc.strerror or exc}; choose another --out") from None
         atomic_write_text(out / "most_confused.csv", self.most_confused_csv())

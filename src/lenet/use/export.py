@@ -22,7 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import RunError, UsageError
+from ..data.datasets import Normalizer, get_spec, load_dataset
+from ..errors import DataError, RunError, UsageError
+from ..store.files import atomic_write_bytes
+from ..store.models import load_model, resolve_model_path
+from .predict import FRAMINGS, MASS_CENTRE
 
 FORMAT = "lenet-onnx/1"
 FORMATS = ("onnx",)
@@ -46,9 +50,6 @@ class OnnxCheck:
 
 def onnx_metadata(cfg: Any, meta: dict[str, Any]) -> dict[str, str]:
     """The lenet.* metadata_props of an exported model (ONNX metadata values are strings)."""
-    from ..data.datasets import Normalizer, get_spec
-    from .predict import FRAMINGS, MASS_CENTRE
-
     spec = get_spec(cfg.data.dataset)
     normalize = Normalizer.for_config(cfg)
     framing = FRAMINGS[cfg.data.dataset]
@@ -100,9 +101,6 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, opset: in
     ``out`` defaults to model.onnx beside the model file.
     """
     import onnx
-
-    from ..store.files import atomic_write_bytes
-    from ..store.models import load_model, resolve_model_path
 
     path = resolve_model_path(model_path)
     out = Path(out) if out is not None else path.with_suffix(".onnx")
@@ -161,8 +159,6 @@ def onnx_logits(onnx_path: str | Path, images: np.ndarray, scale: float, shift: 
 def check_onnx(onnx_path: str | Path, model: Any, images: np.ndarray, source: str = "test set") -> OnnxCheck:
     """Compare onnxruntime with PyTorch on uint8 images (N, 1, 28, 28) or (N, 28, 28);
     ``model``: what load_model takes (a run directory, a model file, a TrainedModel)."""
-    from ..store.models import load_model
-
     trained = load_model(model, "cpu")
     images = np.asarray(images, dtype=np.uint8)
     if images.ndim == 3:
@@ -178,9 +174,6 @@ def check_onnx(onnx_path: str | Path, model: Any, images: np.ndarray, source: st
 def check_images(dataset: str, count: int, data_dir: str | Path | None = None) -> tuple[np.ndarray, str]:
     """The first ``count`` test images of ``dataset`` (uint8 (N, 1, 28, 28)), or, where the
     dataset is not on this machine, ``count`` seeded random images."""
-    from ..data.datasets import load_dataset
-    from ..errors import DataError
-
     try:
         data = load_dataset(dataset, data_dir, download=False)
         return data.test.images[:count].numpy(), f"{dataset} test"
@@ -194,8 +187,6 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
     """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    from ..store.models import load_model
-
     path = export_onnx(model_path, out, opset)
     if check <= 0:
         return path, None

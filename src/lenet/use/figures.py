@@ -9,6 +9,7 @@ object, and leaves a Jupyter user's backend alone.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ RUN_COLORS = [f"C{i}" for i in range(10)]  # matplotlib's default cycle (tab10)
 MAX_LEGEND_ENTRIES_INSIDE = 4
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its folder made if missing); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # bbox_inches="tight" keeps rotated tick labels and outside legends in the picture.
@@ -32,9 +34,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def figure_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes, drawn as _save draws it (for notebooks and web pages)."""
-    import io
-
+    """The figure as PNG bytes, drawn as save_figure draws it (for notebooks and web pages)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     return buffer.getvalue()
@@ -85,7 +85,7 @@ def plot_curves(runs: Sequence[tuple[str, Sequence[Mapping]]], path: Path,
     skipped. One run: loss and accuracies on one axes. Several: train loss on the
     left, test (solid) and validation (dashed) accuracy on the right, a colour per run.
     """
-    return _save(curves_figure(runs, title), path)
+    return save_figure(curves_figure(runs, title), path)
 
 
 def curves_figure(runs: Sequence[tuple[str, Sequence[Mapping]]], title: str | None = None) -> Figure:
@@ -157,7 +157,7 @@ def _multi_run_figure(runs: Sequence[tuple[str, Sequence[Mapping]]],
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path,
                    title: str | None = None, normalize: bool = True) -> Path:
     """confusion_figure, saved as a PNG."""
-    return _save(confusion_figure(matrix, class_names, title, normalize), path)
+    return save_figure(confusion_figure(matrix, class_names, title, normalize), path)
 
 
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], title: str | None = None,
@@ -219,7 +219,7 @@ def _fit_title(text: str, max_chars: int) -> str:
 def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, columns: int = 8,
                     title: str | None = None) -> Path:
     """image_grid_figure, saved as a PNG."""
-    return _save(image_grid_figure(images, titles, columns, title), path)
+    return save_figure(image_grid_figure(images, titles, columns, title), path)
 
 
 def image_grid_figure(images: np.ndarray, titles: Sequence[str], columns: int = 8,
@@ -317,4 +317,4 @@ def plot_accuracy_bars(labels: Sequence[str], means: Sequence[float], stds: Sequ
     ax.grid(True, axis="x", alpha=0.3)
     if title is not None:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

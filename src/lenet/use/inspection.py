@@ -10,7 +10,7 @@ what it is shown (training images and their augmented versions).
 
 Works for any architecture a ModelConfig describes (any number of blocks, pooling
 or none, batch norm): layers are found by their names in ``model.features``.
-Figures are built with matplotlib.figure.Figure, never pyplot (see viz.py).
+Figures are built with matplotlib.figure.Figure, never pyplot (see figures.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from ..data.augment import augmented_examples
+from ..data.datasets import class_index, get_spec, load_dataset
 from ..errors import UsageError
-from .figures import DPI
+from ..store.models import load_model
+from .figures import DPI, image_grid_figure
+from .predict import prepare
 
 # A mosaic row holds at most this many maps: 16 maps of LeNet-5's conv2 become 2 rows
 # of 8, which keeps 5x5 maps large enough to see on a laptop screen.
@@ -276,12 +280,9 @@ def chosen_inputs(trained, classes: Sequence[str] | None = None, per_class: int 
     """(uint8 batch (N, 1, 28, 28), true labels, sources, file names) of the inputs asked for:
     ``images`` (files), else ``indices`` of the test set, else the first ``per_class``
     test images of each of ``classes`` (names, aliases or indices; default all classes)."""
-    from ..data.datasets import class_index, get_spec, load_dataset
-
     cfg = trained.config
     if images:
-        from .predict import prepare  # the same framing `lenet predict` uses: crop, resize, polarity
-
+        # The same framing `lenet predict` uses: crop, resize, polarity.
         pictures = np.stack([prepare(p, cfg.data.dataset).image for p in images])[:, None]  # (N, 1, 28, 28)
         return (torch.from_numpy(pictures), [None] * len(images), [Path(p).name for p in images],
                 [f"image-{_slug(Path(p).stem)}" for p in images])
@@ -306,8 +307,6 @@ def activations(target, classes: Sequence[str] | None = None, per_class: int = 1
                 data_dir: str | None = None) -> list[Figure]:
     """The feature maps of a run (in memory or on disk) or model file for some inputs
     (see chosen_inputs), one figure per input: what ``lenet activations`` draws."""
-    from ..store.models import load_model
-
     trained = load_model(target)
     batch, labels, sources, _ = chosen_inputs(trained, classes, per_class, indices, images, data_dir)
     cfg = trained.config
@@ -318,8 +317,6 @@ def activations(target, classes: Sequence[str] | None = None, per_class: int = 1
 
 def filters(target) -> Figure:
     """The learned conv kernels of a run or model file, as ``lenet filters`` draws them."""
-    from ..store.models import load_model
-
     trained = load_model(target)
     return filters_figure(trained.model, f"{trained.name}: learned conv kernels")
 
@@ -328,8 +325,6 @@ def write_activations(run: str | Path, classes: Sequence[str] | None = None, per
                       indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
                       data_dir: str | None = None, out: str | Path | None = None) -> list[Path]:
     """One activations PNG per input of a trained run or model file; returns the paths."""
-    from ..store.models import load_model
-
     trained = load_model(run)
     model_path, cfg = trained.path, trained.config
     out = Path(out) if out else model_path.parent / "activations"
@@ -341,8 +336,6 @@ def write_activations(run: str | Path, classes: Sequence[str] | None = None, per
 
 
 def write_filters(run: str | Path, out: str | Path | None = None) -> Path:
-    from ..store.models import load_model
-
     trained = load_model(run)
     path = Path(out) if out else trained.path.parent / "filters.png"
     return plot_filters(trained.model, path, title=f"{trained.path.parent.name}: learned conv kernels")
@@ -352,14 +345,8 @@ def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, dat
     """A grid: ``count`` training images (one per row), each followed by ``versions``
     augmented versions, as the run's config would make them. ``target``: a RunConfig
     (lenet.config), a Run, or a run directory / model file (its stored config)."""
-    from ..data.augment import augmented_examples
-    from ..data.datasets import load_dataset
-    from .figures import image_grid_figure
-
     cfg = getattr(target, "config", target)
     if not hasattr(cfg, "data"):
-        from ..store.models import load_model
-
         cfg = load_model(target).config
     data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
     picked = torch.linspace(0, len(data.train) - 1, count).long()

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.catalog import get_spec
 from ..errors import DataError
+from ..store.models import load_model
 
 SIZE = 28  # both datasets: 28x28 pixels
 
@@ -346,9 +348,6 @@ class Predictor:
     """
 
     def __init__(self, model_path: str | Path, device: str = "cpu"):
-        from ..data.catalog import get_spec
-        from ..store.models import load_model
-
         trained = load_model(model_path, device)
         self.model_path, self.device = trained.path, trained.device
         self.model, self.config, self.meta = trained.model, trained.config, trained.meta

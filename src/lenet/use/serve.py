@@ -22,6 +22,8 @@ server; /healthz and /model are answered in the event loop, never queued behind 
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import gc
 import io
 import logging
@@ -36,23 +38,29 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from starlette.requests import ClientDisconnect
 
 from ..errors import RunError, UsageError
 from .predict import BlankImage, ImageError, ImageTooLarge, Predictor
 
+try:  # POSIX; elsewhere the connection limit is MAX_CONNECTIONS
+    import resource
+except ImportError:  # pragma: no cover - exercised only on Windows
+    resource = None  # type: ignore[assignment]
+
 LOG = logging.getLogger("lenet.use.serve")
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # a phone photo is 2-5 MB; a drawing is ~10 KB
-# Memory: 200 uploads of 5 MB at once took the server to a 4.1 GB peak when every body
-# was read at once; 8 at a time keeps the peak near 8 x 5 MB x the copies made while
-# parsing and decoding, well under 1 GB, and 8 readers keep 4 inference threads busy.
+# Bodies read at once: the memory peak is about 8 x 5 MB x the copies made while parsing
+# and decoding (every body read at once grows with the clients), and 8 readers keep 4
+# inference threads busy.
 UPLOAD_SLOTS = 8
 QUEUE_SECONDS = 30.0  # how long a request waits for an upload slot before 503
 BODY_SECONDS = 30.0  # the whole body must arrive within this: 5 MB at 170 kB/s
@@ -65,8 +73,6 @@ STATIC = resources.files("lenet.use") / "static"
 
 
 def _png_data_url(pixels: Any) -> str:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 (28, 28): grayscale
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -151,8 +157,7 @@ def create_app(model_path: str | Path, *, device: str = "cpu", max_upload_bytes:
         if waited.cancelled_caught:
             return error(503, "busy", f"{UPLOAD_SLOTS} uploads are being handled; try again in a moment")
         # The slot is held until the picture is decoded and classified: a body read but
-        # still queued for an inference thread is memory too (measured: releasing the slot
-        # after the read let 200 bodies of 5 MB pile up before the 2 inference threads, 1 GB).
+        # still queued for an inference thread is memory too.
         try:
             picture = await read_picture(request, max_upload_bytes)
             if isinstance(picture, JSONResponse):
@@ -184,7 +189,7 @@ def without_frames(function: Any, *args: Any, **kwargs: Any) -> Any:
     """``function(*args, **kwargs)``; an ImageError it raises is raised again without its
     traceback. The traceback's frames hold the decoded picture (tens of MB for a photo),
     and an exception crossing threads keeps them in a reference cycle that only a full
-    garbage collection frees: measured, 40 blank 5 MB photos at once left 1.1 GB behind."""
+    garbage collection frees, long after a burst of bad uploads."""
     try:
         return function(*args, **kwargs)
     except ImageError as exc:
@@ -276,10 +281,8 @@ def run_server(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000
 
     ``threads``: torch threads per inference. One image is ~0.1 MFLOP of work, so
     parallelism comes from serving requests side by side, not from splitting one;
-    several torch threads per request only fight over the cores (measured: 1.3 ms
-    per image with one thread, 40+ ms with two on a busy 2-core machine).
+    several torch threads per request only fight over the cores.
     """
-    import torch
     import uvicorn
 
     return_freed_memory()
@@ -287,8 +290,7 @@ def run_server(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000
     app = create_app(model_path, device=device, **limits)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
-    # TCP. Without it a keep-alive response waits for a delayed ACK: measured 48 ms instead
-    # of 2 ms per request.
+    # TCP, and without it a keep-alive response waits for the client's delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -311,8 +313,8 @@ def return_freed_memory() -> None:
 
     An upload is held a few times over while parsed and decoded (5 MB bodies, 15-25 MB a
     request). glibc serves such sizes from its heap once a big block has been freed (it
-    raises its mmap threshold, up to 32 MB), and a heap rarely shrinks: measured, 40
-    uploads left the server at 1.2 GB for good. With the threshold fixed at 1 MiB and two
+    raises its mmap threshold, up to 32 MB), and a heap rarely shrinks, so a burst of
+    uploads would stay in the server for good. With the threshold fixed at 1 MiB and two
     arenas, freed uploads go back to the system at once.
     """
     if _LIBC is None:
@@ -325,18 +327,15 @@ def return_freed_memory() -> None:
 def trim_memory() -> None:
     """When a burst of uploads is over: free what only the cycle collector can (a closed
     connection's protocol, request cycle and buffers refer to each other, and large
-    buffers do not count towards the collector's allocation thresholds, so they waited:
-    measured, 200 uploads of 5 MB left about 5 MB each behind), then hand the free pages
-    inside the heap back to the system (glibc's malloc_trim). Tens of milliseconds."""
+    buffers do not count towards the collector's allocation thresholds, so they wait,
+    about one upload's size each), then hand the free pages inside the heap back to the
+    system (glibc's malloc_trim). Tens of milliseconds."""
     gc.collect()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
 
 def _glibc() -> Any:
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -350,12 +349,12 @@ _LIBC = _glibc()
 
 def connection_limit() -> int:
     """MAX_CONNECTIONS, or fewer where the process may not open that many files."""
+    if resource is None:
+        return MAX_CONNECTIONS
     try:
-        import resource
-
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return max(16, min(MAX_CONNECTIONS, soft - 64))  # files for the model, logs, uploads
-    except (ImportError, OSError, ValueError):
+    except (OSError, ValueError):
         return MAX_CONNECTIONS
 
 
@@ -447,7 +446,7 @@ class ServerProcess:
         raise RunError(f"the server did not start within {self.startup_timeout:.0f} s:\n{self.log}")
 
     def _healthy(self) -> bool:
-        import httpx
+        import httpx  # a test dependency, not the package's: only this test helper needs it
 
         try:
             return httpx.get(self.url + "healthz", timeout=2).status_code == 200

@@ -29,6 +29,7 @@ from ...store.files import atomic_write_text, read_json_or_empty, write_json
 from ...store.recorder import FINISHED, INTERRUPTED, read_status
 from ...configuration.build import flatten
 from ...store.runs import load_run_config, read_metrics
+from ...use import evaluation
 from .spec import STOPPED_BY_SEARCH, SearchSpec, TrialConfigs, parse_search_spec
 
 # Fields that say where a trial's run went, not what it computed.
@@ -116,9 +117,7 @@ def collect(search_dir: str | Path, *, evaluate_test: bool = True, log: Callable
         if previous.get("best") == best.name and previous.get("test_accuracy") is not None:
             result.test_accuracy = previous["test_accuracy"]  # looked at once already
         elif evaluate_test:
-            from ...use.evaluation import evaluate
-
-            result.test_accuracy = evaluate(best_dir, keep_images=False).accuracy
+            result.test_accuracy = evaluation.evaluate(best_dir, keep_images=False).accuracy
     result.files += write_tables(result, configs)
     result.files.append(plot_search(result, configs, search_dir / "search.png"))
     if best is not None:
@@ -242,9 +241,9 @@ def write_tables(result: SearchResult, configs: TrialConfigs) -> list[Path]:
 def plot_search(result: SearchResult, configs: TrialConfigs, path: Path) -> Path:
     """One panel per searched field: each trial's metric against its value; trials ASHA
     stopped are hollow, the chosen one a star."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib loads only when a figure is drawn
 
-    from ...use.figures import _save
+    from ...use.figures import save_figure
 
     keys = list(configs.space)
     spec = result.spec
@@ -277,4 +276,4 @@ def plot_search(result: SearchResult, configs: TrialConfigs, path: Path) -> Path
         ax.set_visible(False)
     fig.suptitle(f"search {spec.name}: {spec.metric} per trial (filled: all epochs; hollow: stopped early; "
                  "star: chosen)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

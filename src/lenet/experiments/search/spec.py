@@ -36,7 +36,7 @@ from ...configuration.build import build_config, flatten, parse_override
 from ...configuration.files import load_file
 from ...configuration.run import RunConfig
 from ..sweep.plan import MAX_RUNS, RESERVED_KEYS, base_source
-from ..sweep.spec import _looks_like_file, _safe_name
+from ..sweep.spec import check_safe_name, looks_like_file
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
 METRICS = {"val_accuracy": "max", "val_loss": "min"}
@@ -65,7 +65,7 @@ class SearchSpec(Strict):
                                                                 "all its epochs")
     seed: int = Field(0, ge=0, lt=2**32, description="the searcher's seed and every trial's training seed")
 
-    _safe = field_validator("name")(classmethod(_safe_name))
+    _safe = field_validator("name")(classmethod(check_safe_name))
 
     @field_validator("asha")
     @classmethod
@@ -159,7 +159,7 @@ def parse_search_spec(data: Any, source: str = "") -> SearchSpec:
 def load_search_spec(path: str | Path) -> SearchSpec:
     path = Path(path)
     spec = parse_search_spec(load_file(path), str(path))
-    if isinstance(spec.base, str) and _looks_like_file(spec.base) and not Path(spec.base).is_absolute():
+    if isinstance(spec.base, str) and looks_like_file(spec.base) and not Path(spec.base).is_absolute():
         spec = spec.model_copy(update={"base": str((path.parent / spec.base).resolve())})
     return spec
 

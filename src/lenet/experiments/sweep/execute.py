@@ -19,23 +19,31 @@ every run, so an interrupted sweep still has an up-to-date summary.md.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...store import tracking
+import torch
+from tqdm import tqdm
+
+from ...configuration.run import RunConfig
+from ...data.datasets import locate
+from ...device import resolve_device
 from ...errors import ConfigError, DivergedError, Interrupted, LenetError, RunBusy, RunError
+from ...store import tracking
+from ...store.checkpoint import CHECKPOINT, load_checkpoint
 from ...store.files import write_json
 from ...store.recorder import FAILED, FAILED_STATUSES, FINISHED, Recorder, failure_reason, read_status
-from ...configuration.run import RunConfig
 from ...store.runs import clear_run_dir, load_run_config, read_metrics, run_lock
-from ...store.checkpoint import CHECKPOINT, load_checkpoint
+from ...training.groups import groups
 from ...training.result import Run
-from ...training.run import resume, train
+from ...training.run import resume, resume_many, train, train_many
 from .plan import PlannedRun, SweepPlan, comparable, format_changes, format_value
 from .summary import short, write_summary
 
@@ -145,8 +153,6 @@ def execute_together(configs: list[dict[str, Any]], run_dirs: list[str], action:
     """Train (or resume) runs that share their layer shapes in one stacked process
     (lenet.training.groups). A run that diverges is recorded as failed, as in execute_run; the
     others go on. A failure of the whole group fails each of its runs."""
-    from ...training.run import resume_many, train_many
-
     tic = time.perf_counter()
     with contextlib.ExitStack() as locks:
         try:
@@ -188,13 +194,10 @@ def batch_groups(todo: Work, together: bool | None) -> list[Work]:
     """``todo`` cut into units of work: runs that lenet.training.groups can batch, started or
     resumed together (resumed ones only with those stopped at the same point).
 
-    together=None (auto) batches on CUDA only: measured on the 2-core CPU, 4 vmapped
-    d2l runs took 51 s per run-epoch against 22 s for one run alone, while a GPU that
-    one LeNet leaves idle gains most from it.
+    together=None (auto) batches on CUDA only: on a CPU, runs stacked into one model
+    train slower per run than one run alone, while a GPU that one LeNet leaves idle
+    gains most from it.
     """
-    from ...device import resolve_device
-    from ...training.groups import groups
-
     if together is None:
         together = bool(todo) and resolve_device(todo[0][0].config.device).type == "cuda"
     if not together:
@@ -219,8 +222,6 @@ def _stopped_at(run: PlannedRun) -> tuple[int, int]:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     # Each of N workers gets cores/N threads: N processes of all-core torch fight over
     # the same cores and run slower together than one alone.
     torch.set_num_threads(threads)
@@ -334,9 +335,6 @@ def run_sweep(plan: SweepPlan, jobs: int = 1, retry_failed: bool = False,
 
 
 def _run_parallel(units: list[Work], jobs: int, finish: Callable[[PlannedRun, str, dict[str, Any]], None]) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     # spawn, not fork: forking a process that has started torch's thread pools can hang.
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -363,15 +361,11 @@ def _overall_bar(total: int, done: int, progress: bool | None):
     show = sys.stderr.isatty() if progress is None else progress
     if not show:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=done, unit="run", desc="sweep", file=sys.stderr, dynamic_ncols=True)
 
 
 def dry_run_lines(plan: SweepPlan, retry_failed: bool = False) -> list[str]:
     """What run_sweep would do, run by run, and a warning for each dataset not found."""
-    from ...data.datasets import locate
-
     runs = plan.runs()
     lines = [f"sweep {plan.name}: {len(plan.variants)} variants x {len(plan.seeds)} seeds = {len(runs)} runs "
              f"in {plan.sweep_dir}/"]

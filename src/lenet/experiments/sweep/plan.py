@@ -20,7 +20,7 @@ from ...errors import ConfigError, LenetError
 from ...model.network import LeNet, count_mult_adds, count_parameters
 from ...configuration.build import build_config, flatten, parse_override
 from ...configuration.run import RunConfig
-from .spec import SweepSpec, VariantSpec, _looks_like_file
+from .spec import SweepSpec, VariantSpec, looks_like_file
 
 # Fields a sweep owns: each run's seed, directory name and parent folder.
 RESERVED_KEYS = ("seed", "name", "out")
@@ -163,7 +163,7 @@ class SweepPlan:
 def base_source(base: str | dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
     """(preset, file, dotted overrides) of a spec's base."""
     if isinstance(base, str):
-        return (None, base, {}) if _looks_like_file(base) else (base, None, {})
+        return (None, base, {}) if looks_like_file(base) else (base, None, {})
     rest = dict(base)
     preset, file = rest.pop("preset", None), rest.pop("file", None)
     return preset, file, flatten(rest)

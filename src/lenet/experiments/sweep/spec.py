@@ -29,7 +29,7 @@ from ...configuration.run import SAFE_NAME
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
 
-def _safe_name(cls: type, value: str) -> str:
+def check_safe_name(cls: type, value: str) -> str:
     """Sweep and variant names become directory names."""
     if not SAFE_NAME.match(value):
         raise ValueError("use letters, digits and . _ = , + - only (it names a directory)")
@@ -41,7 +41,7 @@ class VariantSpec(Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="dotted config key -> value")
     note: str | None = Field(None, description="why this variant is in the sweep (shown in summary.md)")
 
-    _safe = field_validator("name")(classmethod(_safe_name))
+    _safe = field_validator("name")(classmethod(check_safe_name))
 
 
 class SweepSpec(Strict):
@@ -54,7 +54,7 @@ class SweepSpec(Strict):
     variants: list[VariantSpec] | None = None
     include_base: bool = Field(True, description="add a 'base' variant unless one already equals the base")
 
-    _safe = field_validator("name")(classmethod(_safe_name))
+    _safe = field_validator("name")(classmethod(check_safe_name))
 
     @field_validator("seeds")
     @classmethod
@@ -106,7 +106,7 @@ def parse_spec(data: Any, source: str = "") -> SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     spec = parse_spec(load_file(path), str(path))
-    if isinstance(spec.base, str) and _looks_like_file(spec.base):
+    if isinstance(spec.base, str) and looks_like_file(spec.base):
         # A base config file is found next to the spec, wherever the sweep is run from.
         base = Path(spec.base)
         if not base.is_absolute():
@@ -119,7 +119,8 @@ def exercises_spec() -> SweepSpec:
     return load_spec(SPECS_DIR / "exercises.yaml")
 
 
-def _looks_like_file(text: str) -> bool:
+def looks_like_file(text: str) -> bool:
+    """Whether a spec's ``base`` names a config file rather than a preset."""
     return text not in PRESETS and (Path(text).suffix in (".yaml", ".yml", ".toml", ".json") or "/" in text)
 
 

@@ -245,7 +245,7 @@ def write_summary(sweep_dir: str | Path, plots: bool = True) -> list[VariantSumm
 
 
 def write_plots(sweep_dir: Path, summaries: list[VariantSummary], info: dict[str, Any]) -> list[Path]:
-    from ...use.figures import plot_accuracy_bars, plot_curves
+    from ...use.figures import plot_accuracy_bars, plot_curves  # matplotlib: loaded only to draw
 
     done = [s for s in summaries if s.n]
     written = []

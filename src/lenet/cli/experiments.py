@@ -1,5 +1,5 @@
-"""Commands that explore trained networks and compare recipes: activations, filters,
-sweep, report. Each only parses its arguments and calls the library."""
+"""Commands that compare recipes: sweep, search, report. Each only parses its arguments
+and calls the library (experiments/)."""
 
 from __future__ import annotations
 
@@ -9,43 +9,10 @@ import time
 from pathlib import Path
 
 from ..errors import EXIT_FAILURE, EXIT_OK, UsageError
+from . import run_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("activations", help="feature maps of every conv block for some inputs, one PNG each",
-                       description="For each input: the image, the prediction and every conv block's "
-                                   "feature maps before and after pooling, one colour scale per layer.")
-    p.add_argument("run", metavar="RUN_OR_MODEL")
-    pick = p.add_argument_group("inputs (default: --classes of all classes, --per-class 1)")
-    pick.add_argument("--classes", nargs="+", metavar="CLASS",
-                      help="class names, aliases (sweater) or indices; the first --per-class test images of each")
-    pick.add_argument("--per-class", type=int, default=1, help="test images per class (default: 1)")
-    pick.add_argument("--index", type=int, nargs="+", metavar="N", help="test-set indices")
-    pick.add_argument("--image", type=Path, nargs="+", metavar="FILE", help="your own pictures (any size, any colour)")
-    p.add_argument("--data-dir", help="folder holding the dataset (default: the run's, else search)")
-    p.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/activations)")
-    p.set_defaults(func=cmd_activations)
-
-    p = sub.add_parser("augment", help="a grid of training images and their augmented versions (PNG)",
-                       description="What the network sees: training images, each followed by augmented "
-                                   "versions drawn as the config's data.augment would draw them.")
-    p.add_argument("--show", action="store_true", help="write the grid (the only action; kept for clarity)")
-    p.add_argument("--preset", default=None, help="a recipe whose augmentation to show (default: d2l)")
-    p.add_argument("--augment", default=None, help="augmentations to show, e.g. crop,flip,affine,erase")
-    p.add_argument("--config", type=Path, help="a YAML or TOML config file instead of a preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--run", metavar="RUN_OR_MODEL", help="a trained run's config instead")
-    p.add_argument("--images", type=int, default=8, help="training images, one per row (default: 8)")
-    p.add_argument("--versions", type=int, default=5, help="augmented versions of each (default: 5)")
-    p.add_argument("--data-dir", help="folder holding the dataset (default: search)")
-    p.add_argument("--out", type=Path, default=Path("runs/augment.png"), help="PNG path (default: runs/augment.png)")
-    p.set_defaults(func=cmd_augment)
-
-    p = sub.add_parser("filters", help="the learned conv kernels as images")
-    p.add_argument("run", metavar="RUN_OR_MODEL")
-    p.add_argument("--out", type=Path, help="PNG path (default: RUN/filters.png)")
-    p.set_defaults(func=cmd_filters)
-
     p = sub.add_parser("sweep", help="train variants x seeds of a config and summarise them",
                        description="Run a sweep spec (YAML: name, base, seeds, common, grid or variants) "
                                    "into OUT/<name>/. Finished runs are skipped and interrupted ones resumed, "
@@ -139,6 +106,7 @@ def _absolute(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..experiments import sweep
+    from ..store.recorder import FINISHED
 
     if (args.spec is None) == (not args.exercises):
         raise UsageError("give a spec file or --exercises (one of them)")
@@ -175,9 +143,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     say = lambda line: print(line, flush=True)  # noqa: E731
     if ray:
-        from ..experiments.sweep import run_on_ray
-
-        outcomes = run_on_ray(plan, address=args.address, cpus_per_run=args.cpus_per_run,
+        outcomes = sweep.run_on_ray(plan, address=args.address, cpus_per_run=args.cpus_per_run,
                               gpus_per_run=args.gpus_per_run, max_failures=args.max_failures,
                               retry_failed=args.retry_failed, together=args.together, log=say)
     else:
@@ -185,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                    log=say)
     failed = [o for o in outcomes if o.failed]
     busy = [o for o in outcomes if o.action == "left"]
-    finished = sum(1 for o in outcomes if o.status == "finished")
+    finished = sum(1 for o in outcomes if o.status == FINISHED)
     print(f"sweep {plan.name}: {finished} finished, {len(failed)} failed"
           + (f", {len(busy)} being trained by another process" if busy else "")
           + f" in {time.perf_counter() - tic:.0f} s; wrote {plan.sweep_dir}/summary.md, summary.csv, "
@@ -230,53 +196,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK if result.best is not None else EXIT_FAILURE
 
 
-def cmd_activations(args: argparse.Namespace) -> int:
-    from ..use import inspection as inspect
-
-    from . import run_arg
-
-    paths = inspect.write_activations(run_arg(args.run), classes=args.classes, per_class=args.per_class,
-                                      indices=args.index, images=args.image, data_dir=args.data_dir,
-                                      out=args.out)
-    for path in paths:
-        print(f"wrote {path}")
-    return EXIT_OK
-
-
-def cmd_augment(args: argparse.Namespace) -> int:
-    from ..use.inspection import augment_figure
-    from ..use.figures import _save
-
-    if args.images < 1 or args.versions < 1:
-        raise UsageError("--images and --versions must be at least 1")
-    if args.run:
-        from . import run_arg
-
-        target = run_arg(args.run)
-    else:
-        from ..api import config
-        from . import _parse_sets
-
-        preset = args.preset or (None if args.config else "d2l")
-        target = config(preset, file=args.config, set=_parse_sets(args.overrides), augment=args.augment)
-    path = _save(augment_figure(target, args.images, args.versions, data_dir=args.data_dir), args.out)
-    print(f"wrote {path}")
-    return EXIT_OK
-
-
-def cmd_filters(args: argparse.Namespace) -> int:
-    from ..use import inspection as inspect
-
-    from . import run_arg
-
-    print(f"wrote {inspect.write_filters(run_arg(args.run), args.out)}")
-    return EXIT_OK
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from ..experiments import report
-
-    from . import run_arg
 
     print(f"wrote {report.write_report(run_arg(args.path), args.out)}")
     return EXIT_OK
