@@ -115,3 +115,48 @@ def test_only_the_speed_package_reaches_its_mechanisms():
     outside = {m: sorted(edges & mechanisms) for m, edges in imports().items()
                if not m.startswith("lenet.speed") and edges & mechanisms}
     assert outside == {}
+
+
+def _imports_in(path: Path) -> list[tuple[ast.AST, bool]]:
+    """Every import statement of a module, and whether it sits inside a function."""
+    tree = ast.parse(path.read_text())
+    inside = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))}
+    return [(node, id(node) in inside) for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_no_private_name_is_imported_from_another_module():
+    found = [f"{p.relative_to(PACKAGE)}:{node.lineno} {alias.name}" for p in PACKAGE.rglob("*.py")
+             for node, _ in _imports_in(p) if isinstance(node, ast.ImportFrom)
+             for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert found == []
+
+
+# Imported where they are used: they cost seconds, or come with an extra (issue 23).
+HEAVY = ("ray", "optuna", "matplotlib", "onnx", "onnxruntime", "onnxscript", "torch.onnx", "uvicorn", "fastapi",
+         "starlette", "httpx", "tensorboard", "torch.utils.tensorboard", "IPython", "tqdm.notebook", "PIL",
+         "lenet.use.figures", "lenet.experiments.search.lines")
+
+
+def test_function_local_imports_are_the_cli_boundary_or_heavy_dependencies():
+    """The CLI imports the library lazily (`lenet --help` loads no torch); elsewhere a
+    function-local import is for a heavy or optional dependency only."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        if name.startswith("lenet.cli"):
+            continue
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node, inside in _imports_in(path):
+            if not inside:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
+                targets = [base.rstrip(".")]
+            else:
+                targets = [a.name for a in node.names]
+            found += [f"{name}:{node.lineno} {t}" for t in targets
+                      if not any(t == h or t.startswith(h + ".") for h in HEAVY)]
+    assert found == []

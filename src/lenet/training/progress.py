@@ -16,6 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (not in a terminal IPython, nor in plain Python)."""
@@ -69,8 +71,6 @@ class Progress:
             view = self._notebook_bar(epoch, epochs, total, done, desc)
             if view is not None:
                 return view
-        from tqdm import tqdm
-
         return tqdm(total=total, initial=done, disable=False, leave=False, file=sys.stderr, unit="batch",
                     desc=desc, dynamic_ncols=True)
 

@@ -11,6 +11,7 @@ from torch import nn
 from ..configuration.run import RunConfig
 from ..store.models import save_model
 from ..store.recorder import FINISHED
+from ..use.evaluation import evaluate as evaluate_run
 
 
 @dataclass
@@ -44,8 +45,6 @@ class Run:
 
     def evaluate(self, **options: Any):
         """lenet.evaluate(this run): see lenet.use.evaluation.evaluate."""
-        from ..use.evaluation import evaluate as evaluate_run  # its figures load matplotlib
-
         return evaluate_run(self, **options)
 
     def __repr__(self) -> str:
