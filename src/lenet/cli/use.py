@@ -26,16 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     _add_quantize(sub)
 
-    p = sub.add_parser("export", help="export a trained model (ONNX), checked against onnxruntime",
-                       description="Export to ONNX with a dynamic batch size and the class names and "
-                                   "preprocessing constants in the metadata, then compare onnxruntime "
-                                   "with PyTorch on test images.")
-    p.add_argument("model", metavar="MODEL", help="run directory or model.safetensors")
+    p = sub.add_parser("export", help="export a trained model: ONNX (float or int8), checked",
+                       description="ONNX: a dynamic batch size, the class names and preprocessing constants in "
+                                   "the metadata; onnxruntime is compared with PyTorch on test images. --int8 "
+                                   "exports the int8 model (model-int8.safetensors, made by `lenet quantize`; "
+                                   "quantised on the spot where there is none), checked against the integer "
+                                   "reference: onnxruntime must classify 99.9%% of the images alike.")
+    p.add_argument("model", metavar="MODEL", help="run directory, model.safetensors or model-int8.safetensors")
     p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx"], help="(default: onnx)")
-    p.add_argument("--out", type=Path, help="output file (default: model.onnx beside the model)")
-    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--int8", action="store_true", help="the int8 model")
+    p.add_argument("--out", type=Path, help="output file (default: model.onnx or model-int8.onnx beside the model)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's; 17 for --int8)")
     p.add_argument("--check-images", type=int, default=1000,
-                   help="test images to compare onnxruntime with PyTorch on; 0 = no check (default: 1000)")
+                   help="test images to check the export on; 0 = no check (default: 1000)")
     p.add_argument("--data-dir", help="folder holding the dataset, for the check (default: search)")
     p.set_defaults(func=cmd_export)
 
@@ -151,12 +154,18 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import sys
+
     from ..use.export import export
 
-    path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, ONNX, dynamic batch size; "
+    path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir,
+                         int8=args.int8)
+    kind = "int8 ONNX (QDQ), input uint8 pixels" if args.int8 else "ONNX"
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, {kind}, dynamic batch size; "
           "class names and preprocessing in the metadata)")
-    if check is not None:
+    if isinstance(check, str):
+        print(f"lenet export: {check}", file=sys.stderr)
+    elif check is not None:
         print(check)
     return EXIT_OK
 

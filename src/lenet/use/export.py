@@ -3,6 +3,8 @@
     export_onnx()  model.safetensors -> model.onnx: input "image" float32 (batch, 1, 28, 28),
                    output "logits" (batch, classes); the batch size is dynamic
     check_onnx()   onnxruntime against PyTorch on the same images: agreement, max |logit diff|
+    export_int8()  the int8 model (model-int8.safetensors, or quantised on the spot) as int8
+                   ONNX (onnx_int8), checked against the integer reference
 
 The metadata (`lenet.*` keys, all strings) says how to make the input from a picture:
 class names, dataset, normalisation (x = pixels * input_scale - input_shift, pixels 0..255),
@@ -173,9 +175,10 @@ def check_onnx(onnx_path: str | Path, model_path: str | Path, images: np.ndarray
     return OnnxCheck(len(images), source, agree, diff)
 
 
-def check_images(dataset: str, count: int, data_dir: str | Path | None = None) -> tuple[np.ndarray, str]:
+def check_images(dataset: str, count: int, data_dir: str | Path | None = None,
+                 shape: tuple[int, ...] = (1, 28, 28)) -> tuple[np.ndarray, str]:
     """The first ``count`` test images of ``dataset`` (uint8 (N, 1, 28, 28)), or, where the
-    dataset is not on this machine, ``count`` seeded random images."""
+    dataset is not on this machine, ``count`` seeded random images of ``shape``."""
     from ..data.datasets import load_dataset
     from ..errors import DataError
 
@@ -184,14 +187,17 @@ def check_images(dataset: str, count: int, data_dir: str | Path | None = None) -
         return data.test.images[:count].numpy(), f"{dataset} test"
     except DataError:
         rng = np.random.default_rng(0)
-        return rng.integers(0, 256, size=(count, 1, 28, 28), dtype=np.uint8), "random (dataset not found)"
+        return rng.integers(0, 256, size=(count, *shape), dtype=np.uint8), "random (dataset not found)"
 
 
 def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int | None = None,
-           check: int = 1000, data_dir: str | Path | None = None) -> tuple[Path, OnnxCheck | None]:
-    """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError."""
+           check: int = 1000, data_dir: str | Path | None = None, int8: bool = False) -> tuple[Path, Any]:
+    """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError.
+    ``int8``: the int8 model, see export_int8."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if int8:
+        return export_int8(model_path, out, opset, check, data_dir)
     from ..store.checkpoint import load_model
 
     path = export_onnx(model_path, out, opset)
@@ -202,4 +208,48 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
     result = check_onnx(path, model_path, images, source)
     if result.max_abs_logit_diff > LOGIT_TOLERANCE:
         raise RunError(f"{path}: the exported model does not match PyTorch: {result}")
+    return path, result
+
+
+def int8_source(target: str | Path, data_dir: str | Path | None = None) -> tuple[Any, str, Path]:
+    """(Int8Model, a note, the folder exports go to by default) for a run directory, its
+    model.safetensors or a model-int8.safetensors. A run without an int8 model is quantised
+    now (PTQ), not written: `lenet quantize` writes it and reports its accuracy."""
+    from ..store.checkpoint import MODEL_FILE, load_trained, read_safetensors_header
+    from .int8_file import FORMAT as INT8_FORMAT
+    from .int8_file import INT8_FILE, load_int8
+
+    path = Path(target)
+    if path.is_file() and (read_safetensors_header(path).get("__metadata__") or {}).get("format") == INT8_FORMAT:
+        return load_int8(path), "", path.parent
+    beside = path / INT8_FILE if path.is_dir() else path.parent / INT8_FILE if path.name == MODEL_FILE else None
+    if beside is not None and beside.is_file():
+        return load_int8(beside), "", beside.parent
+    from ..data.datasets import load_dataset
+    from .quantize import calibration_images, ptq
+
+    trained = load_trained(path, "cpu")
+    data = load_dataset(trained.config.data.dataset, data_dir or trained.config.data.data_dir)
+    model, calibration = ptq(trained, calibration_images(data.train.images))
+    note = (f"no {INT8_FILE} beside {trained.path.name}: quantised now (PTQ, {calibration.images:,} training "
+            f"images), not kept; `lenet quantize {target}` keeps it and reports its accuracy")
+    return model, note, trained.path.parent
+
+
+def export_int8(model_path: str | Path, out: str | Path | None = None, opset: int | None = None, check: int = 1000,
+                data_dir: str | Path | None = None) -> tuple[Path, Any]:
+    """The int8 model as int8 ONNX (model-int8.onnx); with ``check`` > 0, verified on that many
+    test images against the integer reference: onnxruntime must agree on MIN_AGREEMENT of them."""
+    from .onnx_int8 import check_onnx_int8, write_int8_onnx
+
+    model, note, folder = int8_source(model_path, data_dir)
+    path = Path(out) if out is not None else folder / "model-int8.onnx"
+    path = write_int8_onnx(model, path / "model-int8.onnx" if path.is_dir() else path, opset)
+    if check <= 0:
+        return path, note or None
+    config = model.info.get("config") or {}
+    images, source = check_images(model.info.get("dataset", ""), check,
+                                  data_dir or config.get("data", {}).get("data_dir"), model.input_shape)
+    result = check_onnx_int8(path, model, images, source)
+    result.note = note
     return path, result
