@@ -26,20 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     _add_quantize(sub)
 
-    p = sub.add_parser("export", help="export a trained model: ONNX (float or int8), checked",
+    p = sub.add_parser("export", help="export a trained model: ONNX (float or int8) or plain C (int8), checked",
                        description="ONNX: a dynamic batch size, the class names and preprocessing constants in "
-                                   "the metadata; onnxruntime is compared with PyTorch on test images. --int8 "
-                                   "exports the int8 model (model-int8.safetensors, made by `lenet quantize`; "
-                                   "quantised on the spot where there is none), checked against the integer "
-                                   "reference: onnxruntime must classify 99.9%% of the images alike.")
+                                   "the metadata; onnxruntime is compared with PyTorch on test images. --int8 and "
+                                   "--format c export the int8 model (model-int8.safetensors, made by `lenet "
+                                   "quantize`; quantised on the spot where there is none), checked against the "
+                                   "integer reference: onnxruntime must classify 99.9%% of the images alike, the "
+                                   "compiled C must give every score bit for bit.")
     p.add_argument("model", metavar="MODEL", help="run directory, model.safetensors or model-int8.safetensors")
-    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx"], help="(default: onnx)")
-    p.add_argument("--int8", action="store_true", help="the int8 model")
-    p.add_argument("--out", type=Path, help="output file (default: model.onnx or model-int8.onnx beside the model)")
+    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "c"],
+                   help="onnx, or c: lenet_model.h, lenet_weights.h, lenet_model.c and main.c (default: onnx)")
+    p.add_argument("--int8", action="store_true", help="the int8 model (always for --format c)")
+    p.add_argument("--out", type=Path, help="output file (default: model.onnx or model-int8.onnx beside the model); "
+                                            "for --format c a folder (default: c/ beside the model)")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's; 17 for --int8)")
     p.add_argument("--check-images", type=int, default=1000,
                    help="test images to check the export on; 0 = no check (default: 1000)")
     p.add_argument("--data-dir", help="folder holding the dataset, for the check (default: search)")
+    p.add_argument("--max-stack-bytes", type=int, help="--format c: refuse a model whose lenet_predict needs more "
+                                                       "stack (default: 65536)")
+    p.add_argument("--max-flash-bytes", type=int, help="--format c: refuse a model whose constants need more "
+                                                       "(default: 1048576)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="a web page and JSON API to try a model (FastAPI + uvicorn)",
@@ -158,11 +165,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from ..use.export import export
 
+    bounds = {k: v for k, v in (("max_stack_bytes", args.max_stack_bytes), ("max_flash_bytes", args.max_flash_bytes))
+              if v is not None}
     path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir,
-                         int8=args.int8)
-    kind = "int8 ONNX (QDQ), input uint8 pixels" if args.int8 else "ONNX"
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, {kind}, dynamic batch size; "
-          "class names and preprocessing in the metadata)")
+                         int8=args.int8, **bounds)
+    if args.fmt == "c":
+        print(f"wrote {path}/: lenet_model.h, lenet_weights.h, lenet_model.c, main.c (int8, integer arithmetic "
+              "only; stack and flash bounds in lenet_model.h)")
+    else:
+        kind = "int8 ONNX (QDQ), input uint8 pixels" if args.int8 else "ONNX"
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, {kind}, dynamic batch size; "
+              "class names and preprocessing in the metadata)")
     if isinstance(check, str):
         print(f"lenet export: {check}", file=sys.stderr)
     elif check is not None:

@@ -4,7 +4,7 @@
                    output "logits" (batch, classes); the batch size is dynamic
     check_onnx()   onnxruntime against PyTorch on the same images: agreement, max |logit diff|
     export_int8()  the int8 model (model-int8.safetensors, or quantised on the spot) as int8
-                   ONNX (onnx_int8), checked against the integer reference
+                   ONNX (onnx_int8) or plain C (c_export), checked against the integer reference
 
 The metadata (`lenet.*` keys, all strings) says how to make the input from a picture:
 class names, dataset, normalisation (x = pixels * input_scale - input_shift, pixels 0..255),
@@ -27,7 +27,7 @@ import torch
 from ..errors import RunError, UsageError
 
 FORMAT = "lenet-onnx/1"
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "c")  # c: always int8
 # The largest |logit difference| between onnxruntime and PyTorch that still counts as
 # the same model: float32 sums of ~400 products differ in the last bits (~1e-6), so
 # 1e-3 leaves room for other kernels while catching any real mismatch.
@@ -191,13 +191,14 @@ def check_images(dataset: str, count: int, data_dir: str | Path | None = None,
 
 
 def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int | None = None,
-           check: int = 1000, data_dir: str | Path | None = None, int8: bool = False) -> tuple[Path, Any]:
+           check: int = 1000, data_dir: str | Path | None = None, int8: bool = False,
+           **bounds: int) -> tuple[Path, Any]:
     """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError.
-    ``int8``: the int8 model, see export_int8."""
+    ``int8`` (always for fmt "c"): the int8 model, see export_int8, which takes ``bounds``."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if int8:
-        return export_int8(model_path, out, opset, check, data_dir)
+    if fmt == "c" or int8:
+        return export_int8(model_path, fmt, out, opset, check, data_dir, **bounds)
     from ..store.checkpoint import load_model
 
     path = export_onnx(model_path, out, opset)
@@ -236,20 +237,29 @@ def int8_source(target: str | Path, data_dir: str | Path | None = None) -> tuple
     return model, note, trained.path.parent
 
 
-def export_int8(model_path: str | Path, out: str | Path | None = None, opset: int | None = None, check: int = 1000,
-                data_dir: str | Path | None = None) -> tuple[Path, Any]:
-    """The int8 model as int8 ONNX (model-int8.onnx); with ``check`` > 0, verified on that many
-    test images against the integer reference: onnxruntime must agree on MIN_AGREEMENT of them."""
+def export_int8(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int | None = None,
+                check: int = 1000, data_dir: str | Path | None = None, **bounds: int) -> tuple[Path, Any]:
+    """The int8 model as int8 ONNX (fmt "onnx": model-int8.onnx) or C (fmt "c": a folder, c/);
+    with ``check`` > 0, verified on that many test images against the integer reference:
+    ONNX must agree on MIN_AGREEMENT of them, C on every score of every image. The check is
+    an Agreement, or a line saying why there was none (no C compiler)."""
+    from .c_export import CompilerMissing, check_c, write_c
     from .onnx_int8 import check_onnx_int8, write_int8_onnx
 
     model, note, folder = int8_source(model_path, data_dir)
-    path = Path(out) if out is not None else folder / "model-int8.onnx"
-    path = write_int8_onnx(model, path / "model-int8.onnx" if path.is_dir() else path, opset)
+    if fmt == "c":
+        path = write_c(model, Path(out) if out is not None else folder / "c", **bounds)
+    else:
+        path = Path(out) if out is not None else folder / "model-int8.onnx"
+        path = write_int8_onnx(model, path / "model-int8.onnx" if path.is_dir() else path, opset)
     if check <= 0:
         return path, note or None
     config = model.info.get("config") or {}
     images, source = check_images(model.info.get("dataset", ""), check,
                                   data_dir or config.get("data", {}).get("data_dir"), model.input_shape)
-    result = check_onnx_int8(path, model, images, source)
+    try:
+        result = check_c(path, model, images, source) if fmt == "c" else check_onnx_int8(path, model, images, source)
+    except CompilerMissing as exc:
+        return path, str(exc)
     result.note = note
     return path, result
