@@ -104,6 +104,15 @@ def test_class_names_reach_c_as_they_are(tmp_path):
     assert line.startswith(f"{best} {names[best]} ".encode())
 
 
+def test_text_from_the_model_file_cannot_leave_the_c_comments(tmp_path):
+    int8 = int8_of(tmp_path / "run", activation="relu", pool="max")
+    int8.info.update({"dataset": "x */ int evil; /* y", "config": {"model": {"name": "*/ #include <stdio.h>"}}})
+    folder = write_c(int8, tmp_path / "c")
+    for name in FILES[:3]:
+        code = re.sub(r"/\*.*?\*/", "", (folder / name).read_text(), flags=re.S)
+        assert "evil" not in code and "stdio" not in code
+
+
 def test_a_model_over_the_bounds_is_refused_in_one_line(tmp_path, capsys, tiny_data_dir):
     int8 = int8_of(tmp_path / "run", activation="relu", pool="max")
     with pytest.raises(ConfigError, match="bytes of stack .* over the bound of 1,000"):

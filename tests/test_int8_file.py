@@ -82,6 +82,7 @@ def _tampered_layers(int8_file: Path, index: int, **changes) -> Path:
     (1, {"kind": "softmax"}, "unknown layer kind"),
     (2, {"size": 2, "padding": 2}, "pool padding"),
     (0, {"output_scale": float("nan")}, "positive finite"),
+    (1, {"activation": "*/ int evil; /*"}, "unknown activation"),  # it would reach a C comment
 ])
 def test_hostile_fields_are_refused(int8_file, index, changes, words):
     with pytest.raises(RunError, match="not a valid lenet int8 model") as info:

@@ -24,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import ConfigError, RunError
+from ..model.network import ACTIVATIONS
 from ..store.checkpoint import read_safetensors_header
 from ..store.files import atomic_write_bytes
 from .integer import INT8, MAX_BIAS, WEIGHT_MAX, Affine, Flatten, Int8Model, Layer, Lookup, Pool
@@ -132,7 +133,10 @@ def _layer(entry: dict[str, Any]) -> Layer:
                       bool(entry["scores"]), _scale(entry["input_scale"], "input_scale"),
                       _scale(entry["output_scale"], "output_scale"), [_scale(s, "weight_scale") for s in scales])
     if kind == "lookup":
-        return Lookup(name, torch.empty(0), str(entry.get("activation", "")))
+        activation = entry.get("activation", "")
+        if activation not in ("", *ACTIVATIONS):
+            raise ValueError(f"{name}: unknown activation {str(activation)[:20]!r}")
+        return Lookup(name, torch.empty(0), activation)
     if kind == "pool":
         if entry["pool"] not in ("max", "avg"):
             raise ValueError(f"{name}: pool must be max or avg")
