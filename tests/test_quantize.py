@@ -155,3 +155,13 @@ def test_cli_quantize_errors_are_one_line(capsys, tmp_path, tiny_data_dir):
                         ([str(tmp_path / "run"), "--calibration-images", "0"], "at least one image")):
         code, err = run(*argv, "--data-dir", str(tiny_data_dir))
         assert code == 2 and words in err and err.count("\n") == 1, (argv, err)
+
+
+def test_quantize_takes_a_run_in_memory_and_writes_nothing(tmp_path, tiny_data_dir):
+    import lenet
+
+    run = lenet.train(lenet.config("keras-v2", epochs=1, batch_size=64, data_dir=str(tiny_data_dir), device="cpu"))
+    result = quantize(run, calibration=100)
+    assert result.path is None and not list(tmp_path.rglob(INT8_FILE))
+    assert result.test_images == 200 and result.calibration.images == 100
+    assert result.float_accuracy == pytest.approx(run.test_accuracy, abs=1e-6)
