@@ -29,7 +29,7 @@ _EXPORTS = {
     "RunConfig": "configuration.run", "PRESETS": "configuration.presets",
     "ModelConfig": "model.network", "LeNet": "model.network", "create_model": "model.network",
     "list_models": "model.network",
-    "train_many": "training.run",
+    "train_many": "training.run", "quantize": "training.qat", "Quantized": "use.quantize",
     "LenetError": "errors", "ConfigError": "errors", "DataError": "errors", "RunError": "errors",
     "UsageError": "errors", "DivergedError": "errors", "Interrupted": "errors",
 }

@@ -1,4 +1,4 @@
-"""Commands that use a trained model: predict, export, serve (parse, then call the library)."""
+"""Commands that use a trained model: predict, quantize, export, serve (parse, then call the library)."""
 
 from __future__ import annotations
 
@@ -27,17 +27,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a trained model (ONNX), checked against onnxruntime",
-                       description="Export to ONNX with a dynamic batch size and the class names and "
-                                   "preprocessing constants in the metadata, then compare onnxruntime "
-                                   "with PyTorch on test images.")
-    p.add_argument("model", metavar="MODEL", help="run directory or model.safetensors")
-    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx"], help="(default: onnx)")
-    p.add_argument("--out", type=Path, help="output file (default: model.onnx beside the model)")
-    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    _add_quantize(sub)
+
+    p = sub.add_parser("export", help="export a trained model: ONNX (float or int8) or plain C (int8), checked",
+                       description="ONNX: a dynamic batch size, the class names and preprocessing constants in "
+                                   "the metadata; onnxruntime is compared with PyTorch on test images. --int8 and "
+                                   "--format c export the int8 model (model-int8.safetensors, made by `lenet "
+                                   "quantize`; quantised on the spot where there is none), checked against the "
+                                   "integer reference: onnxruntime must classify 99.9%% of the images alike, the "
+                                   "compiled C must give every score bit for bit.")
+    p.add_argument("model", metavar="MODEL", help="run directory, model.safetensors or model-int8.safetensors")
+    p.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "c"],
+                   help="onnx, or c: lenet_model.h, lenet_weights.h, lenet_model.c and main.c (default: onnx)")
+    p.add_argument("--int8", action="store_true", help="the int8 model (always for --format c)")
+    p.add_argument("--out", type=Path, help="output file (default: model.onnx or model-int8.onnx beside the model); "
+                                            "for --format c a folder (default: c/ beside the model)")
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's; 17 for --int8)")
     p.add_argument("--check-images", type=int, default=1000,
-                   help="test images to compare onnxruntime with PyTorch on; 0 = no check (default: 1000)")
+                   help="test images to check the export on; 0 = no check (default: 1000)")
     p.add_argument("--data-dir", help="folder holding the dataset, for the check (default: search)")
+    p.add_argument("--max-stack-bytes", type=int, help="--format c: refuse a model whose lenet_predict needs more "
+                                                       "stack (default: 65536)")
+    p.add_argument("--max-flash-bytes", type=int, help="--format c: refuse a model whose constants need more "
+                                                       "(default: 1048576)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="a web page and JSON API to try a model (FastAPI + uvicorn)",
@@ -113,13 +125,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="int8 model of a trained run, float and int8 test accuracy side by side",
+                       description="Post-training quantisation: int8 weights per output channel, int8 activations "
+                                   "per tensor with ranges from training images, folded batch norm and "
+                                   "preprocessing; written as model-int8.safetensors beside the model. --qat "
+                                   "fine-tunes with the rounding simulated, for when the drop is too big.")
+    p.add_argument("model", metavar="RUN", help="run directory or model.safetensors")
+    p.add_argument("--qat", action="store_true", help="quantisation-aware fine-tuning after PTQ")
+    p.add_argument("--epochs", type=int, help="QAT epochs over the training set (default: 1)")
+    p.add_argument("--lr", type=float, help="QAT learning rate, Adam falling on a cosine (default: 1e-4)")
+    p.add_argument("--calibration-images", type=int, default=1000,
+                   help="training images whose activations set the int8 ranges (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="which calibration images, and QAT's batch order (default: 0)")
+    p.add_argument("--out", type=Path, help="output file (default: model-int8.safetensors beside the model)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: search)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..training.qat import quantize
+
+    if not args.qat and (args.epochs is not None or args.lr is not None):
+        raise UsageError("--epochs and --lr are QAT's: add --qat to fine-tune, or leave them out for PTQ alone")
+    options = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    result = quantize(model_arg(args.model), qat=args.qat, calibration=args.calibration_images,
+                      data_dir=args.data_dir, out=args.out, seed=args.seed, verbose=not args.json, **options)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    import sys
+
     from ..use.export import export
 
-    path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, ONNX, dynamic batch size; "
-          "class names and preprocessing in the metadata)")
-    if check is not None:
+    bounds = {k: v for k, v in (("max_stack_bytes", args.max_stack_bytes), ("max_flash_bytes", args.max_flash_bytes))
+              if v is not None}
+    path, check = export(model_arg(args.model), args.fmt, args.out, args.opset, args.check_images, args.data_dir,
+                         int8=args.int8, **bounds)
+    if args.fmt == "c":
+        print(f"wrote {path}/: lenet_model.h, lenet_weights.h, lenet_model.c, main.c (int8, integer arithmetic "
+              "only; stack and flash bounds in lenet_model.h)")
+    else:
+        kind = "int8 ONNX (QDQ), input uint8 pixels" if args.int8 else "ONNX"
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB, {kind}, dynamic batch size; "
+              "class names and preprocessing in the metadata)")
+    if isinstance(check, str):
+        print(f"lenet export: {check}", file=sys.stderr)
+    elif check is not None:
         print(check)
     return EXIT_OK
 

@@ -3,6 +3,8 @@
     export_onnx()  model.safetensors -> model.onnx: input "image" float32 (batch, 1, 28, 28),
                    output "logits" (batch, classes); the batch size is dynamic
     check_onnx()   onnxruntime against PyTorch on the same images: agreement, max |logit diff|
+    export_int8()  the int8 model (model-int8.safetensors, or quantised on the spot) as int8
+                   ONNX (onnx_int8) or plain C (c_export), checked against the integer reference
 
 The metadata (`lenet.*` keys, all strings) says how to make the input from a picture:
 class names, dataset, normalisation (x = pixels * input_scale - input_shift, pixels 0..255),
@@ -25,11 +27,16 @@ import torch
 from ..data.datasets import Normalizer, get_spec, load_dataset
 from ..errors import DataError, RunError, UsageError
 from ..store.files import atomic_write_bytes
-from ..store.models import load_model, resolve_model_path
+from ..store.models import MODEL_FILE, load_model, read_safetensors_header, resolve_model_path
+from .c_export import CompilerMissing, check_c, write_c
+from .int8_file import FORMAT as INT8_FORMAT
+from .int8_file import INT8_FILE, load_int8
+from .onnx_int8 import check_onnx_int8, write_int8_onnx
 from .predict import FRAMINGS, MASS_CENTRE
+from .quantize import calibration_images, ptq
 
 FORMAT = "lenet-onnx/1"
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "c")  # c: always int8
 # The largest |logit difference| between onnxruntime and PyTorch that still counts as
 # the same model: float32 sums of ~400 products differ in the last bits (~1e-6), so
 # 1e-3 leaves room for other kernels while catching any real mismatch.
@@ -171,22 +178,27 @@ def check_onnx(onnx_path: str | Path, model: Any, images: np.ndarray, source: st
     return OnnxCheck(len(images), source, agree, diff)
 
 
-def check_images(dataset: str, count: int, data_dir: str | Path | None = None) -> tuple[np.ndarray, str]:
+def check_images(dataset: str, count: int, data_dir: str | Path | None = None,
+                 shape: tuple[int, ...] = (1, 28, 28)) -> tuple[np.ndarray, str]:
     """The first ``count`` test images of ``dataset`` (uint8 (N, 1, 28, 28)), or, where the
-    dataset is not on this machine, ``count`` seeded random images."""
+    dataset is not on this machine, ``count`` seeded random images of ``shape``."""
     try:
         data = load_dataset(dataset, data_dir, download=False)
         return data.test.images[:count].numpy(), f"{dataset} test"
     except DataError:
         rng = np.random.default_rng(0)
-        return rng.integers(0, 256, size=(count, 1, 28, 28), dtype=np.uint8), "random (dataset not found)"
+        return rng.integers(0, 256, size=(count, *shape), dtype=np.uint8), "random (dataset not found)"
 
 
 def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int | None = None,
-           check: int = 1000, data_dir: str | Path | None = None) -> tuple[Path, OnnxCheck | None]:
-    """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError."""
+           check: int = 1000, data_dir: str | Path | None = None, int8: bool = False,
+           **bounds: int) -> tuple[Path, Any]:
+    """Export and, with ``check`` > 0, verify on that many test images; a mismatch is a RunError.
+    ``int8`` (always for fmt "c"): the int8 model, see export_int8, which takes ``bounds``."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "c" or int8:
+        return export_int8(model_path, fmt, out, opset, check, data_dir, **bounds)
     path = export_onnx(model_path, out, opset)
     if check <= 0:
         return path, None
@@ -196,4 +208,48 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
     result = check_onnx(path, trained, images, source)
     if result.max_abs_logit_diff > LOGIT_TOLERANCE:
         raise RunError(f"{path}: the exported model does not match PyTorch: {result}")
+    return path, result
+
+
+def int8_source(target: str | Path, data_dir: str | Path | None = None) -> tuple[Any, str, Path]:
+    """(Int8Model, a note, the folder exports go to by default) for a run directory, its
+    model.safetensors or a model-int8.safetensors. A run without an int8 model is quantised
+    now (PTQ), not written: `lenet quantize` writes it and reports its accuracy."""
+    path = Path(target)
+    if path.is_file() and (read_safetensors_header(path).get("__metadata__") or {}).get("format") == INT8_FORMAT:
+        return load_int8(path), "", path.parent
+    beside = path / INT8_FILE if path.is_dir() else path.parent / INT8_FILE if path.name == MODEL_FILE else None
+    if beside is not None and beside.is_file():
+        return load_int8(beside), "", beside.parent
+
+    trained = load_model(path, "cpu")
+    data = load_dataset(trained.config.data.dataset, data_dir or trained.config.data.data_dir)
+    model, calibration = ptq(trained, calibration_images(data.train.images))
+    note = (f"no {INT8_FILE} beside {trained.path.name}: quantised now (PTQ, {calibration.images:,} training "
+            f"images), not kept; `lenet quantize {target}` keeps it and reports its accuracy")
+    return model, note, trained.path.parent
+
+
+def export_int8(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int | None = None,
+                check: int = 1000, data_dir: str | Path | None = None, **bounds: int) -> tuple[Path, Any]:
+    """The int8 model as int8 ONNX (fmt "onnx": model-int8.onnx) or C (fmt "c": a folder, c/);
+    with ``check`` > 0, verified on that many test images against the integer reference:
+    ONNX must agree on MIN_AGREEMENT of them, C on every score of every image. The check is
+    an Agreement, or a line saying why there was none (no C compiler)."""
+    model, note, folder = int8_source(model_path, data_dir)
+    if fmt == "c":
+        path = write_c(model, Path(out) if out is not None else folder / "c", **bounds)
+    else:
+        path = Path(out) if out is not None else folder / "model-int8.onnx"
+        path = write_int8_onnx(model, path / "model-int8.onnx" if path.is_dir() else path, opset)
+    if check <= 0:
+        return path, note or None
+    config = model.info.get("config") or {}
+    images, source = check_images(model.info.get("dataset", ""), check,
+                                  data_dir or config.get("data", {}).get("data_dir"), model.input_shape)
+    try:
+        result = check_c(path, model, images, source) if fmt == "c" else check_onnx_int8(path, model, images, source)
+    except CompilerMissing as exc:
+        return path, str(exc)
+    result.note = note
     return path, result
