@@ -152,6 +152,7 @@ def test_a_dataset_the_caller_built_trains(tmp_path):
         lenet.train(lenet.config("d2l", epochs=1), data={"train": (images[:0], labels[:0]), "test": data["test"]})
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_in_memory_gives_the_eval_report(tiny_data_dir):
     run = lenet.train(tiny(tiny_data_dir, epochs=1))
     report = lenet.evaluate(run, data_dir=str(tiny_data_dir))

@@ -44,6 +44,7 @@ def test_models_lists_the_registry(capsys):
     assert code == 0 and "lenet5 " in out and "61,706" in out and "lenet5-v2" in out
 
 
+@pytest.mark.slow
 def test_train_eval_plot_round_trip(capsys, tiny_data_dir):
     code, out, _ = train_tiny(capsys, tiny_data_dir, "first")
     assert code == 0
@@ -201,6 +202,7 @@ def test_predict_with_its_arguments_swapped_says_which_is_which(capsys, tiny_dat
     assert code == 2 and "a picture: the model" in err and "runs/m looks like the model: give it first" in err
 
 
+@pytest.mark.slow
 def test_runs_are_found_by_name_prefix_or_latest(capsys, tiny_data_dir):
     import os
     import time

@@ -69,6 +69,7 @@ def tiny_run(capsys, tiny_data_dir) -> Path:
     return Path("runs/r")
 
 
+@pytest.mark.slow
 def test_activations_cli_accepts_aliases_indices_and_pictures(capsys, tiny_run, tiny_data_dir, tmp_path):
     code, _, _ = run(capsys, "activations", tiny_run, "--classes", "sweater", "4")
     assert code == 0

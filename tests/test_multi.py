@@ -35,6 +35,7 @@ def test_grouping_rules(tiny_data_dir):
                                               ("sgd", ["optim.lr=0.2", "optim.momentum=0.9",
                                                        "optim.schedule=onecycle"]),
                                               ("adamw", ["optim.weight_decay=0.05"])])
+@pytest.mark.slow
 def test_weights_equal_separate_runs_for_smooth_networks(tiny_data_dir, optimizer, extra):
     # Sigmoid and average pooling have no ties, so rounding differences between batched
     # and single kernels stay at rounding size; the weights must agree to ~1e-6.
@@ -54,6 +55,7 @@ def test_weights_equal_separate_runs_for_smooth_networks(tiny_data_dir, optimize
             assert (multi.run_dir / name).is_file()
 
 
+@pytest.mark.slow
 def test_relu_max_pool_runs_match_separate_runs_within_noise(tiny_data_dir):
     # ReLU and max-pool have ties that rounding can flip, after which two runs drift apart
     # like two seeds would; the results, not the weights, must agree.
@@ -98,6 +100,7 @@ def _group(tiny_data_dir, prefix, epochs=3):
 
 
 @pytest.mark.parametrize("where", ["killed after epoch 1", "ctrl-c inside epoch 2"])
+@pytest.mark.slow
 def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatch, where):
     import os
     import signal
@@ -138,6 +141,7 @@ def test_an_interrupted_group_resumes_together_bitwise(tiny_data_dir, monkeypatc
             assert torch.equal(value, _weights(run.run_dir)[key]), key
 
 
+@pytest.mark.slow
 def test_a_run_of_a_group_resumes_alone_too(tiny_data_dir, monkeypatch):
     from pathlib import Path
 
@@ -159,6 +163,7 @@ def test_a_run_of_a_group_resumes_alone_too(tiny_data_dir, monkeypatch):
     assert alone.history[-1]["train_loss"] == pytest.approx(reference[1].history[-1]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_amp_is_honoured_and_the_other_switches_are_refused(tiny_data_dir):
     plain = train_many([cfg(tiny_data_dir, "seed=0", "name=p0"), cfg(tiny_data_dir, "seed=1", "name=p1")])
     amp = train_many([cfg(tiny_data_dir, "seed=0", "name=a0", "speed.amp=true"),

@@ -170,6 +170,7 @@ def test_stacked_models_each_follow_their_own_run(kind):
                 assert torch.allclose(value, theirs["state"][i][key], rtol=1e-5, atol=1e-6), (k, i, key)
 
 
+@pytest.mark.slow
 def test_training_the_book_recipe_never_imports_torch_dynamo(tiny_data_dir):
     """torch.optim's classes import torch._dynamo on first use, seconds of a CPU run: a
     run, from the front door to the saved files, leaves it unimported."""

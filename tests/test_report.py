@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from test_sweep import fake_sweep
 
 from lenet.cli import main
@@ -24,6 +26,7 @@ def assert_self_contained(text: str) -> None:
     assert "<script" not in text and "@import" not in text
 
 
+@pytest.mark.slow
 def test_report_of_a_run_embeds_curves_evaluation_and_feature_maps(capsys, tiny_data_dir):
     assert run(capsys, "train", "--preset", "d2l", "--data-dir", tiny_data_dir, "--epochs", "1",
                "--batch-size", "64", "--device", "cpu", "--name", "r")[0] == 0

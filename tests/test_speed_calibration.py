@@ -30,6 +30,7 @@ def test_the_measurement_is_real_and_kept_per_machine(bf16_units):
     assert calibration.cpu_speedups(bf16_units) == speedups  # measured once: the next run reads it
 
 
+@pytest.mark.slow
 def test_a_run_measures_only_where_calibrating_is_on(monkeypatch):
     """The tests run with LENET_CALIBRATE=0; a config that says calibrate: true measures
     (and keeps the figures), one that leaves it unset follows the environment."""

@@ -221,6 +221,7 @@ def tiny_spec(tmp_path, data_dir, name="t", epochs=1, **extra):
     return write_spec(tmp_path / f"{name}.yaml", **spec)
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_finishes_only_what_is_missing(capsys, tmp_path, tiny_data_dir, monkeypatch):
     path = tiny_spec(tmp_path, tiny_data_dir, epochs=2, grid={"model.pool": ["avg", "max"]})
     real_train, real_resume = execute.train, execute.resume

@@ -113,6 +113,7 @@ def test_tensorboard_can_be_turned_off(tiny_data_dir, tmp_path):
     assert run.status == "finished" and not list(run.run_dir.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_without_tensorboard_says_so_once_not_once_per_worker(tiny_data_dir, tmp_path):
     import os
     import subprocess

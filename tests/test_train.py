@@ -53,6 +53,7 @@ def test_validation_split_is_taken_from_train_never_test(tiny_data_dir):
     assert "480 train / 120 val / 200 test" in log
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_different_seed_different(tiny_data_dir):
     a = train(tiny_config(tiny_data_dir, name="a", epochs=2), out="runs").history
     b = train(tiny_config(tiny_data_dir, name="b", epochs=2), out="runs").history
@@ -147,6 +148,7 @@ def test_a_run_in_micro_batches_records_them_and_resumes_exactly(tiny_data_dir):
     assert json.loads((whole.run_dir / "environment.json").read_text())["speed"]["micro_batch"] == 0
 
 
+@pytest.mark.slow
 def test_a_run_in_halves_records_them_reaches_the_whole_batches_accuracy_and_resumes_exactly(
         tiny_data_dir, two_threads):
     halves = ["speed.parallel_halves=true", "speed.precision=fp32"]
