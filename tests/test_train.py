@@ -211,11 +211,17 @@ def test_d2l_recipe_reaches_the_chapters_accuracy(real_data_dir):
 
 
 @pytest.mark.slow
-def test_keras_v2_recipe_reaches_088(real_data_dir):
-    cfg = build_config("keras-v2", overrides=[f"data.data_dir={real_data_dir}", "device=cpu", "name=v2"])
+@pytest.mark.parametrize("preset, at_least", [
+    # The chapter's Keras code itself reaches 0.870 +- 0.006 (benchmarks/keras_seed.py, 3 seeds;
+    # README), and keras-v2 follows that code: the bound is Keras's own figure less 0.01.
+    ("keras-v2", 0.86),
+    ("keras-v2-scaled", 0.88),  # pixels in [0, 1], torch's Adam and loss: better than the Keras code
+])
+def test_keras_v2_recipes_reach_their_figures(real_data_dir, preset, at_least):
+    cfg = build_config(preset, overrides=[f"data.data_dir={real_data_dir}", "device=cpu", "name=v2"])
     result = train(cfg, out="runs")
-    assert result.test_accuracy >= 0.88
-    assert result.history[-1]["val_accuracy"] >= 0.87  # held out from train, stratified
+    assert result.test_accuracy >= at_least
+    assert result.history[-1]["val_accuracy"] >= at_least - 0.01  # held out from train
 
 
 # --------------------------------------------------------------------------- speed switches
