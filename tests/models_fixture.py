@@ -1,8 +1,8 @@
 """Trained models for the tests that use one, made once per test session.
 
-    mnist_model     keras-v2 on real MNIST, 2 epochs (test accuracy ~0.98; about a minute on 2 CPU cores)
-    fashion_model   keras-v2 on real Fashion-MNIST, 1 epoch (~0.85)
-    untrained_model a freshly initialised keras-v2 MNIST model file: no data, no training
+    mnist_model     keras-v2-scaled on real MNIST, 2 epochs (test accuracy ~0.98; about a minute on 2 CPU cores)
+    fashion_model   keras-v2-scaled on real Fashion-MNIST, 1 epoch (~0.85)
+    untrained_model a freshly initialised keras-v2-scaled MNIST model file: no data, no training
 
 Import the fixtures into a test module (`from models_fixture import mnist_model`). A fixture
 imported into several modules is a separate fixture in each, so the trained runs are kept
@@ -36,14 +36,14 @@ def require_real_data(dataset: str) -> Path:
 
 
 def trained_model(dataset: str, base: Path) -> Path:
-    """The run directory of keras-v2 trained on real ``dataset`` (trained on first use)."""
+    """The run directory of keras-v2-scaled trained on real ``dataset`` (trained on first use)."""
     if dataset in _trained:
         return _trained[dataset]
     data_dir = require_real_data(dataset)
     keep = os.environ.get("LENET_TEST_MODELS")
     out = Path(keep) if keep else base
     out.mkdir(parents=True, exist_ok=True)
-    name = f"keras-v2-{dataset}-{EPOCHS[dataset]}ep"
+    name = f"keras-v2-scaled-{dataset}-{EPOCHS[dataset]}ep"
     # Test workers (pytest -n) share ``base``: the first trains, the others wait for it.
     with open(out / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -56,7 +56,7 @@ def _train_once(out: Path, name: str, dataset: str, data_dir: Path) -> None:
     from lenet.training.run import train
 
     if not (out / name / MODEL_FILE).is_file():
-        cfg = build_config("keras-v2", overrides=[
+        cfg = build_config("keras-v2-scaled", overrides=[
             f"data.dataset={dataset}", f"data.data_dir={data_dir}", f"train.epochs={EPOCHS[dataset]}",
             "device=cpu", "train.progress=never", f"out={out}", f"name={name}"])
         # One torch thread: measured on a 2-core machine shared with other jobs, one epoch of
@@ -87,7 +87,7 @@ def fashion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_untrained(path: Path, dataset: str = "mnist") -> Path:
-    cfg = build_config("keras-v2", overrides=[f"data.dataset={dataset}", "device=cpu"])
+    cfg = build_config("keras-v2-scaled", overrides=[f"data.dataset={dataset}", "device=cpu"])
     path.mkdir(parents=True, exist_ok=True)
     save_model(path / MODEL_FILE, LeNet(cfg.model).eval(), cfg, get_spec(dataset).class_names,
                extra={"test_accuracy": None})

@@ -20,7 +20,7 @@ from lenet.errors import ConfigError, UsageError
 
 
 def tiny(data_dir, **options):
-    return lenet.config("keras-v2", **{"epochs": 2, "data_dir": str(data_dir), "device": "cpu", **options})
+    return lenet.config("keras-v2-scaled", **{"epochs": 2, "data_dir": str(data_dir), "device": "cpu", **options})
 
 
 def test_every_public_name_resolves_and_lenet_train_is_the_function():
@@ -142,7 +142,7 @@ def test_a_dataset_the_caller_built_trains(tmp_path):
     labels = np.arange(400) % 10
     images = make_images(labels, rng)  # uint8 (N, 28, 28), the IDX shape
     data = {"train": (images[:300], labels[:300]), "test": (torch.from_numpy(images[300:]), labels[300:])}
-    run = lenet.train(lenet.config("keras-v2", epochs=3, device="cpu"), data=data)
+    run = lenet.train(lenet.config("keras-v2-scaled", epochs=3, device="cpu"), data=data)
     assert run.test_accuracy > 0.5  # the bars are easy: chance is 0.1
     with pytest.raises(UsageError, match="images must be uint8"):
         lenet.train(lenet.config("d2l", epochs=1), data={"train": (images.astype(float), labels), "test": data["test"]})

@@ -99,8 +99,8 @@ def test_augment_names_and_strengths():
 
 
 def test_resume_with_augmentation_is_bitwise_the_uninterrupted_run(tiny_data_dir):
-    cfg = lenet.config("keras-v2", epochs=3, data_dir=str(tiny_data_dir), device="cpu", augment="crop,flip,erase",
-                       ema=0.9)
+    cfg = lenet.config("keras-v2-scaled", epochs=3, data_dir=str(tiny_data_dir), device="cpu",
+                       augment="crop,flip,erase", ema=0.9)
     full = lenet.train(cfg.model_copy(update={"name": "full"}), out="runs")
 
     class Stop(Exception):
@@ -119,8 +119,8 @@ def test_resume_with_augmentation_is_bitwise_the_uninterrupted_run(tiny_data_dir
 
 
 def test_tta_and_ema_are_shown_in_the_metrics(tiny_data_dir, capsys):
-    code = main(["train", "--preset", "keras-v2", "--data-dir", str(tiny_data_dir), "--epochs", "2", "--device", "cpu",
-                 "--name", "t", "--ema", "0.5", "--tta", "--augment", "crop"])
+    code = main(["train", "--preset", "keras-v2-scaled", "--data-dir", str(tiny_data_dir), "--epochs", "2",
+                 "--device", "cpu", "--name", "t", "--ema", "0.5", "--tta", "--augment", "crop"])
     out = capsys.readouterr().out
     assert code == 0 and "(raw " in out and "tta " in out
     row = json.loads(Path("runs/t/metrics.jsonl").read_text().splitlines()[-1])
@@ -158,10 +158,10 @@ def test_lenet_augment_show_writes_the_grid(tiny_data_dir, capsys):
 
 @pytest.mark.slow
 def test_an_augmented_run_on_the_real_data_learns(real_data_dir):
-    cfg = lenet.config("keras-v2", epochs=3, data_dir=str(real_data_dir), device="cpu", augment="crop,flip",
+    cfg = lenet.config("keras-v2-scaled", epochs=3, data_dir=str(real_data_dir), device="cpu", augment="crop,flip",
                        set={"train.progress": "never"})
     run = lenet.train(cfg)
-    # keras-v2 without augmentation: about 0.86 after 3 epochs; with shifts and flips the
+    # keras-v2-scaled without augmentation: about 0.86 after 3 epochs; with shifts and flips the
     # task is harder and 3 epochs gave 0.846 (torch 2.13 CPU, one thread). Broken
     # augmentation (labels and images out of step) would stay near 0.1.
     assert run.test_accuracy > 0.83

@@ -11,7 +11,7 @@ from lenet.configuration.build import build_config
 
 
 def test_bench_stops_at_the_target_and_writes_nothing(tiny_data_dir):
-    cfg = build_config("keras-v2", overrides=[f"data.data_dir={tiny_data_dir}", "device=cpu", "train.epochs=8"])
+    cfg = build_config("keras-v2-scaled", overrides=[f"data.data_dir={tiny_data_dir}", "device=cpu", "train.epochs=8"])
     result = bench(cfg, target=0.5, eval_repeats=1)
     assert result.seconds_to_target is not None and result.final_test_accuracy >= 0.5
     assert result.epochs_run < 8 and result.epochs_run == len(result.test_accuracies)
@@ -22,7 +22,7 @@ def test_bench_stops_at_the_target_and_writes_nothing(tiny_data_dir):
 
 
 def test_bench_cli_json(tiny_data_dir, capsys):
-    assert main(["bench", "--preset", "keras-v2", "--data-dir", str(tiny_data_dir), "--device", "cpu",
+    assert main(["bench", "--preset", "keras-v2-scaled", "--data-dir", str(tiny_data_dir), "--device", "cpu",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["epochs_run"] == 1 and result["target"] is None and result["device"] == "cpu"

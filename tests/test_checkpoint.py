@@ -50,7 +50,7 @@ TIMING = ("epoch_seconds", "examples_per_second")  # the only fields a resume ma
 
 
 def run_config(data_dir: Path, out: Path, name: str, *overrides: str):
-    return build_config("keras-v2", overrides=[
+    return build_config("keras-v2-scaled", overrides=[
         f"data.data_dir={data_dir}", f"out={out}", f"name={name}", "train.epochs=3", "device=cpu",
         "train.progress=never", *overrides])
 
@@ -292,7 +292,7 @@ def test_ctrl_c_twice_stops_at_once_and_the_last_epoch_checkpoint_resumes_exactl
         data_dir, reference, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lenet.training.progress.Progress, "bar", _CtrlCAt(epoch=2, step=4, times=2))
-        code = main(["train", "--preset", "keras-v2", "--data-dir", str(data_dir), "--out", str(tmp_path),
+        code = main(["train", "--preset", "keras-v2-scaled", "--data-dir", str(data_dir), "--out", str(tmp_path),
                      "--name", "part", "--epochs", "3", "--device", "cpu", "--set", "train.progress=never"])
     err = capsys.readouterr().err
     run = tmp_path / "part"
@@ -323,7 +323,7 @@ def start_lenet(args: list[str], cwd: Path, log: str) -> tuple[subprocess.Popen,
 
 
 def train_args(data_dir: Path, out: Path, name: str) -> list[str]:
-    return ["train", "--preset", "keras-v2", "--data-dir", str(data_dir), "--out", str(out), "--name", name,
+    return ["train", "--preset", "keras-v2-scaled", "--data-dir", str(data_dir), "--out", str(out), "--name", name,
             "--epochs", str(SUB_EPOCHS), "--batch-size", "8", "--device", "cpu",
             "--set", "train.progress=always"]  # the bar on stderr is how the test sees the steps
 

@@ -19,7 +19,7 @@ def run(capsys, *argv):
 
 
 def train_tiny(capsys, data_dir, name="r", *extra):
-    return run(capsys, "train", "--preset", "keras-v2", "--data-dir", str(data_dir), "--epochs", "2",
+    return run(capsys, "train", "--preset", "keras-v2-scaled", "--data-dir", str(data_dir), "--epochs", "2",
                "--device", "cpu", "--name", name, *extra)
 
 

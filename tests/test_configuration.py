@@ -24,8 +24,24 @@ def test_keras_presets():
     for cfg in (v1, v2):
         assert (cfg.optim.optimizer, cfg.optim.lr, cfg.train.batch_size, cfg.data.val_split) == ("adam", 1e-3, 64, 0.1)
         assert cfg.model.padding == ["same", 0]
+        # What the Keras code does without saying: raw 0-255 pixels, validation_split's
+        # last 10% unshuffled, Adam's epsilon 1e-7 before the bias correction, the loss of
+        # probabilities clipped at 1e-7, Glorot uniform kernels with zero biases.
+        assert (cfg.data.normalize, cfg.data.val_select) == ("raw", "last")
+        assert (cfg.optim.eps, cfg.optim.eps_hat, cfg.optim.probability_clip) == (1e-7, True, 1e-7)
+        assert cfg.model.init == "xavier"
     assert (v1.model.activation, v1.model.pool, v1.model.dropout) == ("sigmoid", "avg", 0.0)
     assert (v2.model.activation, v2.model.pool, v2.model.dropout) == ("relu", "max", 0.5)
+
+
+def test_normalize_and_val_select_refuse_unknown_choices():
+    assert build_config(None, overrides=["data.normalize=raw"]).data.normalize == "raw"
+    with pytest.raises(ConfigError, match="data.normalize"):
+        build_config(None, overrides=["data.normalize=bytes"])
+    with pytest.raises(ConfigError, match="data.val_select"):
+        build_config(None, overrides=["data.val_select=first"])
+    with pytest.raises(ConfigError, match="optim.eps"):
+        build_config(None, overrides=["optim.eps=0"])
 
 
 def test_file_then_overrides_then_flags(tmp_path):

@@ -20,13 +20,17 @@ from conftest import write_tiny_dataset
 import lenet.data.datasets
 from lenet.data.datasets import (
     DATASETS,
+    Normalizer,
     Split,
     class_index,
     get_spec,
+    last_indices,
     load_dataset,
     locate,
+    prepare_data,
     stratified_split,
     user_cache_dir,
+    validation_indices,
 )
 from lenet.errors import DataError, UsageError
 from lenet.data.idx import decompressed_bytes, read_idx, write_idx
@@ -289,6 +293,44 @@ def test_bad_fraction(fraction):
 def test_fraction_that_leaves_an_empty_split():
     with pytest.raises(DataError, match="empty split"):
         stratified_split(make_split([4] * 10), 0.05, seed=0)  # round(0.2) == 0 per class
+
+
+@pytest.mark.parametrize("n, fraction", [(60_000, 0.1), (600, 0.1), (10, 0.25), (7, 0.3), (101, 0.5)])
+def test_last_split_is_kerass_validation_split(n, fraction):
+    """Keras' validation_split: the rows from floor(n * (1 - fraction)) on, in file order."""
+    train_index, val_index = last_indices(n, fraction)
+    split_at = math.floor(n * (1.0 - fraction))
+    assert train_index.tolist() == list(range(split_at)) and val_index.tolist() == list(range(split_at, n))
+
+
+def test_validation_indices_select_stratified_or_last():
+    labels = make_split(COUNTS).labels
+    last = [validation_indices(labels, 0.1, seed, "last")[1].tolist() for seed in (0, 1)]
+    assert last[0] == last[1] == list(range(math.floor(len(labels) * 0.9), len(labels)))  # the seed plays no part
+    stratified = [validation_indices(labels, 0.1, seed)[1].tolist() for seed in (0, 1)]
+    assert stratified[0] != stratified[1] and stratified[0] != last[0]
+    with pytest.raises(DataError, match="empty split"):
+        last_indices(3, 0.9)  # floor(0.3): no training rows, which Keras refuses too
+    with pytest.raises(DataError, match="validation fraction"):
+        last_indices(100, 0.0)
+
+
+@pytest.mark.parametrize("select", ["last", "stratified"])
+def test_prepare_data_holds_out_the_rows_val_select_names(tiny_data_dir, select):
+    from lenet.configuration.build import build_config
+
+    cfg = build_config("d2l", overrides=[f"data.data_dir={tiny_data_dir}", "data.val_split=0.1",
+                                         f"data.val_select={select}"])
+    data = prepare_data(cfg, torch.device("cpu"))
+    assert (data.n_train, data.n_val) == (540, 60)
+    assert (data.val_index.tolist() == list(range(540, 600))) == (select == "last")
+
+
+def test_normalizer_raw_feeds_the_pixels_as_floats():
+    images = torch.tensor([[[[0, 1, 128, 255]]]], dtype=torch.uint8)
+    raw = Normalizer("raw", 0.5, 0.25)
+    assert raw(images).dtype == torch.float32 and raw(images).flatten().tolist() == [0.0, 1.0, 128.0, 255.0]
+    assert (raw.scale, raw.shift) == (1.0, 0.0)  # the constants an ONNX export writes
 
 
 # --------------------------------------------------------------------------- class names

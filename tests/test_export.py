@@ -16,7 +16,6 @@ import models_fixture
 
 # Session fixtures, trained once for all test modules (see models_fixture.py).
 mnist_model = models_fixture.mnist_model
-untrained_model = models_fixture.untrained_model
 
 def run(capsys, *argv):
     code = main(list(argv))
@@ -24,18 +23,33 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_export_has_dynamic_batch_and_metadata(untrained_model, tmp_path):
-    path = export_onnx(untrained_model, tmp_path / "lenet.onnx")
+def untrained(tmp_path, normalize: str):
+    """An untrained keras-v2 MNIST model file whose pixels go in as ``normalize`` says."""
+    from lenet.configuration.build import build_config
+    from lenet.data.datasets import get_spec
+    from lenet.model.network import LeNet
+    from lenet.store.models import MODEL_FILE, save_model
+
+    cfg = build_config("keras-v2", overrides=["data.dataset=mnist", f"data.normalize={normalize}"])
+    save_model(tmp_path / MODEL_FILE, LeNet(cfg.model).eval(), cfg, get_spec("mnist").class_names)
+    return tmp_path
+
+
+@pytest.mark.parametrize("normalize, scale, shift", [("raw", 1.0, 0.0), ("unit", 1 / 255, 0.0),
+                                                     ("standard", 1 / (255 * 0.3081), 0.1307 / 0.3081)])
+def test_export_has_dynamic_batch_and_metadata(tmp_path, normalize, scale, shift):
+    model = untrained(tmp_path, normalize)
+    path = export_onnx(model, tmp_path / "lenet.onnx")
     meta = read_metadata(path)
     assert meta["format"] == "lenet-onnx/1" and meta["dataset"] == "mnist"
     assert meta["class_names"] == [str(d) for d in range(10)]
-    assert (meta["normalize"], meta["mean"], meta["std"]) == ("unit", 0.1307, 0.3081)
-    assert meta["input_scale"] == pytest.approx(1 / 255) and meta["input_shift"] == 0.0
+    assert (meta["normalize"], meta["mean"], meta["std"]) == (normalize, 0.1307, 0.3081)
+    assert meta["input_scale"] == pytest.approx(scale) and meta["input_shift"] == pytest.approx(shift)
     assert meta["input_shape"] == ["batch", 1, 28, 28]
     assert meta["framing"] == {"box": 20, "centre": "mass", "mass_centre": 14.0}
     assert meta["config"]["model"]["name"] == "lenet5-v2"
 
-    predictor = Predictor(untrained_model)
+    predictor = Predictor(model)
     rng = np.random.default_rng(0)
     for batch in (1, 3, 64):  # the example batch was 2: any other size must work too
         images = rng.integers(0, 256, size=(batch, 1, 28, 28), dtype=np.uint8)

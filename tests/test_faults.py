@@ -35,7 +35,7 @@ TEST_IMAGES = "fashion-mnist/t10k-images-idx3-ubyte.gz"
 
 
 def train_args(data_dir: Path, *extra: str, name: str = "run", epochs: int = 3) -> list[str]:
-    return ["train", "--preset", "keras-v2", "--data-dir", str(data_dir), "--out", "runs", "--name", name,
+    return ["train", "--preset", "keras-v2-scaled", "--data-dir", str(data_dir), "--out", "runs", "--name", name,
             "--epochs", str(epochs), "--device", "cpu", "--set", "train.progress=never", *extra]
 
 

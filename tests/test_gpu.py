@@ -13,7 +13,7 @@ from lenet.training.run import train_many
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def cfg(data_dir, *overrides, preset="keras-v2", epochs=2, name="run"):
+def cfg(data_dir, *overrides, preset="keras-v2-scaled", epochs=2, name="run"):
     return lenet.config(preset, epochs=epochs, data_dir=str(data_dir), device="cuda", name=name,
                         set=dict(o.split("=", 1) for o in overrides) if overrides else None)
 
@@ -34,8 +34,9 @@ def test_cuda_graphs_train_the_same_steps_as_the_eager_loop(tiny_data_dir, optim
     smooth = {"model.activation": "sigmoid", "model.pool": "avg", "model.dropout": 0, "optim.optimizer": optimizer,
               "optim.momentum": 0.9 if optimizer == "sgd" else 0.0, "optim.lr": 0.1 if optimizer == "sgd" else 1e-3,
               "optim.schedule": "onecycle", "train.batch_size": 64}  # 600 examples: a short last batch
-    eager = lenet.train(lenet.config("keras-v2", epochs=2, data_dir=str(tiny_data_dir), device="cuda", set=smooth))
-    graphed = lenet.train(lenet.config("keras-v2", epochs=2, data_dir=str(tiny_data_dir), device="cuda",
+    eager = lenet.train(lenet.config("keras-v2-scaled", epochs=2, data_dir=str(tiny_data_dir), device="cuda",
+                                     set=smooth))
+    graphed = lenet.train(lenet.config("keras-v2-scaled", epochs=2, data_dir=str(tiny_data_dir), device="cuda",
                                        cuda_graphs=True, set=smooth))
     assert relative(graphed.model, eager.model) < 1e-3
     assert graphed.history[-1]["train_loss"] == pytest.approx(eager.history[-1]["train_loss"], rel=1e-3)

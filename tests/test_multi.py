@@ -13,7 +13,7 @@ from lenet.errors import UsageError
 from lenet.training.run import train
 
 
-def cfg(data_dir, *overrides, preset="keras-v2", epochs=2):
+def cfg(data_dir, *overrides, preset="keras-v2-scaled", epochs=2):
     return build_config(preset, overrides=[f"data.data_dir={data_dir}", "out=runs", f"train.epochs={epochs}",
                                            "device=cpu", "model.dropout=0", *overrides])
 
@@ -29,6 +29,20 @@ def test_grouping_rules(tiny_data_dir):
     assert all(group_key(c) != group_key(base) for c in other)
     assert group_key(cfg(tiny_data_dir, "model.batch_norm=true")) is None
     assert groups([base, same[0], other[0], cfg(tiny_data_dir, "model.batch_norm=true")]) == [[0, 1], [2], [3]]
+
+
+@pytest.mark.parametrize("select", ["last", "stratified"])
+def test_each_run_of_a_group_holds_out_the_rows_its_own_run_would(tiny_data_dir, select):
+    import torch
+
+    from lenet.data.datasets import prepare_data
+    from lenet.training.groups import group_data
+
+    cfgs = [cfg(tiny_data_dir, f"seed={s}", f"data.val_select={select}") for s in (0, 1)]
+    data = group_data(cfgs, torch.device("cpu"))
+    alone = [prepare_data(c, torch.device("cpu")).val_index for c in cfgs]
+    assert data.val_index.shape == (2, 60) and all(torch.equal(data.val_index[k], v) for k, v in enumerate(alone))
+    assert torch.equal(alone[0], alone[1]) == (select == "last")  # Keras' rows: the same for every seed
 
 
 @pytest.mark.parametrize("optimizer, extra", [("adam", ["data.val_split=0.2"]),

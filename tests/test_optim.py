@@ -4,6 +4,7 @@ import cost (the schedules are tested in test_train.py)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -62,6 +63,50 @@ def test_each_optimizer_takes_torchs_steps_bit_for_bit(kind, settings):
     _train(theirs, _torch_optimizer(kind, theirs.parameters(), **settings), range(12))
     assert _same_weights(ours, theirs)
     assert not _same_weights(ours, _net())  # it did train
+
+
+@pytest.mark.parametrize("kind,settings", CASES, ids=str)
+def _keras_adam(net: nn.Module, lr: float, eps: float, steps: range) -> None:
+    """Keras 3's Adam.update_step written out: eps is added to sqrt(v), and the bias
+    corrections fold into the step size alpha."""
+    b1, b2 = 0.9, 0.999
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in net.parameters()]
+    for t, step in enumerate(steps, start=1):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        with torch.no_grad():
+            for p, (m, v) in zip(net.parameters(), moments):
+                m += (p.grad - m) * (1 - b1)
+                v += (p.grad * p.grad - v) * (1 - b2)
+                p -= m * alpha / (v.sqrt() + eps)
+
+
+def test_adam_eps_hat_takes_kerass_steps():
+    # eps 1e-3 (Keras' default is 1e-7) so that where it is added shows in the weights.
+    keras, ours, torchs = _net(), _net(), _net()
+    _keras_adam(keras, 0.01, 1e-3, range(12))
+    for net, eps_hat in ((ours, True), (torchs, False)):
+        optimizer = Optimizer(net.parameters(), "adam", lr=0.01, eps=1e-3, eps_hat=eps_hat)
+        for step in range(12):
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    assert all(torch.allclose(p, q, rtol=1e-5, atol=1e-7) for p, q in zip(ours.parameters(), keras.parameters()))
+    assert not all(torch.allclose(p, q, rtol=1e-5, atol=1e-7) for p, q in zip(torchs.parameters(), keras.parameters()))
+    state = Optimizer(_net().parameters(), "adam", lr=0.01, eps_hat=True).state_dict()
+    assert "eps_hat" not in state["param_groups"][0]  # torch.optim's layout, as every checkpoint has
+
+
+def test_make_optimizer_takes_eps_from_the_config():
+    cfg = build_config("d2l", overrides=["optim.optimizer=adam", "optim.eps=1e-3", "optim.eps_hat=true"])
+    optimizer = make_optimizer(_net().parameters(), cfg)
+    assert (optimizer.param_groups[0]["eps"], optimizer.eps_hat) == (1e-3, True)
+    assert make_optimizer(_net().parameters(), build_config("d2l", overrides=["optim.optimizer=adam"])).eps_hat is False
 
 
 @pytest.mark.parametrize("kind,settings", CASES, ids=str)
@@ -128,13 +173,14 @@ def test_a_device_side_lr_takes_the_same_steps_up_to_rounding(kind):
         assert int(b.state[next(graphable.parameters())]["step"]) == 8
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
-def test_stacked_models_each_follow_their_own_run(kind):
+@pytest.mark.parametrize("kind, extra", [("sgd", []), ("adam", []), ("adamw", []),
+                                         ("adam", ["optim.eps=1e-3", "optim.eps_hat=true"])])
+def test_stacked_models_each_follow_their_own_run(kind, extra):
     """K models stacked, each with its own lr, momentum and weight decay, step as K
     separate optimisers would (up to rounding), and hand back each one's own state."""
     torch.manual_seed(0)
     cfgs = [build_config("d2l", overrides=[f"optim.optimizer={kind}", f"optim.lr={lr}", f"optim.momentum={m}",
-                                           f"optim.weight_decay={wd}"])
+                                           f"optim.weight_decay={wd}", *extra])
             for lr, m, wd in ((0.1, 0.9, 0.0), (0.02, 0.0, 0.01), (0.05, 0.5, 0.001))]
     nets = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5)) for _ in cfgs]
     singles = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5)) for _ in cfgs]

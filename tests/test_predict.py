@@ -193,6 +193,27 @@ def test_predictor_probabilities_and_top_k(untrained_model):
     assert record["file"] == "seven.png" and len(record["top"]) == 2 and len(record["probabilities"]) == 10
 
 
+@pytest.mark.parametrize("normalize, scale", [("raw", 1.0), ("unit", 1 / 255)])
+def test_a_prediction_feeds_the_network_the_pixels_its_training_did(tmp_path, normalize, scale):
+    """keras-v1/v2 train on the raw 0..255 pixels: predicting must not rescale them."""
+    import torch
+
+    from lenet.configuration.build import build_config
+    from lenet.data.datasets import get_spec
+    from lenet.model.network import LeNet
+    from lenet.store.models import MODEL_FILE, save_model
+
+    cfg = build_config("keras-v2", overrides=["data.dataset=mnist", f"data.normalize={normalize}"])
+    torch.manual_seed(0)
+    save_model(tmp_path / MODEL_FILE, LeNet(cfg.model).eval(), cfg, get_spec("mnist").class_names)
+    predictor = Predictor(tmp_path)
+    prediction = predictor.predict(png_bytes(seven()), name="seven.png")
+    pixels = torch.from_numpy(predictor.prepare(png_bytes(seven())).image).float().view(1, 1, 28, 28)
+    with torch.no_grad():
+        expected = predictor.model(pixels * scale).softmax(-1)[0]
+    assert prediction.probabilities == pytest.approx(expected.tolist(), abs=1e-5)
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out = capsys.readouterr()

@@ -44,7 +44,7 @@ def test_in_jupyter_training_shows_a_bar_and_redraws_the_curves_every_epoch(tiny
         "    updates.append(type(obj).__name__)\n"
         "    return draw(self, obj, **kw)\n"
         "DisplayHandle.update = counted\n"
-        f"cfg = lenet.config('keras-v2', epochs=3, data_dir={str(tiny_data_dir)!r}, device='cpu')\n"
+        f"cfg = lenet.config('keras-v2-scaled', epochs=3, data_dir={str(tiny_data_dir)!r}, device='cpu')\n"
         "run = lenet.train(cfg)\n"
         "print('history', len(run.history), 'updates', updates)",
         # progress "never": nothing at all, even in Jupyter

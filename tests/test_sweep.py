@@ -301,7 +301,7 @@ def test_start_or_resume_does_what_the_run_directory_says(tmp_path, tiny_data_di
 def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path, tiny_data_dir, train_calls):
     # SGD at lr 100 with ReLU blows the loss up within a few steps (see test_train).
     path = write_spec(tmp_path / "f.yaml", name="f", seeds=1,
-                      base={"preset": "keras-v2", "model.dropout": 0, "optim.optimizer": "sgd"},
+                      base={"preset": "keras-v2-scaled", "model.dropout": 0, "optim.optimizer": "sgd"},
                       common={"train.epochs": 1, "data.data_dir": str(tiny_data_dir), "device": "cpu"},
                       variants=[{"name": "boom", "set": {"optim.lr": 100}}, {"name": "ok", "set": {"optim.lr": 0.05}}],
                       include_base=False)

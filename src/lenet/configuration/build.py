@@ -101,7 +101,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("schedule", "optim.schedule", "learning-rate schedule over all steps (default: constant)", str,
          ("constant", "step", "cosine", "onecycle")),
     Flag("label_smoothing", "optim.label_smoothing", "(default: 0)", float),
-    Flag("val_split", "data.val_split", "fraction of train held out, stratified (keras: 0.1)", float),
+    Flag("val_split", "data.val_split", "fraction of train held out (keras: 0.1); which rows: data.val_select "
+         "(default: stratified)", float),
     Flag("dataset", "data.dataset", "(default: fashion-mnist)", str, tuple(DATASETS)),
     Flag("data_dir", "data.data_dir", "folder holding fashion-mnist/ and mnist/ (default: search)"),
     Flag("model", "model.name",

@@ -20,8 +20,12 @@ class DataConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="random changes to training images")
     data_dir: str | None = Field(None, description="folder holding <dataset>/ subfolders")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out; 0 = none")
-    normalize: Literal["unit", "standard"] = Field(
-        "unit", description="unit: pixels/255 in [0,1] (the chapter); standard: (x-mean)/std"
+    val_select: Literal["stratified", "last"] = Field(
+        "stratified", description="which rows val_split holds out: stratified: a seeded share of each class; "
+                                  "last: the file's last rows, unshuffled (Keras' validation_split)")
+    normalize: Literal["unit", "standard", "raw"] = Field(
+        "unit", description="unit: pixels/255 in [0,1] (the chapter); standard: (x-mean)/std; "
+                            "raw: the pixels 0..255 as floats (the Keras chapter's code)"
     )
 
     @field_validator("val_split")
@@ -43,6 +47,12 @@ class OptimConfig(Strict):
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: lr factor per decay")
     warmup_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="onecycle: share of steps rising")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    probability_clip: float = Field(0.0, ge=0.0, lt=0.5, description=(
+        "training loss of the softmax probabilities clipped to [c, 1 - c], no gradient outside, as Keras' "
+        "sparse_categorical_crossentropy computes it after a softmax layer (1e-7); 0: of the logits, as torch"))
+    eps: float = Field(1e-8, gt=0.0, le=1.0, description="Adam's epsilon (torch: 1e-8, Keras: 1e-7)")
+    eps_hat: bool = Field(False, description="Adam: eps added to sqrt(v) before the bias correction, the "
+                                             "'epsilon hat' of Kingma & Ba, as Keras does; false: after it, as torch")
     ema: float = Field(0.0, ge=0.0, lt=1.0, description="decay of an exponential moving average of the weights "
                                                        "(0: none); with it, the averaged weights are the run's model")
 

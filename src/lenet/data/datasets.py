@@ -11,6 +11,7 @@ classes) is in ``catalog``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,8 +161,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
 def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, val indices): ``fraction`` of each class, chosen by a seeded shuffle.
 
-    Stratified so every class keeps its share, seeded so a run is reproducible, and
-    never "the last 10%" (Keras' validation_split), which depends on file order.
+    Stratified so every class keeps its share, seeded so a run is reproducible; "the last
+    10%" (Keras' validation_split, last_indices) depends on the file's order.
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"validation fraction must be in (0, 1); got {fraction}")
@@ -184,6 +185,26 @@ def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> tupl
     return torch.from_numpy(train_index), torch.from_numpy(val_index)
 
 
+def last_indices(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): the last ``fraction`` of ``n`` rows, in file order,
+    as Keras' validation_split takes them (train_validation_split: floor(n * (1 - fraction)))."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"validation fraction must be in (0, 1); got {fraction}")
+    split_at = int(math.floor(n * (1.0 - fraction)))
+    if split_at in (0, n):
+        raise DataError(f"a validation fraction of {fraction} of {n} examples leaves an empty split")
+    return torch.arange(split_at), torch.arange(split_at, n)
+
+
+def validation_indices(labels: torch.Tensor, fraction: float, seed: int,
+                       select: str = "stratified") -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices) as data.val_select says: "stratified" (stratified_indices)
+    or "last" (last_indices, the same rows whatever the seed)."""
+    if select == "last":
+        return last_indices(len(labels), fraction)
+    return stratified_indices(labels, fraction, seed)
+
+
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """(train, val) Splits; see stratified_indices."""
     ti, vi = stratified_indices(split.labels, fraction, seed)
@@ -194,14 +215,17 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 class Normalizer:
-    """uint8 (..., 1, 28, 28) -> float32 as in training: [0, 1], or standardised;
-    in channels-last layout when the model is (--channels-last)."""
+    """uint8 (..., 1, 28, 28) -> float32 as in training: [0, 1], standardised, or raw
+    (0..255, as the Keras chapter feeds them); in channels-last layout when the model is
+    (--channels-last). Input = pixels * scale - shift, in every mode."""
 
     def __init__(self, mode: str, mean: float, std: float, channels_last: bool = False):
         self.scale = 1.0 / 255.0
         self.shift = 0.0
         if mode == "standard":
             self.scale, self.shift = 1.0 / (255.0 * std), mean / std
+        elif mode == "raw":
+            self.scale = 1.0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @classmethod
@@ -291,5 +315,6 @@ def prepare_data(cfg: Any, device: torch.device, data: Any = None) -> DeviceData
     if cfg.data.val_split == 0:
         return DeviceData(on_device)
     # The split is a pure function of the seed, so a resumed run gets the same one.
-    train_index, val_index = stratified_indices(dataset.train.labels, cfg.data.val_split, cfg.seed)
+    train_index, val_index = validation_indices(dataset.train.labels, cfg.data.val_split, cfg.seed,
+                                                cfg.data.val_select)
     return DeviceData(on_device, train_index.to(device), val_index.to(device))

@@ -31,7 +31,7 @@ import torch
 
 from ..configuration.build import FLAGS_BY_NAME, flatten
 from ..configuration.run import RunConfig
-from ..data.datasets import DeviceData, prepare_data, stratified_indices
+from ..data.datasets import DeviceData, prepare_data, validation_indices
 from ..errors import UsageError
 from ..speed.config import NOT_STACKED
 
@@ -92,6 +92,7 @@ def group_data(cfgs: Sequence[RunConfig], device: torch.device, dataset: Any = N
     if first.data.val_split == 0:
         return data
     labels = data.dataset.train.labels.cpu()
-    splits = [stratified_indices(labels, first.data.val_split, c.seed) for c in cfgs]  # each run's own seed
+    splits = [validation_indices(labels, first.data.val_split, c.seed, first.data.val_select)
+              for c in cfgs]  # each run's own seed ("last": the same rows for all)
     return DeviceData(data.dataset, torch.stack([s[0] for s in splits]).to(device),
                       torch.stack([s[1] for s in splits]).to(device))

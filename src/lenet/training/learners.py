@@ -51,7 +51,7 @@ class Learner:
                         if cfg.data.augment.active else None)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, labels, self.cfg.optim.label_smoothing)
+        return cross_entropy(logits, labels, self.cfg.optim.label_smoothing, clip=self.cfg.optim.probability_clip)
 
     def held(self):
         return self.step_fn.held()
@@ -129,7 +129,8 @@ class GroupLearner:
         self.schedule_cfgs = [cfgs[schedules.index(s)] for s in sorted(set(schedules))]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, labels, self.cfgs[0].optim.label_smoothing)
+        o = self.cfgs[0].optim
+        return cross_entropy(logits, labels, o.label_smoothing, clip=o.probability_clip)
 
     def held(self):
         return self.step_fn.held()

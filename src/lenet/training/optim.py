@@ -80,9 +80,10 @@ def sgd_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor |
 @torch.no_grad()
 def adam_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                 step: int | Tensor, *, lr: Hyper, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                weight_decay: Hyper = 0.0, decoupled: bool = False) -> None:
+                weight_decay: Hyper = 0.0, decoupled: bool = False, eps_hat: bool = False) -> None:
     """One Adam step (AdamW with ``decoupled``) in place; ``step``: the count including
-    this one (a tensor on the device for a CUDA graph)."""
+    this one (a tensor on the device for a CUDA graph). ``eps_hat``: eps is added to
+    sqrt(v) before the bias correction, as Keras does, not after it, as torch does."""
     beta1, beta2 = betas
     numbers = isinstance(lr, (int, float)) and isinstance(weight_decay, (int, float)) and isinstance(step, int)
     if _nonzero(weight_decay):
@@ -100,14 +101,18 @@ def adam_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sqs)
+    if eps_hat:
+        torch._foreach_add_(denom, eps)
     if numbers:  # torch.optim.Adam's non-capturable arithmetic, step for step
         step_size = [(lr / (1 - beta1 ** step)) * -1] * len(params)
         torch._foreach_div_(denom, [(1 - beta2 ** step) ** 0.5] * len(params))
-        torch._foreach_add_(denom, eps)
+        if not eps_hat:
+            torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
         return
     torch._foreach_div_(denom, (1 - beta2 ** step) ** 0.5)
-    torch._foreach_add_(denom, eps)
+    if not eps_hat:
+        torch._foreach_add_(denom, eps)
     update = torch._foreach_div(exp_avgs, denom)
     torch._foreach_mul_(update, [a / (1 - beta1 ** step) for a in lr] if isinstance(lr, Sequence)
                         else lr / (1 - beta1 ** step))
@@ -121,7 +126,7 @@ class Optimizer:
 
     def __init__(self, params, kind: str = "sgd", lr: Any = 0.1, momentum: Any = 0.0, weight_decay: Any = 0.0,
                  nesterov: bool = False, dampening: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, graphable: bool = False):
+                 eps: float = 1e-8, eps_hat: bool = False, graphable: bool = False):
         if kind not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer {kind!r}: sgd, adam or adamw")
         if kind == "sgd" and nesterov and (not _nonzero(momentum) or dampening != 0):
@@ -129,7 +134,8 @@ class Optimizer:
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
-        self.kind, self.graphable = kind, graphable
+        # eps_hat is no torch.optim key: kept beside the groups, so the state_dict stays torch's
+        self.kind, self.graphable, self.eps_hat = kind, graphable, eps_hat
         if kind == "sgd":
             self.defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                  nesterov=nesterov, maximize=False, foreach=True, differentiable=False, fused=None)
@@ -187,7 +193,7 @@ class Optimizer:
         count = states[0]["step"] if self.graphable else int(states[0]["step"])
         adam_update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], count,
                     lr=self.hyper("lr"), betas=group["betas"], eps=group["eps"],
-                    weight_decay=self.hyper("weight_decay"), decoupled=self.kind == "adamw")
+                    weight_decay=self.hyper("weight_decay"), decoupled=self.kind == "adamw", eps_hat=self.eps_hat)
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's layout: parameters by position, their state by that position."""
@@ -229,7 +235,7 @@ def make_optimizer(params, cfg: RunConfig, graphable: bool = False) -> Optimizer
     params = list(params)
     lr: Any = torch.tensor(o.lr, device=params[0].device) if graphable else o.lr
     return Optimizer(params, o.optimizer, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                     nesterov=o.nesterov and o.momentum > 0, graphable=graphable)
+                     nesterov=o.nesterov and o.momentum > 0, eps=o.eps, eps_hat=o.eps_hat, graphable=graphable)
 
 
 def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:

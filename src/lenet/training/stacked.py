@@ -111,7 +111,7 @@ class StackedOptimizer(Optimizer):
         super().__init__(list(params.values()), o.optimizer, lr=per_model([c.optim.lr for c in cfgs]),
                          momentum=per_model([c.optim.momentum for c in cfgs]),
                          weight_decay=per_model([c.optim.weight_decay for c in cfgs]),
-                         nesterov=o.nesterov and o.momentum > 0)
+                         nesterov=o.nesterov and o.momentum > 0, eps=o.eps, eps_hat=o.eps_hat)
         self.cfgs = list(cfgs)
 
     def model_state(self, k: int) -> dict[str, Any]:
