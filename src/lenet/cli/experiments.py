@@ -94,6 +94,16 @@ def add_ray_options(p: argparse.ArgumentParser, search: bool = False) -> None:
                      help="retries of a run whose worker or node died, from its last checkpoint (default: 3)")
 
 
+def spec_overrides(args: argparse.Namespace) -> list[str]:
+    """--set, --data-dir and --device as the dotted overrides a sweep or search applies to every run."""
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    return overrides
+
+
 def _absolute(args: argparse.Namespace) -> None:
     """Ray's workers do not share this shell's working directory: paths they get are absolute."""
     from ..experiments.cluster import refuse_uri
@@ -128,11 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UsageError("--jobs is for the local backend; on Ray, each run asks for --cpus-per-run and Ray "
                              "runs as many at once as the cluster has room for")
         _absolute(args)
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    if args.device:
-        overrides.append(f"device={args.device}")
+    overrides = spec_overrides(args)
     plan = sweep.plan_sweep(spec, args.out, overrides, args.seeds, max_runs=args.max_runs)
     if args.dry_run:
         print(sweep.format_dry_run(plan, args.retry_failed))
@@ -180,11 +186,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if changes:
         spec = search.parse_search_spec({**search.spec.spec_to_dict(spec), **changes}, "(command line)")
     _absolute(args)
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    if args.device:
-        overrides.append(f"device={args.device}")
+    overrides = spec_overrides(args)
     tic = time.perf_counter()
     result = search.run_search(spec, args.out, overrides=overrides, address=args.address,
                                cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
