@@ -55,7 +55,9 @@ class EagerStep:
             loss = self.loss_fn(logits, ys)
             if ys.shape[-1] < y.shape[-1]:
                 loss = loss * (ys.shape[-1] / y.shape[-1])
-            loss.backward(torch.ones_like(loss))
+            # K models' losses summed: each model's gradient is its own. No explicit gradient
+            # tensor: autograd then checks its shape through torch.fx, which imports sympy.
+            (loss if loss.dim() == 0 else loss.sum()).backward()
             return loss.detach(), logits.detach()
 
         if self.halves:
