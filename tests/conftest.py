@@ -92,6 +92,17 @@ def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images
 
 
+class Payload:
+    """Unpickling this runs code: it makes a directory, a harmless stand-in for what a
+    hostile file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
 class StoppedAfterEpoch2(Exception):
     """A run ended by stop_after_epoch_2."""
 

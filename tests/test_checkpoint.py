@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 import lenet.store.runs
 import lenet.store.files
 import lenet.training.progress
-from conftest import write_tiny_dataset
+from conftest import Payload, write_tiny_dataset
 from lenet.store.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lenet.store.models import load_model, save_model
 from lenet.cli import main
@@ -518,30 +518,19 @@ def test_resume_refuses_what_it_cannot_continue_with_a_clear_message(finished_ru
 # --------------------------------------------------------------------------- hostile and foreign files
 
 
-class _Payload:
-    """Unpickling this runs code: it makes a directory, a harmless stand-in for what a
-    hostile file would do."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 def test_a_checkpoint_that_would_run_code_is_refused_unexecuted(finished_run, tmp_path, capsys):
     marker = tmp_path / "payload-ran"
-    torch.save({"epoch": 1, "model": _Payload(marker)}, finished_run / "checkpoint.pt")
+    torch.save({"epoch": 1, "model": Payload(marker)}, finished_run / "checkpoint.pt")
     assert main(["train", "--resume", str(finished_run)]) == 1
     err = capsys.readouterr().err
     assert "not a readable lenet checkpoint" in err and "it was not loaded" in err and "Traceback" not in err
     assert "weights_only` set to `False`" not in err  # torch's advice, wrong for a hostile file
     assert not marker.exists(), "load_checkpoint unpickled arbitrary code"
-    (finished_run / "checkpoint.pt").write_bytes(pickle.dumps({"epoch": 1, "model": _Payload(marker)}))
+    (finished_run / "checkpoint.pt").write_bytes(pickle.dumps({"epoch": 1, "model": Payload(marker)}))
     with pytest.raises(RunError, match="not a readable lenet checkpoint"):
         load_checkpoint(finished_run)
     assert not marker.exists()
     # The payload is live: an unsafe load runs it. That is what weights_only=True prevents.
-    torch.save({"model": _Payload(marker)}, tmp_path / "evil.pt")
+    torch.save({"model": Payload(marker)}, tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.is_dir()

@@ -15,6 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import Payload
+
 from lenet.cli import main
 from lenet.configuration.build import build_config
 from lenet.data.datasets import get_spec, load_dataset
@@ -92,17 +94,6 @@ def test_a_run_in_memory_on_disk_and_its_files_load_as_the_same_model(tiny_data_
 # --------------------------------------------------------------------------- files that are not lenet models
 
 
-class _Payload:
-    """Unpickling this runs code: it makes a directory, a harmless stand-in for what a
-    hostile file would do."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 def _edit_metadata(path: Path, edit) -> None:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
@@ -129,7 +120,7 @@ MODEL_FAULTS = {
                        "not a safetensors model file"),
     "torch.save renamed": (lambda p: torch.save(LeNet(build_config("d2l").model).state_dict(), p),
                            "not a safetensors model file"),
-    "hostile pickle renamed": (lambda p: p.write_bytes(pickle.dumps(_Payload(p.parent / "payload-ran"))),
+    "hostile pickle renamed": (lambda p: p.write_bytes(pickle.dumps(Payload(p.parent / "payload-ran"))),
                                "not a safetensors model file"),
     "missing": (lambda p: p.unlink(), "no such model file"),
 }

@@ -55,17 +55,15 @@ MOVED_FROM_TRAIN = tuple(f for f in SpeedConfig.model_fields if f != "calibrate"
 def move_speed_fields(tree: dict[str, Any]) -> dict[str, Any]:
     """A config tree with 0.2's ``train.<speed switch>`` moved to ``speed.<switch>``; the
     same switch given in both places is a ConfigError naming both."""
-    train = tree.get("train")
-    if not isinstance(train, dict) or not any(f in train for f in MOVED_FROM_TRAIN):
-        return tree
-    speed = dict(tree.get("speed") or {}) if isinstance(tree.get("speed", {}), dict) else tree["speed"]
-    train = dict(train)
+    train, speed = tree.get("train"), tree.get("speed") or {}
+    if not (isinstance(train, dict) and isinstance(speed, dict)) or not any(f in train for f in MOVED_FROM_TRAIN):
+        return tree  # nothing to move, or a section that is no mapping: validation says so
+    train, speed = dict(train), dict(speed)
     for name in MOVED_FROM_TRAIN:
         if name in train:
             value = train.pop(name)
-            if isinstance(speed, dict) and name in speed and speed[name] != value:
+            if speed.get(name, value) != value:
                 raise ConfigError(f"train.{name} (lenet 0.2's name) and speed.{name} are both set; "
                                   f"keep speed.{name} only")
-            if isinstance(speed, dict):
-                speed.setdefault(name, value)
+            speed[name] = value
     return {**tree, "train": train, "speed": speed}
