@@ -1,0 +1,183 @@
+"""Your own data: what a ``--data PATH`` holds, read into uint8 arrays.
+
+A path is one of (``read_path`` tells them apart by what is there, not by flags):
+
+- an image folder: ``PATH/train/<class>/*``, ``PATH/test/<class>/*`` (and ``val/``),
+  or one ``PATH/<class>/*`` that is split (folder.py, with its decode cache);
+- a CSV in Kaggle's layout ``label,pixel1,...,pixelN`` (one file, or a folder holding
+  a ``*train*.csv`` and a ``*test*.csv``), a ``.npz`` in Keras's layout, a folder of
+  IDX files of any size and class count, CIFAR-10's binary batches (arrays.py).
+
+Every reader returns ``Arrays``; ``finish`` then does what all formats share: the
+seeded, stratified split of data that came as one set, resizing to ``--image-size``,
+the channel count, and the checks of labels and classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+MAX_CLASSES = 10_000
+MAX_SIDE = 1024  # --image-size and a picture's side as trained: LeNet-sized inputs, not photographs
+SPLIT_SEED = 0  # the test split of one-set data: a function of the data, never of a run's seed
+PIXEL_BUDGET = 1 << 34  # decoded bytes of one dataset (16 GiB): refused before it is allocated
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a path (the config's data section says; see configuration/run.py)."""
+
+    image_size: int | None = None  # resize every picture to this side; None: keep (all must agree)
+    channels: int | None = None  # 1 or 3; None: what the pictures are (3 if any has colour)
+    test_fraction: float = 0.2  # of data that comes as one set, held out as the test set
+    skip_bad: bool = False  # unreadable pictures: skipped with a count instead of refused
+    progress: bool = True  # a progress bar on stderr while decoding (where it is a terminal)
+    cache: bool = True  # decoded image folders are kept in the user cache, keyed by content
+
+
+@dataclass
+class Arrays:
+    """What a reader found: per split (``train``, ``test``, ``val``; or ``all`` for data
+    that came as one set), uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    class_names: tuple[str, ...]
+    kind: str  # "image folder", "csv", "npz", "idx", "cifar10": said in the run's header
+    notes: list[str] = field(default_factory=list)  # what was skipped or ignored, said once
+
+
+def read_path(path: str | Path, options: ReadOptions = ReadOptions()) -> Arrays:
+    """The data at ``path``, finished (see the module's docstring); DataError if it is
+    none of the formats, naming what was looked for."""
+    from . import arrays, folder  # the readers import PIL and friends: only when asked
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (--data takes an image folder, a .csv, a .npz, "
+                        "or a folder of IDX or CSV files)")
+    if path.is_file():
+        suffix = path.name.lower()
+        if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
+            found = arrays.read_csv(path)
+        elif suffix.endswith(".npz"):
+            found = arrays.read_npz(path)
+        else:
+            raise DataError(f"{path}: a file --data cannot read (it reads .csv and .npz files, "
+                            "and folders of pictures, IDX or CSV files)")
+    elif arrays.is_cifar10_folder(path):
+        found = arrays.read_cifar10(path)
+    elif arrays.is_idx_folder(path):
+        found = arrays.read_idx_folder(path)
+    elif arrays.is_csv_folder(path):
+        found = arrays.read_csv_folder(path)
+    else:
+        found = folder.read_folder(path, options)
+    return finish(found, options, path)
+
+
+def finish(found: Arrays, options: ReadOptions, path: Path) -> Arrays:
+    """Split, resize and convert ``found`` as ``options`` say, then check it."""
+    classes = len(found.class_names)
+    if classes > MAX_CLASSES:
+        raise DataError(f"{path}: {classes:,} classes, over the {MAX_CLASSES:,} lenet trains; "
+                        "is each picture in a folder of its own?")
+    if classes < 2:
+        raise DataError(f"{path}: {classes} class{'es' if classes != 1 else ''}; a classifier needs at least 2")
+    splits = dict(found.splits)
+    for name, (images, labels) in splits.items():
+        check_labels(labels, len(images), classes, f"{path} ({name})")
+    if "all" in splits:
+        images, labels = splits.pop("all")
+        train_index, test_index = split_indices(labels, options.test_fraction, found.class_names, path)
+        splits = {"train": (images[train_index], labels[train_index]),
+                  "test": (images[test_index], labels[test_index]), **splits}
+    out = {}
+    for name, (images, labels) in splits.items():
+        images = convert_channels(images, options.channels)
+        if options.image_size is not None:
+            images = resize(images, options.image_size)
+        out[name] = (np.ascontiguousarray(images), labels.astype(np.int64, copy=False))
+    shapes = {tuple(images.shape[1:]) for images, _ in out.values()}
+    if len(shapes) != 1:
+        raise DataError(f"{path}: the splits hold pictures of different shapes {sorted(shapes)}; "
+                        "pass --image-size N to resize them all to N x N")
+    channels, height, width = shapes.pop()
+    if height != width:
+        raise DataError(f"{path}: the pictures are {width} x {height}; LeNet takes square input: "
+                        f"pass --image-size N to resize them to N x N (e.g. --image-size {max(height, width)})")
+    if channels not in (1, 3):
+        raise DataError(f"{path}: pictures of {channels} channels; lenet trains on 1 (grey) or 3 (RGB)")
+    if "train" not in out or "test" not in out:
+        raise DataError(f"{path}: no {'training' if 'train' not in out else 'test'} set")
+    return Arrays(out, found.class_names, found.kind, found.notes)
+
+
+def check_labels(labels: np.ndarray, n_images: int, classes: int, where: str) -> None:
+    if labels.ndim != 1 or len(labels) != n_images:
+        raise DataError(f"{where}: {n_images} pictures but labels of shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels must be integers; got {labels.dtype}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise DataError(f"{where}: label {bad} is out of range for {classes} classes (0..{classes - 1})")
+
+
+def split_indices(labels: np.ndarray, fraction: float, class_names: tuple[str, ...],
+                  path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows): ``fraction`` of each class held out, by a seeded shuffle
+    (SPLIT_SEED), so every run on this data tests on the same pictures."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"test fraction must be in (0, 1); got {fraction}")
+    rng = np.random.default_rng(SPLIT_SEED)
+    test_parts = []
+    counts = np.bincount(labels, minlength=len(class_names)) if len(labels) else np.zeros(len(class_names), int)
+    for cls, count in enumerate(counts):
+        if count == 0:
+            raise DataError(f"{path}: class {class_names[cls]!r} has no pictures; remove its folder or add some")
+        if count == 1:
+            raise DataError(f"{path}: class {class_names[cls]!r} has one picture, which cannot be split into "
+                            "training and test; add pictures, or give train/ and test/ folders")
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        n_test = min(max(1, int(round(fraction * count))), count - 1)
+        test_parts.append(members[:n_test])
+    test_index = np.sort(np.concatenate(test_parts))
+    mask = np.ones(len(labels), dtype=bool)
+    mask[test_index] = False
+    return np.flatnonzero(mask), test_index
+
+
+def convert_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
+    """(N, C, H, W) uint8 with ``channels`` channels: grey repeated into RGB, RGB to grey by
+    ITU-R 601-2 luma (as PIL's convert("L")); None: as it is."""
+    have = images.shape[1]
+    if channels is None or channels == have:
+        return images
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=1)
+    if have == 3 and channels == 1:
+        weights = np.array([299, 587, 114], dtype=np.uint32).reshape(1, 3, 1, 1)
+        grey = (images.astype(np.uint32) * weights).sum(axis=1, keepdims=True)
+        return ((grey + 500) // 1000).astype(np.uint8)
+    raise DataError(f"cannot turn pictures of {have} channels into {channels}")
+
+
+def resize(images: np.ndarray, side: int, chunk: int = 4096) -> np.ndarray:
+    """(N, C, H, W) uint8 -> (N, C, side, side), antialiased bilinear, in chunks so the float
+    copies stay small; unchanged if already that size."""
+    if images.shape[2] == side and images.shape[3] == side:
+        return images
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((images.shape[0], images.shape[1], side, side), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        block = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).float()
+        scaled = F.interpolate(block, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = scaled.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
