@@ -25,16 +25,33 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class ArchiveSpec:
+    """A dataset published as one archive (CIFAR-10's binary version), and what it holds."""
+
+    filename: str  # the published archive's name
+    size: int  # its bytes
+    sha256: str  # of the archive as published
+    folder: str  # the folder it unpacks into
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     class_names: tuple[str, ...]
-    files: dict[str, FileSpec]  # keys: train_images, train_labels, test_images, test_labels
+    files: dict[str, FileSpec]  # IDX: keys train_images, train_labels, test_images, test_labels
     mirrors: tuple[str, ...]
     aliases: dict[str, str] = field(default_factory=dict)  # lower-case alias -> class name
     # Per-pixel mean and std of the training images on a [0, 1] scale, for
     # normalize="standard"; computed from the training set (see test_datasets.py).
+    # Datasets without them here (CIFAR-10, your own) have them measured at load and
+    # recorded in the run's config (data.mean, data.std).
     mean: float = 0.0
     std: float = 1.0
+    channels: int = 1  # 1 grey, 3 RGB
+    size: int = 28  # pictures are size x size
+    flips: bool = True  # mirror images are still of their class (not digits)
+    framing: str = "resize"  # how predict fits a picture: a key of use.predict.FRAMINGS
+    archive: ArchiveSpec | None = None  # instead of IDX files
 
 
 # Checksums: ../shared/datasets/README.md (decompressed SHA-256) and the authors'
@@ -74,6 +91,7 @@ DATASETS: dict[str, DatasetSpec] = {
         },
         mean=0.2860,
         std=0.3530,
+        framing="fashion-mnist",
     ),
     "mnist": DatasetSpec(
         name="mnist",
@@ -104,6 +122,28 @@ DATASETS: dict[str, DatasetSpec] = {
                  "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9"},
         mean=0.1307,
         std=0.3081,
+        flips=False,
+        framing="mnist",
+    ),
+    # The binary version (no Python pickles): data_batch_1..5.bin and test_batch.bin of
+    # 10,000 records each, a record = 1 label byte + 3,072 pixel bytes (R, G, B planes of
+    # 32x32), and batches.meta.txt with the class names. Checksum: the archive's published
+    # SHA-256, as other projects record it (https://www.cs.toronto.edu/~kriz/cifar.html
+    # gives its MD5, c32a1d4ab5d03f1284b67883e8d87530).
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        class_names=("airplane", "automobile", "bird", "cat", "deer",
+                     "dog", "frog", "horse", "ship", "truck"),
+        files={},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        aliases={"plane": "airplane", "car": "automobile", "aeroplane": "airplane"},
+        mean=0.0,
+        std=0.0,  # measured at load (see above)
+        channels=3,
+        size=32,
+        archive=ArchiveSpec("cifar-10-binary.tar.gz", 170052171,
+                            "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+                            "cifar-10-batches-bin"),
     ),
 }
 
