@@ -132,6 +132,10 @@ def test_fashion_mnist_sized_csv_reads_in_seconds(tmp_path):
      r"line 5, column 2: pixel 1 '' is not an integer"),
     (lambda lines: lines.__setitem__(6, "-2," + lines[6].split(",", 1)[1]),
      r"line 7, column 1: label -2 is out of range \(0 or more\)"),
+    (lambda lines: lines.__setitem__(7, "99999999999," + lines[7].split(",", 1)[1]),
+     r"line 8, column 1: label 99999999999 is past the 10,000 classes"),
+    (lambda lines: lines.__setitem__(2, lines[2].split(",", 1)[0] + ',"7",' + lines[2].split(",", 2)[2]),
+     r"line 3, column 2: pixel 1 '\"7\"' is not an integer"),
 ])
 def test_csv_bad_rows_are_named_by_line(tmp_path, edit, message):
     lines = csv_text(np.arange(8) % 2, pictures(8, 5)).splitlines()
@@ -288,23 +292,25 @@ def test_npz_that_is_not_a_zip(tmp_path, content, message):
 # --------------------------------------------------------------------------- IDX folders
 
 
-def test_idx_folder_of_any_size_and_class_count(tmp_path):
+@pytest.mark.parametrize("first_label", [0, 1])  # EMNIST's letters are labelled 1..26
+def test_idx_folder_of_any_size_and_class_count(tmp_path, first_label):
     """EMNIST's layout: 12x12 here, 26 classes, file names with a prefix."""
     rng = np.random.default_rng(0)
-    train_labels, test_labels = np.arange(52) % 26, np.arange(26)
+    train_labels, test_labels = np.arange(52) % 26 + first_label, np.arange(26) + first_label
     rng.shuffle(train_labels)
     write_idx(tmp_path / "emnist-letters-train-images-idx3-ubyte.gz", pictures(52, 12, seed=4))
     write_idx(tmp_path / "emnist-letters-train-labels-idx1-ubyte.gz", train_labels)
     write_idx(tmp_path / "emnist-letters-t10k-images-idx3-ubyte", pictures(26, 12, seed=5))
     write_idx(tmp_path / "emnist-letters-t10k-labels-idx1-ubyte", test_labels)
-    (tmp_path / "README").write_text("notes")
+    (tmp_path / "emnist-letters-mapping.txt").write_text("1 65 97\n")
 
     found = read_path(tmp_path)
 
-    assert found.kind == "idx" and found.class_names == tuple(str(k) for k in range(26))
+    assert found.kind == "idx" and found.class_names == tuple(str(k) for k in range(26 + first_label))
     assert found.splits["train"][0].shape == (52, 1, 12, 12)
     assert np.array_equal(found.splits["test"][0][:, 0], pictures(26, 12, seed=5))
     assert np.array_equal(found.splits["train"][1], train_labels)
+    assert ("no pictures with label 0 (of 0..26)" in found.notes) == (first_label == 1)
 
 
 def test_idx_folder_refusals(tmp_path):

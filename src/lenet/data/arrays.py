@@ -38,6 +38,13 @@ def class_names_for(place: Path, labels: list[np.ndarray], notes: list[str]) -> 
     if top + 1 > MAX_CLASSES:
         raise DataError(f"{place}: label {top} means {top + 1:,} classes, over the {MAX_CLASSES:,} lenet trains; "
                         "labels must be class indices 0..K-1")
+    seen = np.zeros(top + 1, dtype=bool)
+    for y in labels:
+        seen[y[y >= 0]] = True  # negative labels: finish names them
+    if not seen.all():  # EMNIST's letters count from 1: class 0 is then empty, and says so
+        empty = np.flatnonzero(~seen).tolist()
+        notes.append(f"no pictures with label {', '.join(map(str, empty[:5]))}{' ...' if len(empty) > 5 else ''}"
+                     f" (of 0..{top})")
     listing = place / "classes.txt"
     if not listing.is_file():
         return tuple(str(k) for k in range(top + 1))
@@ -51,11 +58,12 @@ def class_names_for(place: Path, labels: list[np.ndarray], notes: list[str]) -> 
         lines.pop()
     if "" in lines:
         raise DataError(f"{listing}, line {lines.index('') + 1}: empty; write one non-empty class name a line")
-    seen: dict[str, int] = {}
+    first_line: dict[str, int] = {}
     for number, name in enumerate(lines, 1):
-        if name in seen:
-            raise DataError(f"{listing}, line {number}: {name!r} repeats line {seen[name]}; class names must differ")
-        seen[name] = number
+        if name in first_line:
+            raise DataError(f"{listing}, line {number}: {name!r} repeats line {first_line[name]}; "
+                            "class names must differ")
+        first_line[name] = number
     if len(lines) < top + 1:
         raise DataError(f"{listing}: names {len(lines)} classes, but the labels go up to {top}; "
                         f"write {top + 1} names, one a line, the name of label k on line k + 1")
@@ -131,8 +139,8 @@ def _split_files(folder: Path, candidates: list[Path], what: str, wanted: str, n
 
 
 def _number(field: bytes) -> int | None:
-    """The integer a CSV field holds (spaces, quotes and a sign allowed), or None."""
-    text = field.strip().strip(b'"').strip()
+    """The integer a CSV field holds (spaces and a sign allowed, as loadtxt allows), or None."""
+    text = field.strip()
     digits = text[1:] if text[:1] in (b"+", b"-") else text
     return int(text) if digits.isdigit() else None  # isdigit on bytes: ASCII 0-9 only (int() takes "1_0")
 
@@ -260,6 +268,9 @@ def _field_problem(path: Path, number: int, fields: list[bytes], first_column: i
         if value < 0 or column > 1 and value > 255:
             return DataError(f"{path}, line {number}, column {column}: {what} {value} is out of range "
                              f"({'0 or more' if column == 1 else '0..255'}); pixels are integers 0..255")
+        if column == 1 and value >= MAX_CLASSES:
+            return DataError(f"{path}, line {number}, column 1: label {value} is past the {MAX_CLASSES:,} classes "
+                             "lenet trains; labels are class indices 0..K-1")
     return None
 
 
