@@ -22,7 +22,7 @@ import torch
 
 from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_spec  # noqa: F401 (re-exported)
 from ..errors import DataError, UsageError
-from .download import download_dataset
+from .download import archive_problem, download_archive, download_dataset, unpack_archive
 from . import sources
 from .idx import read_idx
 
@@ -55,19 +55,40 @@ def _find_file(folder: Path, filename: str) -> Path | None:
 
 
 def files_in(folder: Path, spec: DatasetSpec) -> dict[str, Path] | None:
+    """The IDX files of ``spec`` in ``folder``; None when one is missing, or when ``spec``
+    has none (an archive dataset: see unpacked_in)."""
+    if not spec.files:
+        return None  # all() of nothing is True: an archive dataset would be "found" anywhere
     found = {key: _find_file(folder, f.filename) for key, f in spec.files.items()}
     if all(found.values()):
         return found  # type: ignore[return-value]
     return None
 
 
+def unpacked_in(folder: Path, spec: DatasetSpec) -> Path | None:
+    """The unpacked folder of an archive dataset (CIFAR-10's cifar-10-batches-bin/) in
+    ``folder`` when it holds every batch; None otherwise. unpack_archive renames a folder
+    into place only when complete, so a complete one is trusted as the IDX files are."""
+    from .arrays import CIFAR_BATCHES
+
+    if spec.archive is None:
+        return None
+    unpacked = folder / spec.archive.folder
+    if all((unpacked / name).is_file() for names in CIFAR_BATCHES.values() for name in names):
+        return unpacked
+    return None
+
+
 def locate(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> dict[str, Path]:
-    """Paths of the four IDX files of ``name``; downloads into the user cache if needed.
+    """Paths of the four IDX files of ``name`` (for an archive dataset, {"folder": its
+    unpacked folder}); downloads into the user cache if needed.
 
     ``download=None`` means "yes unless LENET_NO_DOWNLOAD is set" (CI and tests set it
     so a missing file fails at once instead of waiting on a network that is not there).
     """
     spec = get_spec(name)
+    if spec.archive is not None:
+        return {"folder": _locate_archive(spec, data_dir, download)}
     searched = []
     for how, folder in candidate_dirs(name, data_dir):
         found = files_in(folder, spec)
@@ -88,12 +109,44 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool | None 
     )
 
 
+def _locate_archive(spec: DatasetSpec, data_dir: str | Path | None, download: bool | None) -> Path:
+    """The unpacked folder of an archive dataset: found unpacked, or unpacked from its
+    verified archive where that lies, or downloaded into the user cache and unpacked."""
+    archive = spec.archive
+    assert archive is not None
+    searched = []
+    for how, folder in candidate_dirs(spec.name, data_dir):
+        unpacked = unpacked_in(folder, spec)
+        if unpacked:
+            return unpacked
+        packed = folder / archive.filename
+        if packed.is_file():
+            problem = archive_problem(packed, archive)
+            if problem:
+                raise DataError(f"{packed}: not {spec.name}'s published archive ({problem}); delete it and run "
+                                f"`lenet download {spec.name}`, or put the right file there")
+            return unpack_archive(packed, folder, archive.folder)
+        searched.append(f"  {how}: {folder}")
+    if download is None:
+        download = not os.environ.get("LENET_NO_DOWNLOAD")
+    if download:
+        dest = user_cache_dir() / spec.name
+        return unpack_archive(download_archive(spec, dest), dest, archive.folder)
+    raise DataError(
+        f"dataset {spec.name!r} not found. Looked for {archive.folder}/ or {archive.filename} in:\n"
+        + "\n".join(searched) + "\n"
+        f"To get it: run `lenet download {spec.name}` (needs the internet, {archive.size / 1e6:.0f} MB), "
+        f"or put {archive.filename} (from {spec.mirrors[0]}{archive.filename}) in a '{spec.name}/' subfolder "
+        "of a folder that --data-dir / LENET_DATA_DIR points at: lenet verifies and unpacks it there."
+    )
+
+
 # --------------------------------------------------------------------------- loading
 
 
 @dataclass
 class Split:
-    """A set of examples: images (N, 1, H, W) uint8 and labels (N,) int64."""
+    """A set of examples: images (N, C, H, W) uint8 and labels (N,) int64."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -153,6 +206,13 @@ def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec, which: s
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> Dataset:
     spec = get_spec(name)
     paths = locate(name, data_dir, download)
+    if spec.archive is not None:
+        from .arrays import read_cifar10
+
+        found = read_cifar10(paths["folder"])  # (N, 3, 32, 32) uint8, read with numpy: no pickles
+        train, test = (Split(torch.from_numpy(images), torch.from_numpy(labels))
+                       for images, labels in (found.splits["train"], found.splits["test"]))
+        return Dataset(spec=spec, train=train, test=test)
     return Dataset(
         spec=spec,
         train=_load_pair(paths["train_images"], paths["train_labels"], spec, "train"),
