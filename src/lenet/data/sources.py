@@ -54,7 +54,7 @@ class Arrays:
 def read_path(path: str | Path, options: ReadOptions = ReadOptions()) -> Arrays:
     """The data at ``path``, finished (see the module's docstring); DataError if it is
     none of the formats, naming what was looked for."""
-    from . import arrays, folder  # the readers import PIL and friends: only when asked
+    from . import arrays  # the readers: only when asked
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -76,6 +76,8 @@ def read_path(path: str | Path, options: ReadOptions = ReadOptions()) -> Arrays:
     elif arrays.is_csv_folder(path):
         found = arrays.read_csv_folder(path)
     else:
+        from . import folder  # PIL: only for pictures
+
         found = folder.read_folder(path, options)
     return finish(found, options, path)
 

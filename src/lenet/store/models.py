@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..configuration.run import RunConfig, validate
-from ..data.datasets import Normalizer, get_spec
+from ..data.datasets import Normalizer, data_spec
 from ..errors import ConfigError, RunError
 from ..model.network import LeNet
 from ..device import resolve_device
@@ -177,14 +177,14 @@ def load_model(target: Any, device: str | torch.device = "cpu") -> TrainedModel:
         return target
     torch_device = resolve_device(device)
     if hasattr(target, "model") and hasattr(target, "config"):  # a lenet Run
-        names = list(target.class_names) or list(get_spec(target.config.data.dataset).class_names)
+        names = list(target.class_names) or list(data_spec(target.config).class_names)
         where = Path(target.run_dir) if target.run_dir is not None else Path(IN_MEMORY)
         layout = torch_device.type == "cpu" and bool((getattr(target, "speed", None) or {}).get("channels_last"))
         return TrainedModel(target.model.to(torch_device).eval(), target.config, {}, where, torch_device,
                             Normalizer.for_config(target.config, layout), names)
     model_path = resolve_model_path(target)
     model, cfg, meta = read_model_file(model_path, torch_device)
-    names = meta.get("class_names") or get_spec(cfg.data.dataset).class_names
+    names = meta.get("class_names") or data_spec(cfg).class_names
     # The layout it trained in, on the CPU: the same kernels give the same predictions
     # (and an accuracy equal to the one its training reported), and they are faster.
     layout = torch_device.type == "cpu" and bool((meta.get("speed") or {}).get("channels_last"))

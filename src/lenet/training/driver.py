@@ -53,6 +53,10 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
     """Train ``cfgs`` (one run, or runs that share a groups.group_key) from the start or
     from their checkpoints ``saved``; one Recorder per run (Recorder(None): in memory).
     ``speed``: the choice to compute with (default: resolved here, once)."""
+    if isinstance(data, (str, Path)):  # recorded, so resume, eval and predict find it again
+        cfgs = [c.model_copy(update={"data": c.data.model_copy(update={"path": str(Path(data).resolve())})})
+                for c in cfgs]
+        data = None
     dataset = as_dataset(data, cfgs[0])  # read once, before the model: its shape and classes come from it
     cfgs = [fit_to_data(c, dataset) for c in cfgs]
     K, first = len(cfgs), cfgs[0]

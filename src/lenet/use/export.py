@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.datasets import Normalizer, get_spec, load_dataset
+from ..data.datasets import Normalizer, get_spec, load_data, load_dataset
 from ..errors import DataError, RunError, UsageError
 from ..store.files import atomic_write_bytes
 from ..store.models import MODEL_FILE, load_model, read_safetensors_header, resolve_model_path
@@ -223,7 +223,7 @@ def int8_source(target: str | Path, data_dir: str | Path | None = None) -> tuple
         return load_int8(beside), "", beside.parent
 
     trained = load_model(path, "cpu")
-    data = load_dataset(trained.config.data.dataset, data_dir or trained.config.data.data_dir)
+    data = load_data(trained.config, data_dir)
     model, calibration = ptq(trained, calibration_images(data.train.images))
     note = (f"no {INT8_FILE} beside {trained.path.name}: quantised now (PTQ, {calibration.images:,} training "
             f"images), not kept; `lenet quantize {target}` keeps it and reports its accuracy")

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..data.augment import augmented_examples
-from ..data.datasets import class_index, get_spec, load_dataset
+from ..data.datasets import class_index, get_spec, load_data
 from ..errors import UsageError
 from ..store.models import load_model
 from .figures import DPI, image_grid_figure
@@ -287,7 +287,7 @@ def chosen_inputs(trained, classes: Sequence[str] | None = None, per_class: int 
         return (torch.from_numpy(pictures), [None] * len(images), [Path(p).name for p in images],
                 [f"image-{_slug(Path(p).stem)}" for p in images])
     spec = get_spec(cfg.data.dataset)
-    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    data = load_data(cfg, data_dir)
     test_labels = data.test.labels.numpy()
     if indices:
         bad = [i for i in indices if not 0 <= i < len(test_labels)]
@@ -348,7 +348,7 @@ def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, dat
     cfg = getattr(target, "config", target)
     if not hasattr(cfg, "data"):
         cfg = load_model(target).config
-    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    data = load_data(cfg, data_dir)
     picked = torch.linspace(0, len(data.train) - 1, count).long()
     grid = augmented_examples(data.train.images[picked], cfg.data.augment, seed, versions)  # (count, 1+v, H, W)
     names = data.spec.class_names
