@@ -1,5 +1,5 @@
 """arrays.py: CSV, .npz, IDX folders and CIFAR-10's binary batches, each written tiny into
-tmp_path and read through sources.read_path (so finish() runs too), and every refusal
+tmp_path and read through reading.read_path (so finish() runs too), and every refusal
 with the words that tell the user what is wrong."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from conftest import Payload
 
 from lenet.data import arrays
 from lenet.data.idx import write_idx
-from lenet.data.sources import ReadOptions, read_path
+from lenet.data.reading import read_path
+from lenet.data.sources import ReadOptions
 from lenet.errors import DataError
 
 

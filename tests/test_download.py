@@ -405,7 +405,7 @@ def serve_archive(server: Server, mirror: str, archive: Path) -> str:
 
 
 def test_cifar10_archive_downloads_verifies_and_unpacks(server, cifar_archive, tmp_path):
-    from lenet.data.arrays import read_cifar10
+    from lenet.data.cifar import read_cifar10
     from lenet.data.download import download_archive, unpack_archive
 
     spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", cifar_archive),))

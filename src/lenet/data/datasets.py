@@ -23,7 +23,8 @@ import torch
 from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_spec  # noqa: F401 (re-exported)
 from ..errors import DataError, UsageError
 from .download import archive_problem, download_archive, download_dataset, unpack_archive
-from . import sources
+from . import reading, sources
+from .cifar import CIFAR_BATCHES, read_cifar10
 from .idx import read_idx
 
 # --------------------------------------------------------------------------- locating
@@ -69,8 +70,6 @@ def unpacked_in(folder: Path, spec: DatasetSpec) -> Path | None:
     """The unpacked folder of an archive dataset (CIFAR-10's cifar-10-batches-bin/) in
     ``folder`` when it holds every batch; None otherwise. unpack_archive renames a folder
     into place only when complete, so a complete one is trusted as the IDX files are."""
-    from .arrays import CIFAR_BATCHES
-
     if spec.archive is None:
         return None
     unpacked = folder / spec.archive.folder
@@ -207,8 +206,6 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
     spec = get_spec(name)
     paths = locate(name, data_dir, download)
     if spec.archive is not None:
-        from .arrays import read_cifar10
-
         found = read_cifar10(paths["folder"])  # (N, 3, 32, 32) uint8, read with numpy: no pickles
         train, test = (Split(torch.from_numpy(images), torch.from_numpy(labels))
                        for images, labels in (found.splits["train"], found.splits["test"]))
@@ -349,12 +346,21 @@ def as_dataset(data: Any, cfg: Any) -> Dataset:
     elif isinstance(data, dict) and {"train", "test"} <= set(data):
         pairs = {name: _pair(data[name], name) for name in ("train", "test", "val") if name in data}
         classes = 1 + max((int(labels.max()) for _, labels in pairs.values() if len(labels)), default=1)
-        names = tuple(cfg.data.classes) if cfg.data.classes else tuple(str(i) for i in range(classes))
+        spec = get_spec(cfg.data.dataset)
+        names = tuple(str(i) for i in range(classes))
+        if cfg.data.classes:
+            names = tuple(cfg.data.classes)
+        elif classes <= len(spec.class_names) and pairs["train"][0].shape[1:] == (spec.channels, spec.size, spec.size):
+            names = spec.class_names  # arrays in the catalogue dataset's shape: its classes
         found = sources.finish(sources.Arrays(pairs, names, "arrays"), read_options(cfg), Path("data"))
-        dataset = from_arrays(found, "arrays")
+        dataset = from_arrays(found, spec.name if names == spec.class_names else "arrays")
+        if names == spec.class_names and spec.std:
+            dataset.spec = replace(dataset.spec, mean=spec.mean, std=spec.std, flips=spec.flips, framing=spec.framing)
     else:
         raise UsageError("data= takes a path, a lenet Dataset (lenet.load_dataset) or "
                          '{"train": (images, labels), "test": (images, labels)}')
+    if not dataset.spec.std and len(dataset.train):
+        dataset.spec = replace(dataset.spec, **dict(zip(("mean", "std"), pixel_statistics(dataset.train.images))))
     for name, split in (("training", dataset.train), ("test", dataset.test)):
         if len(split) == 0:
             raise DataError(f"the {name} set is empty: there is nothing to "
@@ -404,7 +410,7 @@ def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
     d = cfg.data
     if d.path:
         path = Path(d.path).expanduser()
-        dataset = from_arrays(sources.read_path(path, read_options(cfg)), path.name or str(path))
+        dataset = from_arrays(reading.read_path(path, read_options(cfg)), path.name or str(path))
     else:
         dataset = load_dataset(d.dataset, data_dir or d.data_dir)
         if d.image_size is not None or d.channels is not None:

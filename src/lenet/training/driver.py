@@ -53,6 +53,7 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
     """Train ``cfgs`` (one run, or runs that share a groups.group_key) from the start or
     from their checkpoints ``saved``; one Recorder per run (Recorder(None): in memory).
     ``speed``: the choice to compute with (default: resolved here, once)."""
+    device = resolve_device(cfgs[0].device)  # a device this machine lacks is said before any data is read
     if isinstance(data, (str, Path)):  # recorded, so resume, eval and predict find it again
         cfgs = [c.model_copy(update={"data": c.data.model_copy(update={"path": str(Path(data).resolve())})})
                 for c in cfgs]
@@ -61,7 +62,6 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
     cfgs = [fit_to_data(c, dataset) for c in cfgs]
     K, first = len(cfgs), cfgs[0]
     seed_everything(first.seed, first.train.deterministic)
-    device = resolve_device(first.device)
     data = group_data(cfgs, device, dataset)
     steps = 1 if first.train.dry_run else math.ceil(data.n_train / first.train.batch_size)
     epochs = 1 if first.train.dry_run else first.train.epochs
