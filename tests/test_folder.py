@@ -136,6 +136,20 @@ def test_train_without_test_is_refused(tmp_path):
     assert "has train/ but no test/" in error(tmp_path / "data")
 
 
+@pytest.mark.parametrize("suffix", [".bmp", ".gif", ".tif", ".webp", ".pgm", ".JPEG"])
+def test_other_formats(tmp_path, suffix):
+    root = make_folder(tmp_path / "data", classes=2, per_class=2)
+    grey(5).save(root / "c0" / f"other{suffix}", **({"lossless": True} if suffix == ".webp" else {}))
+    images, _ = read(root).splits["all"]
+    channels = 3 if suffix == ".webp" else 1  # WebP has no grey mode: Pillow reads it back as RGB
+    assert images.shape == (5, channels, 8, 8)
+    with Image.open(root / "c0" / f"other{suffix}") as written:
+        expected = pixels(written.convert("L" if channels == 1 else "RGB"))
+    assert np.array_equal(images[2], expected)
+    if suffix != ".JPEG":  # lossless
+        assert np.array_equal(expected[:1], pixels(grey(5)))
+
+
 # --------------------------------------------------------------------------- channels and sizes
 
 
@@ -253,8 +267,10 @@ def test_unreadable_pictures_are_counted_or_skipped(tmp_path):
     message = error(root)
     assert message.startswith(f"{root}: 3 pictures cannot be read, e.g. c0/cut.png, c1/junk.jpg, c2/gone.png")
     assert "pass --skip-bad to leave them out" in message
-    found = read(root, skip_bad=True)
-    assert found.splits["all"][1].tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    found = read(root, skip_bad=True)  # cut.png fails only when decoded: its row is closed up
+    images, labels = found.splits["all"]
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    assert all(np.array_equal(images[3 * k + i], pixels(grey(40 * k + i))) for k in range(3) for i in range(3))
     assert any(note.startswith("skipped 3 pictures that cannot be read (--skip-bad)") for note in found.notes)
 
 
@@ -276,6 +292,19 @@ def test_a_file_without_permission_is_unreadable(tmp_path):
     assert "Permission denied" in error(root)
 
 
+def test_a_file_refused_by_the_system_is_unreadable(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "data", classes=2, per_class=2)
+    system_open = os.open
+
+    def refuse(path, *args, **kwargs):  # what a file without read permission does (root is never refused)
+        if str(path).endswith("01.png"):
+            raise PermissionError(13, "Permission denied")
+        return system_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refuse)
+    assert "2 pictures cannot be read, e.g. c0/01.png, c1/01.png (c0/01.png: Permission denied)" in error(root)
+    assert read(root, skip_bad=True).splits["all"][1].tolist() == [0, 1]
+
+
 def test_a_pipe_named_png_does_not_hang(tmp_path):
     root = make_folder(tmp_path / "data", classes=2, per_class=2)
     os.mkfifo(root / "c0" / "pipe.png")
@@ -289,6 +318,19 @@ def test_skipping_every_picture_of_a_train_class_is_refused(tmp_path):
     for picture in (root / "train" / "c1").iterdir():
         picture.write_bytes(b"junk")
     assert "train/c1: no picture left that can be read" in error(root, skip_bad=True)
+
+
+def test_a_file_changed_between_passes_is_refused(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "data")
+    hash_files = folder.hash_files
+
+    def then_changed(listing, options):
+        hashed = hash_files(listing, options)
+        grey(200).save(root / "c0" / "00.png")
+        return hashed
+    monkeypatch.setattr(folder, "hash_files", then_changed)
+    assert "c0/00.png: changed while lenet was reading the folder; run again" in error(root)
+    assert not entries()
 
 
 def test_an_empty_class_folder_is_named(tmp_path):
@@ -489,7 +531,7 @@ def test_progress_only_on_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     folder.read_folder(root, ReadOptions(progress=True, cache=False))
     err = capsys.readouterr().err
-    assert "\rreading pictures: 18/18" in err and "\rdecoding pictures: 18/18" in err
+    assert all(f"\r{phase}: 18/18" in err for phase in ("hashing pictures", "reading headers", "decoding pictures"))
 
 
 def test_memory_stays_near_the_decoded_pixels(tmp_path):

@@ -1,10 +1,10 @@
 """Image folders: ``PATH/<class>/<pictures>``, or ``PATH/train/<class>/...`` and
 ``PATH/test/<class>/...`` (and ``PATH/val/<class>/...``), read into uint8 arrays.
 
-Three passes, so memory stays proportional to the decoded pixels even for a million files:
-list the files (nothing opened), read each file once to hash it and read its header (size,
-mode; no decoding), then decode in threads into one preallocated (N, C, H, W) array. The
-hashes name the decoded array in the cache (cache.py): a second run hashes but does not decode.
+Passes, so memory stays proportional to the decoded pixels even for a million files: list
+the files (nothing opened); hash each file's bytes, which names the decoded array in the
+cache (cache.py), so a second run stops here; read each header (size, mode; no decoding);
+then decode in threads into one preallocated (N, C, H, W) array.
 
 Rules (docs/data.md, "Image folders"): classes are the class folders' names, sorted;
 pictures are found at any depth inside a class folder, in sorted order; other files are
@@ -74,7 +74,7 @@ class Listing:
 class Headers:
     """What each picture's file and header say, read without decoding."""
 
-    digests: np.ndarray  # uint8 (N, DIGEST_BYTES); zeros where the file could not be read
+    digests: np.ndarray  # uint8 (N, DIGEST_BYTES), from hash_files
     widths: np.ndarray  # int64 (N,), upright (after EXIF orientation)
     heights: np.ndarray
     colour: np.ndarray  # bool (N,)
@@ -86,10 +86,10 @@ def read_folder(path: Path, options: ReadOptions) -> Arrays:
     """The pictures under ``path`` (see the module's docstring); the split named "all" where
     the folder has no train/ and test/."""
     listing = list_pictures(Path(path))
-    headers = read_headers(listing, options)
+    digests, unreadable = hash_files(listing, options)
     settings = {"image_size": options.image_size, "channels": options.channels, "skip_bad": options.skip_bad}
     key = cache.content_key(settings, listing.class_names,
-                            ((listing.relative[i], int(listing.labels[i]), headers.digests[i].tobytes())
+                            ((listing.relative[i], int(listing.labels[i]), digests[i].tobytes())
                              for i in range(len(listing.relative))))
     if options.cache and (entry := cache.load(key)) is not None:
         images, labels, meta = entry
@@ -97,6 +97,7 @@ def read_folder(path: Path, options: ReadOptions) -> Arrays:
                  f"decoded pictures read from the cache ({cache.entry_path(key)}; delete it to decode again)"]
         return Arrays(split_rows(images, labels, meta["splits"]), tuple(meta["class_names"]), "image folder", notes)
 
+    headers = read_headers(listing, digests, unreadable, options)
     keep = np.ones(len(listing.relative), dtype=bool)
     keep[list(headers.bad)] = False
     rows = np.flatnonzero(keep)
@@ -183,19 +184,22 @@ def inside(target: str, root: str) -> bool:
     return os.path.commonpath([target, root]) == root
 
 
-def follow(entry: os.DirEntry, listing_root: str, shown: Path) -> os.stat_result | None:
-    """The stat of what ``entry`` is (through a link), None for a dangling link; DataError
-    for a link that leads out of the folder."""
-    if entry.is_symlink():
-        target = os.path.realpath(entry.path)
-        if not inside(target, listing_root):
-            shown_link = os.path.join(str(shown), os.path.relpath(entry.path, listing_root))
-            raise DataError(f"{shown_link}: a link to {target}, outside {shown}; --data reads only what is "
-                            "inside its folder: copy the file or folder in, or remove the link")
-    try:
-        return os.stat(entry.path)
-    except OSError:
-        return None
+def is_folder(entry: os.DirEntry, root: str, shown: Path) -> bool:
+    """Whether ``entry`` is a folder, through a link; DataError for a link that leads out of
+    the folder (a dangling one included)."""
+    if not entry.is_symlink():
+        return entry.is_dir(follow_symlinks=False)  # the listing's file type: no stat per file
+    target = os.path.realpath(entry.path)
+    if not inside(target, root):
+        raise DataError(f"{os.path.join(str(shown), relative_to(root, entry.path))}: a link to {target}, outside "
+                        f"{shown}; --data reads only what is inside its folder: copy the file or folder in, "
+                        "or remove the link")
+    return os.path.isdir(target)
+
+
+def relative_to(root: str, path: str) -> str:
+    """``path`` inside ``root``, by its prefix: every path walked is built from root."""
+    return path[len(root.rstrip(os.sep)) + 1:]
 
 
 def scan(folder: str) -> list[os.DirEntry]:
@@ -211,12 +215,11 @@ def subfolders(folder: str, root: str, shown: Path, ignored: Ignored) -> list[tu
     counted as ignored."""
     out = []
     for entry in scan(folder):
-        relative = os.path.relpath(entry.path, root)
+        relative = relative_to(root, entry.path)
         if entry.name.startswith("."):  # never followed: a hidden link is ignored wherever it leads
             ignored.add("hidden folder" if entry.is_dir(follow_symlinks=False) else "outside", relative)
             continue
-        info = follow(entry, root, shown)
-        if info is not None and stat.S_ISDIR(info.st_mode):
+        if is_folder(entry, root, shown):
             out.append((entry.name, entry.path))
         else:
             ignored.add("outside", relative)
@@ -236,12 +239,11 @@ def walk_class(folder: str, root: str, shown: Path, ignored: Ignored) -> list[st
             continue
         seen.add(real)
         for entry in scan(current):
-            relative = os.path.relpath(entry.path, root)
+            relative = relative_to(root, entry.path)
             if entry.name.startswith("."):  # .DS_Store, ._x.png (macOS), .ipynb_checkpoints/; never followed
                 ignored.add("hidden folder" if entry.is_dir(follow_symlinks=False) else "not a picture", relative)
                 continue
-            info = follow(entry, root, shown)
-            if info is not None and stat.S_ISDIR(info.st_mode):
+            if is_folder(entry, root, shown):
                 pending.append(entry.path)
             elif os.path.splitext(entry.name)[1].lower() in PICTURE_SUFFIXES:
                 # a dangling link or a pipe named .png is a picture that cannot be read, said as such
@@ -291,7 +293,7 @@ def list_pictures(path: Path) -> Listing:
                                 f"{path}/train/{name}/ with pictures, or remove this folder")
             pictures = walk_class(folder, root, path, ignored)
             if not pictures:
-                raise DataError(f"{os.path.join(str(path), os.path.relpath(folder, root))}: a class folder with no "
+                raise DataError(f"{os.path.join(str(path), relative_to(root, folder))}: a class folder with no "
                                 "pictures (png, jpg, jpeg, bmp, gif, webp, tif, tiff, pgm, ppm); "
                                 "remove the folder or add pictures")
             relative.extend(pictures)
@@ -380,23 +382,48 @@ def reason(exc: BaseException) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def read_headers(listing: Listing, options: ReadOptions) -> Headers:
-    """Every file read once, in threads: its hash, and its header's size, mode and orientation."""
-    n = len(listing.relative)
-    headers = Headers(digests=np.zeros((n, DIGEST_BYTES), dtype=np.uint8), widths=np.zeros(n, dtype=np.int64),
-                      heights=np.zeros(n, dtype=np.int64), colour=np.zeros(n, dtype=bool),
-                      orientation=np.ones(n, dtype=np.uint8), bad={})
+def changed(name: str) -> DataError:
+    return DataError(f"{name}: changed while lenet was reading the folder; run again once nothing writes to it")
 
-    def read_block(start: int, stop: int) -> dict[int, str]:
+
+def hash_files(listing: Listing, options: ReadOptions) -> tuple[np.ndarray, dict[int, str]]:
+    """(BLAKE2b of each file, (N, DIGEST_BYTES) uint8, zeros where unreadable; {picture: why}
+    for the files that cannot be read), in threads. All a cached folder needs."""
+    n = len(listing.relative)
+    digests = np.zeros((n, DIGEST_BYTES), dtype=np.uint8)
+
+    def hash_block(start: int, stop: int) -> dict[int, str]:
+        unreadable = {}
+        for index in range(start, stop):
+            try:
+                digests[index] = np.frombuffer(digest_of(read_bytes(listing.full(index), listing.name(index))),
+                                               dtype=np.uint8)
+            except OSError as exc:  # no permission, a dangling link, not a regular file
+                unreadable[index] = reason(exc)
+        return unreadable
+
+    return digests, in_threads(hash_block, n, "hashing pictures", options.progress)
+
+
+def read_headers(listing: Listing, digests: np.ndarray, unreadable: dict[int, str], options: ReadOptions) -> Headers:
+    """Each picture's size, mode and orientation from its header (nothing decoded), in threads."""
+    n = len(listing.relative)
+    headers = Headers(digests=digests, widths=np.zeros(n, dtype=np.int64), heights=np.zeros(n, dtype=np.int64),
+                      colour=np.zeros(n, dtype=bool), orientation=np.ones(n, dtype=np.uint8), bad={})
+
+    def header_block(start: int, stop: int) -> dict[int, str]:
         bad = {}
         for index in range(start, stop):
+            if index in unreadable:
+                continue
             name = listing.name(index)
             try:
                 data = read_bytes(listing.full(index), name)
-            except OSError as exc:  # no permission, a dangling link, not a regular file
+            except OSError as exc:
                 bad[index] = reason(exc)
                 continue
-            headers.digests[index] = np.frombuffer(digest_of(data), dtype=np.uint8)
+            if digest_of(data) != digests[index].tobytes():
+                raise changed(name)
             try:
                 with open_picture(data, name) as image:
                     width, height = image.size
@@ -419,7 +446,7 @@ def read_headers(listing: Listing, options: ReadOptions) -> Headers:
             headers.orientation[index] = orientation
         return bad
 
-    headers.bad = in_threads(read_block, n, "reading pictures", options.progress)
+    headers.bad = {**unreadable, **in_threads(header_block, n, "reading headers", options.progress)}
     return headers
 
 
@@ -467,7 +494,7 @@ def decode_into(row: np.ndarray, path: str, name: str, digest: bytes, orientatio
     channels, height, width = row.shape
     data = read_bytes(path, name)
     if digest_of(data) != digest:  # the cache key says these bytes: never cache others under it
-        raise DataError(f"{name}: changed while lenet was reading the folder; run again once nothing writes to it")
+        raise changed(name)
     image = upright(open_picture(data, name), orientation, width, height)
     if image.mode.startswith("I") or image.mode == "F":
         image = eight_bit(image)
