@@ -5,8 +5,6 @@ with the words that tell the user what is wrong."""
 from __future__ import annotations
 
 import gzip
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +16,6 @@ from lenet.data.idx import write_idx
 from lenet.data.reading import read_path
 from lenet.data.sources import ReadOptions
 from lenet.errors import DataError
-
-
-@pytest.fixture(autouse=True)
-def _folder_reader(monkeypatch):
-    """read_path imports folder.py (image folders), which another branch writes; no test
-    here reaches it, so a stand-in does until the branches meet."""
-    try:
-        import lenet.data.folder  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "lenet.data.folder", types.ModuleType("lenet.data.folder"))
 
 
 def pictures(n: int, side: int, channels: int | None = None, seed: int = 0) -> np.ndarray:
