@@ -272,9 +272,11 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], columns: int = 
         ax.set_axis_off()
     for ax, picture, cell_title in zip(axes, pictures, cell_titles):
         if picture.ndim == 3:  # RGB: imshow takes uint8 as 0..255, floats as 0..1
-            shown = picture if np.issubdtype(picture.dtype, np.integer) else ((picture - vmin) / max(vmax - vmin, 1e-12))
-            ax.imshow(np.clip(shown, 0, 255 if np.issubdtype(picture.dtype, np.integer) else 1),
-                      interpolation="nearest")
+            if np.issubdtype(picture.dtype, np.integer):
+                shown = np.clip(picture, 0, 255).astype(np.uint8)
+            else:
+                shown = np.clip((picture - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+            ax.imshow(shown, interpolation="nearest")
         else:
             ax.imshow(picture, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(cell_title, fontsize=7)
