@@ -38,6 +38,14 @@ IN_MEMORY = "(in memory)"  # TrainedModel.path of a model that was never saved
 MAX_HEADER_BYTES = 1 << 20  # a lenet model's safetensors header: names, shapes, config (a few kB)
 
 
+def preprocess_record(cfg: RunConfig) -> dict[str, Any]:
+    """How a run's pictures are made before the model sees them (the file's "preprocess"):
+    framing, channels, size and normalisation, so predict needs nothing else."""
+    spec = data_spec(cfg)
+    return {"framing": spec.framing, "channels": int(spec.channels), "size": int(spec.size),
+            "normalize": cfg.data.normalize, "mean": float(spec.mean), "std": float(spec.std)}
+
+
 def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: tuple[str, ...],
                extra: dict[str, Any] | None = None) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -46,6 +54,7 @@ def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: 
         "config": json.dumps(cfg.to_dict()),
         "class_names": json.dumps(list(class_names)),
         "dataset": cfg.data.dataset,
+        "preprocess": json.dumps(preprocess_record(cfg)),
         **{k: json.dumps(v) for k, v in (extra or {}).items()},
     }
     atomic_write_bytes(Path(path), st_save(tensors, metadata=metadata))
