@@ -53,7 +53,7 @@ def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: 
         "format": FORMAT,
         "config": json.dumps(cfg.to_dict()),
         "class_names": json.dumps(list(class_names)),
-        "dataset": cfg.data.dataset,
+        "dataset": data_spec(cfg).name,
         "preprocess": json.dumps(preprocess_record(cfg)),
         **{k: json.dumps(v) for k, v in (extra or {}).items()},
     }
