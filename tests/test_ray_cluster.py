@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -156,6 +157,14 @@ def test_a_folder_one_node_cannot_see_is_refused_before_any_run(cluster):
         assert f"{private} is not visible from 1 of the {before + 1} nodes" in err
         assert "storage every node sees" in err
         assert not (private / "private").exists()
+        # Your own data (data.path) must be seen by every node too, as --out is.
+        np.savez(private / "own.npz", x_train=np.zeros((8, 8, 8), np.uint8), y_train=np.arange(8) % 2,
+                 x_test=np.zeros((4, 8, 8), np.uint8), y_test=np.arange(4) % 2)
+        code, _, err = lenet(cluster, "sweep", str(spec(cluster, "own-data")), "--backend", "ray",
+                             "--address", cluster.address, "--out", str(cluster.root / "out"),
+                             "--set", f"data.path={private / 'own.npz'}")
+        assert code == 3, err
+        assert f"lacks {private / 'own.npz'}" in err and "data.path" in err
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         wait_or_kill_group(node, 30)

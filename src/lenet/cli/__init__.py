@@ -160,7 +160,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Where each dataset is found, and (with --verify) whether its checksums match."""
-    from ..data.datasets import DATASETS, candidate_dirs, files_in
+    from ..data.datasets import DATASETS, candidate_dirs, files_in, unpacked_in
     from ..data.idx import sha256_of_decompressed
 
     bad = 0
@@ -168,7 +168,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         found = None
         for how, folder in candidate_dirs(name, args.data_dir):
             files = files_in(folder, spec)
-            status = "found" if files else "absent"
+            unpacked = unpacked_in(folder, spec)  # an archive dataset (CIFAR-10): its unpacked folder
+            status = "found" if files or unpacked else "absent"
             print(f"{name:<14} {how:<15} {folder}  {status}")
             if files and found is None:
                 found = files

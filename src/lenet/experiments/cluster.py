@@ -31,7 +31,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .. import __version__
 from ..errors import ClusterError, ConfigError
@@ -170,17 +170,20 @@ def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in import_ray().nodes() if n.get("Alive")]
 
 
-def _look(marker: str, token: str) -> dict[str, Any]:
-    """On one node: does it see the driver's marker file, and which lenet does it run?"""
+def _look(marker: str, token: str, data: tuple[str, ...] = ()) -> dict[str, Any]:
+    """On one node: does it see the driver's marker file and the runs' data paths, and which
+    lenet does it run?"""
     try:
         sees = Path(marker).read_text() == token
     except OSError:
         sees = False
-    return {"sees": sees, "host": platform.node(), "lenet": __version__}
+    return {"sees": sees, "host": platform.node(), "lenet": __version__,
+            "missing": [p for p in data if not Path(p).exists()]}
 
 
-def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0) -> None:
-    """Refuse a cluster whose nodes do not all see ``folder`` or run another lenet.
+def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0, data: Iterable[str] = ()) -> None:
+    """Refuse a cluster whose nodes do not all see ``folder`` and the runs' ``data`` paths
+    (data.path: your own data), or run another lenet.
 
     One node (a local Ray) always passes the storage check: its tasks write where
     this process reads. With several, a marker file written here must be readable
@@ -191,6 +194,7 @@ def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0) 
     from ray.exceptions import TaskUnschedulableError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    paths = tuple(sorted({str(Path(p).expanduser().resolve()) for p in data}))
     folder.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     marker = folder / f".lenet-storage-check-{token}"
@@ -198,7 +202,7 @@ def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0) 
     look = ray.remote(num_cpus=0, max_retries=0)(_look)
     try:
         refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                .remote(str(marker.resolve()), token) for n in connection.nodes]
+                .remote(str(marker.resolve()), token, paths) for n in connection.nodes]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         if len(ready) < len(refs):
             raise ClusterError(f"{len(refs) - len(ready)} node(s) did not answer within {timeout_s:.0f} s; "
@@ -217,6 +221,10 @@ def check_nodes(folder: Path, connection: Connection, timeout_s: float = 120.0) 
             f"{folder} is not visible from {len(blind)} of the {len(answers)} nodes ({', '.join(sorted(set(blind)))}): "
             "on a multi-node cluster the runs must land on storage every node sees (an NFS or other shared "
             "mount, or a cloud bucket mounted at the same path on every node); give --out such a path")
+    missing = sorted({f"{a['host']} lacks {p}" for a in answers for p in a.get("missing", [])})
+    if missing:
+        raise ClusterError(f"every node must see the runs' data (data.path): {'; '.join(missing[:6])}. Put it on "
+                           "storage every node mounts at the same path, or copy it to that path on each node")
     other = sorted({f"{a['host']} has lenet {a['lenet']}" for a in answers if a["lenet"] != __version__})
     if other:
         raise ClusterError(f"the nodes must run this lenet ({__version__}): {'; '.join(other)}. "

@@ -137,7 +137,8 @@ def run_on_ray(plan: SweepPlan, *, address: str | None = None, cpus_per_run: flo
         log(f"on {connection.describe()}; each run asks for {cpus_per_run:g} CPU(s)"
             + (f" and {gpus_per_run:g} GPU" if gpus_per_run else ""))
         backend.check_fits(connection)
-        check_nodes(Path(plan.sweep_dir).parent, connection)
+        check_nodes(Path(plan.sweep_dir).parent, connection,
+                    data=[v.config.data.path for v in plan.variants if v.config.data.path])
         return run_sweep(plan, retry_failed=retry_failed, log=log, backend=backend,
                          together=together if together is not None else gpus_per_run > 0)
     finally:
