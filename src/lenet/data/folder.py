@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from . import cache
-from .sources import MAX_CLASSES, PIXEL_BUDGET, Arrays, ReadOptions
+from .sources import MAX_CLASSES, MAX_SIDE, PIXEL_BUDGET, Arrays, ReadOptions
 
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 # Pillow decodes only these, whatever a file is named: no EPS (Ghostscript) or other plugin
@@ -85,6 +85,10 @@ class Headers:
 def read_folder(path: Path, options: ReadOptions) -> Arrays:
     """The pictures under ``path`` (see the module's docstring); the split named "all" where
     the folder has no train/ and test/."""
+    if options.channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB); got {options.channels}")
+    if options.image_size is not None and not 1 <= options.image_size <= MAX_SIDE:
+        raise DataError(f"--image-size must be 1 to {MAX_SIDE}; got {options.image_size}")
     listing = list_pictures(Path(path))
     digests, unreadable = hash_files(listing, options)
     settings = {"image_size": options.image_size, "channels": options.channels, "skip_bad": options.skip_bad}
