@@ -83,7 +83,7 @@ def test_registered_model_fields_apply_beneath_explicit_ones():
         ("model.kernel_size=[5,5,5]", "kernel_size has 3 values but there are 2 conv blocks"),
         ("model.conv_channels=[6,0]", "model.conv_channels"),
         ("device=tpu", "device"),
-        ("data.dataset=cifar10", "data.dataset"),
+        ("data.dataset=cifar100", "data.dataset"),
     ],
 )
 def test_bad_values_name_the_field(override, needle):

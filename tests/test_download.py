@@ -353,3 +353,268 @@ def test_real_files_verify_against_the_real_spec(tmp_path, name):
         assert sorted(server.requests) == sorted(f"/{name}/{n}" for n in NAMES)
     for f in DATASETS[name].files.values():
         assert (dest / f.filename).read_bytes() == (real_data_dir / name / f.filename).read_bytes()
+
+
+# --------------------------------------------------------------------------- CIFAR-10's archive
+
+CIFAR = DATASETS["cifar10"]
+FOLDER = CIFAR.archive.folder  # type: ignore[union-attr]
+BATCHES = [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+
+
+def write_cifar_batches(folder: Path, per_batch: int = 2, seed: int = 0) -> Path:
+    """CIFAR-10's binary layout, ``per_batch`` records (1 label byte + 3,072 pixels) a batch."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for name in BATCHES:
+        records = rng.integers(0, 256, (per_batch, 3073), dtype=np.uint8)
+        records[:, 0] %= 10
+        (folder / name).write_bytes(records.tobytes())
+    (folder / "batches.meta.txt").write_text("\n".join(CIFAR.class_names) + "\n")
+    return folder
+
+
+def make_tar(path: Path, add) -> Path:
+    """A .tar.gz at ``path``; ``add(tar)`` puts the members in."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+    return path
+
+
+@pytest.fixture
+def cifar_archive(tmp_path: Path) -> Path:
+    """A tiny archive in the official layout: cifar-10-binary.tar.gz of cifar-10-batches-bin/."""
+    source = write_cifar_batches(tmp_path / "source" / FOLDER)
+    return make_tar(tmp_path / "source" / CIFAR.archive.filename,  # type: ignore[union-attr]
+                    lambda tar: tar.add(source, arcname=FOLDER))
+
+
+def cifar_spec(archive: Path, mirrors: tuple[str, ...]) -> DatasetSpec:
+    """cifar10's spec with the size and SHA-256 of the archive at ``archive``."""
+    data = archive.read_bytes()
+    return dataclasses.replace(CIFAR, mirrors=mirrors, archive=dataclasses.replace(
+        CIFAR.archive, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+
+
+def serve_archive(server: Server, mirror: str, archive: Path) -> str:
+    url = server.mirror(mirror)
+    shutil.copy(archive, server.root / mirror / archive.name)
+    return url
+
+
+def test_cifar10_archive_downloads_verifies_and_unpacks(server, cifar_archive, tmp_path):
+    from lenet.data.cifar import read_cifar10
+    from lenet.data.download import download_archive, unpack_archive
+
+    spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", cifar_archive),))
+    dest = tmp_path / "fetched" / "cifar10"
+
+    archive = download_archive(spec, dest)
+    folder = unpack_archive(archive, dest, FOLDER)
+
+    assert archive == dest / CIFAR.archive.filename and folder == dest / FOLDER
+    assert archive.read_bytes() == cifar_archive.read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(BATCHES + ["batches.meta.txt"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted([archive.name, FOLDER])  # no .part, no scratch
+    found = read_cifar10(folder)
+    assert found.splits["train"][0].shape == (10, 3, 32, 32) and found.class_names == CIFAR.class_names
+    server.requests.clear()
+    assert download_archive(spec, dest) == archive and server.requests == []  # verified: kept
+
+
+def test_cifar10_wrong_checksum_on_first_mirror_falls_through_to_second(server, cifar_archive, tmp_path):
+    from lenet.data.download import download_archive
+
+    other = write_cifar_batches(tmp_path / "other" / FOLDER, seed=1)
+    wrong = make_tar(tmp_path / "other" / CIFAR.archive.filename, lambda tar: tar.add(other, arcname=FOLDER))
+    spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", wrong), serve_archive(server, "m2", cifar_archive)))
+
+    archive = download_archive(spec, tmp_path / "dest", progress=True)
+
+    assert archive.read_bytes() == cifar_archive.read_bytes()
+    assert server.requests == [f"/m{k}/{CIFAR.archive.filename}" for k in (1, 2)]
+
+
+def test_cifar10_all_mirrors_bad_is_one_error_listing_them(server, cifar_archive, tmp_path):
+    from lenet.data.download import download_archive
+
+    damaged = tmp_path / "damaged" / CIFAR.archive.filename
+    damaged.parent.mkdir()
+    damaged.write_bytes(cifar_archive.read_bytes()[:-10] + b"0123456789")  # right size, wrong bytes
+    big = tmp_path / "big" / CIFAR.archive.filename
+    big.parent.mkdir()
+    big.write_bytes(cifar_archive.read_bytes() + b"more")
+    spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", damaged), server.mirror("empty"),
+                                      serve_archive(server, "m3", big)))
+    dest = tmp_path / "dest"
+
+    with pytest.raises(DataError) as info:
+        download_archive(spec, dest)
+
+    message = str(info.value)
+    name = CIFAR.archive.filename
+    assert f"could not download {name} of cifar10" in message
+    assert f"{server.url}m1/{name}: sha256 is " in message and spec.archive.sha256 in message
+    assert f"{server.url}empty/{name}: HTTP 404" in message
+    assert f"{server.url}m3/{name}: sent over {spec.archive.size:,} bytes" in message
+    assert "--data-dir / LENET_DATA_DIR" in message and "'cifar10/'" in message
+    assert list(dest.iterdir()) == []
+
+
+def _dotdot(tar, source):
+    tar.add(source, arcname=FOLDER)
+    tar.add(source / "test_batch.bin", arcname="../evil")
+
+
+def _dotdot_inside(tar, source):
+    tar.add(source, arcname=FOLDER)
+    tar.add(source / "test_batch.bin", arcname=f"{FOLDER}/../../evil")
+
+
+def _symlink(tar, source):
+    import tarfile
+
+    tar.add(source, arcname=FOLDER)
+    link = tarfile.TarInfo(f"{FOLDER}/evil")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../evil"
+    tar.addfile(link)
+
+
+def _outside(tar, source):
+    tar.add(source, arcname=FOLDER)
+    tar.add(source / "test_batch.bin", arcname="evil")
+
+
+def _absolute(tar, source):
+    import io
+    import tarfile
+
+    tar.add(source, arcname=FOLDER)
+    member = tarfile.TarInfo(str(source.parent.parent / "evil"))  # tar.add would strip the "/"
+    member.size = 4
+    tar.addfile(member, io.BytesIO(b"evil"))
+
+
+def _device(tar, source):
+    import tarfile
+
+    tar.add(source, arcname=FOLDER)
+    device = tarfile.TarInfo(f"{FOLDER}/null")
+    device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 1, 3
+    tar.addfile(device)
+
+
+@pytest.mark.parametrize("add, reason", [
+    (_outside, "lies outside cifar-10-batches-bin/"),
+    (_dotdot, "climbs out of its folder"),
+    (_dotdot_inside, "climbs out of its folder"),
+    (_symlink, "is a link"),
+    (_absolute, "is an absolute path"),
+    (_device, "is a device"),
+])
+def test_cifar10_archive_with_a_hostile_member_is_refused_and_writes_nothing(tmp_path, add, reason):
+    from lenet.data.download import unpack_archive
+
+    source = write_cifar_batches(tmp_path / "source" / FOLDER)
+    archive = make_tar(tmp_path / "bad.tar.gz", lambda tar: add(tar, source))
+    dest = tmp_path / "a" / "b"
+    dest.mkdir(parents=True)
+
+    with pytest.raises(DataError, match=f"refused: member .* {reason}.*nothing was unpacked"):
+        unpack_archive(archive, dest, FOLDER)
+
+    assert list(dest.iterdir()) == []
+    assert not any(p.name == "evil" for p in tmp_path.rglob("*"))
+
+
+def test_cifar10_interrupted_download_or_unpack_leaves_nothing_under_a_real_name(
+        server, cifar_archive, tmp_path, monkeypatch):
+    from lenet.data.download import download_archive, unpack_archive
+
+    spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", cifar_archive),))
+    dest = tmp_path / "dest"
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lenet.data.download.os, "fsync", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            download_archive(spec, dest)
+        assert list(dest.iterdir()) == []
+
+    archive = download_archive(spec, dest)
+    monkeypatch.setattr(lenet.data.download.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        unpack_archive(archive, dest, FOLDER)
+    assert [p.name for p in dest.iterdir()] == [archive.name]  # no folder, no scratch left
+
+
+def test_cifar10_locate_unpacks_an_archive_found_in_a_data_dir(cifar_archive, tmp_path, monkeypatch):
+    monkeypatch.setitem(lenet.data.datasets.DATASETS, "cifar10", cifar_spec(cifar_archive, ()))
+    data_dir = tmp_path / "data"
+    (data_dir / "cifar10").mkdir(parents=True)
+    shutil.copy(cifar_archive, data_dir / "cifar10")
+
+    assert locate("cifar10", data_dir) == {"folder": data_dir / "cifar10" / FOLDER}
+    assert locate("cifar10", data_dir) == {"folder": data_dir / "cifar10" / FOLDER}  # now found unpacked
+    ds = load_dataset("cifar10", data_dir)
+    assert ds.train.images.shape == (10, 3, 32, 32) and ds.test.images.dtype == torch_uint8()
+    assert ds.train.labels.dtype == torch_int64() and ds.class_names == CIFAR.class_names
+
+    other = tmp_path / "other" / "cifar10"
+    other.mkdir(parents=True)
+    (other / CIFAR.archive.filename).write_bytes(b"not it")
+    with pytest.raises(DataError, match=r"not cifar10's published archive \(size is 6 bytes.*lenet download cifar10"):
+        locate("cifar10", other.parent)
+
+
+def test_cifar10_locate_downloads_into_the_user_cache(server, cifar_archive, tmp_path, monkeypatch):
+    spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", cifar_archive),))
+    monkeypatch.setitem(lenet.data.datasets.DATASETS, "cifar10", spec)
+    monkeypatch.delenv("LENET_NO_DOWNLOAD")
+
+    assert locate("cifar10") == {"folder": user_cache_dir() / "cifar10" / FOLDER}
+    assert locate("cifar10") == {"folder": user_cache_dir() / "cifar10" / FOLDER}
+    assert len(server.requests) == 1
+
+
+def test_cifar10_missing_without_download_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError) as info:
+        locate("cifar10", tmp_path / "data")
+    message = str(info.value)
+    assert "`lenet download cifar10`" in message and "cifar-10-binary.tar.gz" in message
+    assert f"--data-dir: {tmp_path / 'data' / 'cifar10'}" in message
+
+
+def test_files_in_finds_no_idx_files_for_an_archive_dataset(tmp_path):
+    from lenet.data.datasets import files_in
+
+    assert files_in(tmp_path, CIFAR) is None
+
+
+def test_lenet_download_cifar10_says_where_it_went(server, cifar_archive, tmp_path, monkeypatch, capsys):
+    from lenet.cli import main
+
+    spec = cifar_spec(cifar_archive, (serve_archive(server, "m1", cifar_archive),))
+    monkeypatch.setitem(lenet.data.datasets.DATASETS, "cifar10", spec)
+
+    assert main(["download", "cifar10", "--dest", str(tmp_path / "here")]) == 0
+
+    folder = tmp_path / "here" / "cifar10" / FOLDER
+    assert capsys.readouterr().out == f"cifar10: verified and unpacked in {folder}\n"
+    assert (folder / "test_batch.bin").is_file()
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def torch_int64():
+    import torch
+
+    return torch.int64

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import sys
 import tracemalloc
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lenet.data import cache, folder, sources
+from lenet.data import cache, folder, reading, sources
 from lenet.data.sources import ReadOptions
 from lenet.errors import DataError
 from pictures import png_header_only
 
 QUIET = ReadOptions(progress=False)
-
-
-@pytest.fixture(autouse=True)
-def _arrays_module(monkeypatch):
-    """read_path imports data/arrays.py (the CSV/npz/IDX readers); where that is not in this
-    checkout yet, a stand-in that recognises none of its formats."""
-    try:
-        importlib.import_module("lenet.data.arrays")
-    except ImportError:
-        stub = types.ModuleType("lenet.data.arrays")
-        for name in ("is_cifar10_folder", "is_idx_folder", "is_csv_folder"):
-            setattr(stub, name, lambda path: False)
-        monkeypatch.setitem(sys.modules, "lenet.data.arrays", stub)
 
 
 def grey(value: int, size: tuple[int, int] = (8, 8)) -> Image.Image:
@@ -91,7 +76,7 @@ def test_one_folder_gives_all_with_sorted_classes_and_exact_pixels(tmp_path):
 
 def test_read_path_splits_one_folder_stratified(tmp_path):
     root = make_folder(tmp_path / "data", per_class=10)
-    found = sources.read_path(root, QUIET)
+    found = reading.read_path(root, QUIET)
     train, test = found.splits["train"], found.splits["test"]
     assert len(train[0]) == 24 and len(test[0]) == 6
     assert np.bincount(test[1]).tolist() == [2, 2, 2]
@@ -105,7 +90,7 @@ def test_train_test_val_layout_in_colour(tmp_path):
     make_folder(root / "train", make=colour)
     make_folder(root / "test", classes=2, per_class=2, make=colour)  # c2 has no test pictures: fine
     make_folder(root / "val", classes=3, per_class=1, make=colour)
-    found = sources.read_path(root, QUIET)
+    found = reading.read_path(root, QUIET)
     assert found.class_names == ("c0", "c1", "c2")
     assert {name: len(labels) for name, (_, labels) in found.splits.items()} == {"train": 18, "test": 4, "val": 3}
     images, labels = found.splits["test"]
@@ -226,7 +211,7 @@ def test_non_square_is_allowed_here_and_refused_by_finish(tmp_path):
     root = make_folder(tmp_path / "data", size=(8, 6))
     assert read(root).splits["all"][0].shape[2:] == (6, 8)
     with pytest.raises(DataError, match="square"):
-        sources.read_path(root, QUIET)
+        reading.read_path(root, QUIET)
 
 
 # --------------------------------------------------------------------------- what is ignored

@@ -22,7 +22,7 @@ _EXPORTS = {
     "config": "api", "load": "api", "summary": "api", "ModelSummary": "api",
     "train": "training.run", "resume": "training.run", "Run": "training.result",
     "evaluate": "use.evaluation", "Evaluation": "use.evaluation",
-    "load_dataset": "data.datasets", "Dataset": "data.datasets", "Split": "data.datasets",
+    "load_dataset": "data.datasets", "load_data": "data.datasets", "Dataset": "data.datasets", "Split": "data.datasets",
     "Normalizer": "data.datasets",
     "Predictor": "use.predict",
     "activations": "use.inspection", "filters": "use.inspection", "augment_figure": "use.inspection",

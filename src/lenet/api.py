@@ -22,7 +22,7 @@ from .model.network import LayerInfo, LeNet, ModelConfig, format_summary, list_m
 from .configuration.build import build_config, flag_fields
 from .configuration.presets import PRESETS, preset_name
 from .configuration.run import RunConfig
-from .data.catalog import get_spec
+from .data.datasets import data_spec
 from .store.checkpoint import CHECKPOINT, load_checkpoint
 from .store.models import MODEL_FILE, load_model
 from .store.recorder import FINISHED, INTERRUPTED, read_status
@@ -65,7 +65,7 @@ def load(path: str | Path, device: str = "cpu") -> Run:
             raise RunError(f"{path / CHECKPOINT}: its weights do not fit the run's config ({exc})") from None
         status = read_status(path).get("status", INTERRUPTED)
         return Run(cfg, model.to(device).eval(), read_metrics(path, missing_ok=True), path, status,
-                   get_spec(cfg.data.dataset).class_names)
+                   data_spec(cfg).class_names)
     trained = load_model(path, device)
     if path.is_dir():
         return Run(trained.config, trained.model, read_metrics(path, missing_ok=True), path,

@@ -143,12 +143,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from ..data.datasets import DATASETS, user_cache_dir
-    from ..data.download import download_dataset
+    from ..data.download import download_archive, download_dataset, unpack_archive
 
     names = list(DATASETS) if args.dataset == "all" else [args.dataset]
     for name in names:
+        spec = DATASETS[name]
         dest = Path(args.dest) / name if args.dest else user_cache_dir() / name
-        folder = download_dataset(DATASETS[name], dest)
+        if spec.archive is not None:  # CIFAR-10: one archive, verified, then unpacked beside it
+            folder = unpack_archive(download_archive(spec, dest), dest, spec.archive.folder)
+            print(f"{name}: verified and unpacked in {folder}")
+            continue
+        folder = download_dataset(spec, dest)
         print(f"{name}: verified in {folder}")
     return EXIT_OK
 

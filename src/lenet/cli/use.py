@@ -14,16 +14,18 @@ from . import run_arg
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify pictures (PNG, JPEG, ...) with a trained model",
-                       description="Turn each picture into the dataset's 28x28 form (grayscale, light on dark, "
-                                   "cropped, centred, resized) and print the most likely classes.")
+                       description="Turn each picture into the form the model trained on (MNIST and Fashion-MNIST: "
+                                   "28x28 grey, light on dark, cropped, centred, resized; own data and CIFAR-10: "
+                                   "its channels, resized to its size) and print the most likely classes.")
     p.add_argument("model", metavar="MODEL", help="run directory or model.safetensors")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="picture files")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per picture (default: 3)")
     p.add_argument("--json", action="store_true", help="machine-readable output: one JSON list")
     p.add_argument("--show-input", metavar="FILE", type=Path,
-                   help="save the 28x28 image the model saw as a PNG (several pictures: FILE-1.png, FILE-2.png, ...)")
+                   help="save the image the model saw as a PNG (several pictures: FILE-1.png, FILE-2.png, ...)")
     p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                   help="negate the picture: auto = when the object is darker than the background (default: auto)")
+                   help="negate the picture (MNIST framings only): auto = when the object is darker than "
+                        "the background (default: auto)")
     p.add_argument("--device", default="cpu", help="(default: cpu)")
     p.set_defaults(func=cmd_predict)
 

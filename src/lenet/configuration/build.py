@@ -104,7 +104,14 @@ FLAGS: tuple[Flag, ...] = (
     Flag("val_split", "data.val_split", "fraction of train held out (keras: 0.1); which rows: data.val_select "
          "(default: stratified)", float),
     Flag("dataset", "data.dataset", "(default: fashion-mnist)", str, tuple(DATASETS)),
-    Flag("data_dir", "data.data_dir", "folder holding fashion-mnist/ and mnist/ (default: search)"),
+    Flag("data_dir", "data.data_dir", "folder holding fashion-mnist/, mnist/ and cifar10/ (default: search)"),
+    Flag("data", "data.path", "your own data instead of --dataset: an image folder, a .csv or .npz file, or a "
+                              "folder of CSV, IDX or CIFAR-10 files (docs/data.md)"),
+    Flag("image_size", "data.image_size", "resize every picture to N x N on load (default: as they are)", int),
+    Flag("channels", "data.channels", "1 (grey) or 3 (RGB) (default: as the pictures are)", int),
+    Flag("test_fraction", "data.test_fraction", "data that comes as one set: the share of each class tested on "
+                                                "(default: 0.2)", float),
+    Flag("skip_bad", "data.skip_bad", "leave out pictures that cannot be read instead of stopping", bool),
     Flag("model", "model.name",
          f"registered architecture: {' | '.join(sorted(MODEL_REGISTRY))} (default: from preset)"),
     Flag("name", "name", "run directory name (default: <preset>-<dataset>-<time>)"),

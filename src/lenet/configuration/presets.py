@@ -90,6 +90,24 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "label_smoothing": 0.1},
         "train": {"epochs": 20, "batch_size": 256},
     },
+    # PyTorch's tutorial "Training a Classifier" (pytorch.org/tutorials/beginner/blitz/
+    # cifar10_tutorial): conv 6@5x5 -> ReLU -> max-pool 2, conv 16@5x5 -> ReLU -> max-pool 2,
+    # dense 120 -> 84 -> 10, no padding; pixels to [-1, 1] (Normalize 0.5, 0.5); SGD lr 0.001
+    # momentum 0.9, batch 4, 2 epochs. Its own init is PyTorch's default (kaiming-uniform).
+    "pytorch-cifar10": {
+        "model": {"name": "lenet5", "padding": [0, 0], "activation": "relu", "pool": "max", "init": "default"},
+        "data": {"dataset": "cifar10", "normalize": "signed"},
+        "optim": {"optimizer": "sgd", "lr": 0.001, "momentum": 0.9},
+        "train": {"epochs": 2, "batch_size": 4},
+    },
+    # The same network, trained the fast way: batch 128, standardised pixels, AdamW under a
+    # one-cycle schedule, flips and shifts (CIFAR's objects are mirror-symmetric).
+    "cifar10-fast": {
+        "model": {"name": "lenet5", "padding": [0, 0], "activation": "relu", "pool": "max", "init": "kaiming"},
+        "data": {"dataset": "cifar10", "normalize": "standard", "augment": {"translate": 2, "flip": True}},
+        "optim": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01, "schedule": "onecycle"},
+        "train": {"epochs": 15, "batch_size": 128},
+    },
 }
 
 

@@ -11,21 +11,37 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..data.augment import AugmentConfig
+from ..data.sources import MAX_SIDE
 from ..model.network import ModelConfig, check_architecture
 from ..speed.config import SpeedConfig, move_speed_fields
 from .base import Strict, explain
 
 class DataConfig(Strict):
-    dataset: Literal["fashion-mnist", "mnist"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "mnist", "cifar10"] = "fashion-mnist"
+    path: str | None = Field(None, description=(
+        "your own data instead of dataset: an image folder, a .csv or .npz file, or a folder of CSV, IDX or "
+        "CIFAR-10 files (docs/data.md)"))
+    image_size: int | None = Field(None, ge=4, le=MAX_SIDE, description="resize every picture to N x N on load "
+                                                                          "(default: as they are)")
+    channels: Literal[1, 3] | None = Field(None, description="1 grey or 3 RGB (default: as the pictures are)")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description=(
+        "data that comes as one set (a folder of class folders, one CSV): the share of each class held out "
+        "as the test set, the same pictures for every run"))
+    skip_bad: bool = Field(False, description="leave out pictures that cannot be read instead of stopping")
+    classes: list[str] | None = Field(None, description="the data's class names, recorded from it when a run starts")
+    mean: float | None = Field(None, description="the training pixels' mean on a [0, 1] scale, measured when a run "
+                                                 "starts where the catalogue has none (normalize=standard)")
+    std: float | None = Field(None, gt=0.0, description="their standard deviation, measured with mean")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="random changes to training images")
     data_dir: str | None = Field(None, description="folder holding <dataset>/ subfolders")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out; 0 = none")
     val_select: Literal["stratified", "last"] = Field(
         "stratified", description="which rows val_split holds out: stratified: a seeded share of each class; "
                                   "last: the file's last rows, unshuffled (Keras' validation_split)")
-    normalize: Literal["unit", "standard", "raw"] = Field(
+    normalize: Literal["unit", "standard", "raw", "signed"] = Field(
         "unit", description="unit: pixels/255 in [0,1] (the chapter); standard: (x-mean)/std; "
-                            "raw: the pixels 0..255 as floats (the Keras chapter's code)"
+                            "raw: the pixels 0..255 as floats (the Keras chapter's code); "
+                            "signed: pixels/127.5 - 1 in [-1, 1] (PyTorch's CIFAR-10 tutorial)"
     )
 
     @field_validator("val_split")
@@ -110,7 +126,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _no_mirrored_digits(self) -> "RunConfig":
-        if self.data.dataset == "mnist" and self.data.augment.flip and not self.data.augment.force_flip:
+        if self.data.dataset == "mnist" and self.data.path is None and self.data.augment.flip \
+                and not self.data.augment.force_flip:
             raise ValueError("data.augment.flip on MNIST: digits are not mirror-symmetric (a mirrored 2 is no 2); "
                              "leave flip off, or set data.augment.force_flip=true to flip anyway")
         return self

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ import torch
 
 from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_spec  # noqa: F401 (re-exported)
 from ..errors import DataError, UsageError
-from .download import download_dataset
+from .download import archive_problem, download_archive, download_dataset, unpack_archive
+from . import reading, sources
+from .cifar import CIFAR_BATCHES, read_cifar10
 from .idx import read_idx
 
 # --------------------------------------------------------------------------- locating
@@ -54,19 +56,38 @@ def _find_file(folder: Path, filename: str) -> Path | None:
 
 
 def files_in(folder: Path, spec: DatasetSpec) -> dict[str, Path] | None:
+    """The IDX files of ``spec`` in ``folder``; None when one is missing, or when ``spec``
+    has none (an archive dataset: see unpacked_in)."""
+    if not spec.files:
+        return None  # all() of nothing is True: an archive dataset would be "found" anywhere
     found = {key: _find_file(folder, f.filename) for key, f in spec.files.items()}
     if all(found.values()):
         return found  # type: ignore[return-value]
     return None
 
 
+def unpacked_in(folder: Path, spec: DatasetSpec) -> Path | None:
+    """The unpacked folder of an archive dataset (CIFAR-10's cifar-10-batches-bin/) in
+    ``folder`` when it holds every batch; None otherwise. unpack_archive renames a folder
+    into place only when complete, so a complete one is trusted as the IDX files are."""
+    if spec.archive is None:
+        return None
+    unpacked = folder / spec.archive.folder
+    if all((unpacked / name).is_file() for names in CIFAR_BATCHES.values() for name in names):
+        return unpacked
+    return None
+
+
 def locate(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> dict[str, Path]:
-    """Paths of the four IDX files of ``name``; downloads into the user cache if needed.
+    """Paths of the four IDX files of ``name`` (for an archive dataset, {"folder": its
+    unpacked folder}); downloads into the user cache if needed.
 
     ``download=None`` means "yes unless LENET_NO_DOWNLOAD is set" (CI and tests set it
     so a missing file fails at once instead of waiting on a network that is not there).
     """
     spec = get_spec(name)
+    if spec.archive is not None:
+        return {"folder": _locate_archive(spec, data_dir, download)}
     searched = []
     for how, folder in candidate_dirs(name, data_dir):
         found = files_in(folder, spec)
@@ -87,12 +108,44 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool | None 
     )
 
 
+def _locate_archive(spec: DatasetSpec, data_dir: str | Path | None, download: bool | None) -> Path:
+    """The unpacked folder of an archive dataset: found unpacked, or unpacked from its
+    verified archive where that lies, or downloaded into the user cache and unpacked."""
+    archive = spec.archive
+    assert archive is not None
+    searched = []
+    for how, folder in candidate_dirs(spec.name, data_dir):
+        unpacked = unpacked_in(folder, spec)
+        if unpacked:
+            return unpacked
+        packed = folder / archive.filename
+        if packed.is_file():
+            problem = archive_problem(packed, archive)
+            if problem:
+                raise DataError(f"{packed}: not {spec.name}'s published archive ({problem}); delete it and run "
+                                f"`lenet download {spec.name}`, or put the right file there")
+            return unpack_archive(packed, folder, archive.folder)
+        searched.append(f"  {how}: {folder}")
+    if download is None:
+        download = not os.environ.get("LENET_NO_DOWNLOAD")
+    if download:
+        dest = user_cache_dir() / spec.name
+        return unpack_archive(download_archive(spec, dest), dest, archive.folder)
+    raise DataError(
+        f"dataset {spec.name!r} not found. Looked for {archive.folder}/ or {archive.filename} in:\n"
+        + "\n".join(searched) + "\n"
+        f"To get it: run `lenet download {spec.name}` (needs the internet, {archive.size / 1e6:.0f} MB), "
+        f"or put {archive.filename} (from {spec.mirrors[0]}{archive.filename}) in a '{spec.name}/' subfolder "
+        "of a folder that --data-dir / LENET_DATA_DIR points at: lenet verifies and unpacks it there."
+    )
+
+
 # --------------------------------------------------------------------------- loading
 
 
 @dataclass
 class Split:
-    """A set of examples: images (N, 1, H, W) uint8 and labels (N,) int64."""
+    """A set of examples: images (N, C, H, W) uint8 and labels (N,) int64."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -110,6 +163,7 @@ class Dataset:
     train: Split
     test: Split
     val: Split | None = None
+    notes: tuple[str, ...] = ()  # what reading it skipped or ignored, said in the run's log
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -151,6 +205,11 @@ def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec, which: s
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> Dataset:
     spec = get_spec(name)
     paths = locate(name, data_dir, download)
+    if spec.archive is not None:
+        found = read_cifar10(paths["folder"])  # (N, 3, 32, 32) uint8, read with numpy: no pickles
+        train, test = (Split(torch.from_numpy(images), torch.from_numpy(labels))
+                       for images, labels in (found.splits["train"], found.splits["test"]))
+        return Dataset(spec=spec, train=train, test=test)
     return Dataset(
         spec=spec,
         train=_load_pair(paths["train_images"], paths["train_labels"], spec, "train"),
@@ -222,16 +281,21 @@ class Normalizer:
     def __init__(self, mode: str, mean: float, std: float, channels_last: bool = False):
         self.scale = 1.0 / 255.0
         self.shift = 0.0
+        if mode == "standard" and not std:
+            raise DataError("normalize=standard, but the data's pixel statistics are not known yet "
+                            "(a config not fitted to its data: configuration.fitting.fit_to_data)")
         if mode == "standard":
             self.scale, self.shift = 1.0 / (255.0 * std), mean / std
         elif mode == "raw":
             self.scale = 1.0
+        elif mode == "signed":
+            self.scale, self.shift = 1.0 / 127.5, 1.0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     @classmethod
     def for_config(cls, cfg, channels_last: bool = False) -> "Normalizer":
         """The normaliser a run config trained with (``cfg``: a RunConfig)."""
-        spec = get_spec(cfg.data.dataset)
+        spec = data_spec(cfg)
         return cls(cfg.data.normalize, spec.mean, spec.std, channels_last)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -269,19 +333,34 @@ class DeviceData:
 
 
 def as_dataset(data: Any, cfg: Any) -> Dataset:
-    """A Dataset from what a caller passes to train(): a Dataset, or a mapping
-    {"train": (images, labels), "test": (images, labels)} of arrays or tensors in the
-    IDX shapes (uint8 images (N, 28, 28) or (N, 1, 28, 28), integer labels (N,))."""
+    """A Dataset from what a caller passes to train(): None (the config's data, found as
+    the CLI finds it), a Dataset, a path (your own data, sources.read_path), or a mapping
+    {"train": (images, labels), "test": (images, labels)} of arrays or tensors: uint8
+    images (N, H, W), (N, C, H, W) or (N, H, W, C) with C 1 or 3, integer labels (N,)."""
     if data is None:
-        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        dataset = load_data(cfg)
     elif isinstance(data, Dataset):
         dataset = data
+    elif isinstance(data, (str, Path)):
+        dataset = load_data(cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data)})}))
     elif isinstance(data, dict) and {"train", "test"} <= set(data):
+        pairs = {name: _pair(data[name], name) for name in ("train", "test", "val") if name in data}
+        classes = 1 + max((int(labels.max()) for _, labels in pairs.values() if len(labels)), default=1)
         spec = get_spec(cfg.data.dataset)
-        dataset = Dataset(spec, _split(data["train"], "train", cfg), _split(data["test"], "test", cfg))
+        names = tuple(str(i) for i in range(classes))
+        if cfg.data.classes:
+            names = tuple(cfg.data.classes)
+        elif classes <= len(spec.class_names) and pairs["train"][0].shape[1:] == (spec.channels, spec.size, spec.size):
+            names = spec.class_names  # arrays in the catalogue dataset's shape: its classes
+        found = sources.finish(sources.Arrays(pairs, names, "arrays"), read_options(cfg), Path("data"))
+        dataset = from_arrays(found, spec.name if names == spec.class_names else "arrays")
+        if names == spec.class_names and spec.std:
+            dataset.spec = replace(dataset.spec, mean=spec.mean, std=spec.std, flips=spec.flips, framing=spec.framing)
     else:
-        raise UsageError("data= takes a lenet Dataset (lenet.load_dataset) or "
+        raise UsageError("data= takes a path, a lenet Dataset (lenet.load_dataset) or "
                          '{"train": (images, labels), "test": (images, labels)}')
+    if not dataset.spec.std and len(dataset.train):
+        dataset.spec = replace(dataset.spec, **dict(zip(("mean", "std"), pixel_statistics(dataset.train.images))))
     for name, split in (("training", dataset.train), ("test", dataset.test)):
         if len(split) == 0:
             raise DataError(f"the {name} set is empty: there is nothing to "
@@ -289,28 +368,112 @@ def as_dataset(data: Any, cfg: Any) -> Dataset:
     return dataset
 
 
-def _split(pair: Any, name: str, cfg: Any) -> Split:
+def _pair(pair: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        images, labels = (torch.as_tensor(a) for a in pair)
+        images, labels = (np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a) for a in pair)
     except (TypeError, ValueError):
         raise UsageError(f'data["{name}"] must be (images, labels)') from None
-    size = cfg.model.input_size
     if images.ndim == 3:
-        images = images.unsqueeze(1)
-    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (cfg.model.in_channels, size, size):
-        raise UsageError(f'data["{name}"]: images must be uint8 (N, {size}, {size}) or (N, 1, {size}, {size}); '
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)  # (N, H, W, C), as Keras and PIL hold pictures
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise UsageError(f'data["{name}"]: images must be uint8 (N, H, W), (N, C, H, W) or (N, H, W, C); '
                          f"got {images.dtype} {tuple(images.shape)}")
-    if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point():
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
         raise UsageError(f'data["{name}"]: labels must be integers (N,) = ({len(images)},); '
                          f"got {labels.dtype} {tuple(labels.shape)}")
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < cfg.model.num_classes:
-        raise UsageError(f'data["{name}"]: labels must be in 0..{cfg.model.num_classes - 1}')
-    return Split(images.contiguous(), labels.long())
+    return images, labels.astype(np.int64)
+
+
+def read_options(cfg: Any) -> sources.ReadOptions:
+    d = cfg.data
+    return sources.ReadOptions(d.image_size, d.channels, d.test_fraction, d.skip_bad)
+
+
+def from_arrays(found: sources.Arrays, name: str) -> Dataset:
+    """A Dataset of what sources.read_path found (val: the data's own validation set)."""
+    splits = {k: Split(torch.from_numpy(images), torch.from_numpy(labels)) for k, (images, labels)
+              in found.splits.items()}
+    channels, size = splits["train"].images.shape[1:3]
+    spec = DatasetSpec(name=name, class_names=found.class_names, files={}, mirrors=(), mean=0.0, std=0.0,
+                       channels=int(channels), size=int(size))
+    return Dataset(spec, splits["train"], splits["test"], splits.get("val"), tuple(found.notes))
+
+
+def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
+    """The data a run config names (``cfg``: a RunConfig): its data.path, else the catalogue's
+    data.dataset (searched in ``data_dir`` first), resized and converted as data.image_size
+    and data.channels say; with the pixel statistics where the catalogue has none."""
+    d = cfg.data
+    if d.path:
+        path = Path(d.path).expanduser()
+        dataset = from_arrays(reading.read_path(path, read_options(cfg)), path.name or str(path))
+    else:
+        dataset = load_dataset(d.dataset, data_dir or d.data_dir)
+        if d.image_size is not None or d.channels is not None:
+            options = read_options(cfg)
+            found = sources.finish(sources.Arrays(
+                {k: (s.images.numpy(), s.labels.numpy()) for k, s in (("train", dataset.train),
+                                                                     ("test", dataset.test))},
+                dataset.spec.class_names, "catalogue"), options, Path(d.dataset))
+            images = {k: torch.from_numpy(a[0]) for k, a in found.splits.items()}
+            dataset = Dataset(replace(dataset.spec, channels=int(images["train"].shape[1]),
+                                      size=int(images["train"].shape[2])),
+                              Split(images["train"], dataset.train.labels), Split(images["test"], dataset.test.labels))
+    if not dataset.spec.std:
+        mean, std = pixel_statistics(dataset.train.images)
+        dataset = replace(dataset, spec=replace(dataset.spec, mean=mean, std=std))
+    return dataset
+
+
+def pixel_statistics(images: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+    """Mean and standard deviation of every pixel on a [0, 1] scale, in float64 chunks."""
+    total, squares, count = 0.0, 0.0, 0
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].to(torch.float64)
+        total += float(block.sum())
+        squares += float((block * block).sum())
+        count += block.numel()
+    if count == 0:
+        return 0.0, 1.0
+    mean = total / count
+    std = math.sqrt(max(squares / count - mean * mean, 0.0))
+    return round(mean / 255.0, 6), round(max(std, 1e-3) / 255.0, 6)
+
+
+def data_spec(cfg: Any) -> DatasetSpec:
+    """What a run's data is, from its config alone (``cfg``: a RunConfig fitted to its data
+    by fit_to_data): class names, statistics, shape, flips, framing; what prediction,
+    export and figures need without loading the data."""
+    d = cfg.data
+    if d.path is None:
+        spec = get_spec(d.dataset)
+    else:
+        path = Path(d.path)
+        spec = DatasetSpec(name=path.name or d.path, class_names=(), files={}, mirrors=(), mean=0.0, std=0.0)
+    if d.classes:
+        spec = replace(spec, class_names=tuple(d.classes))
+    if d.mean is not None and d.std is not None:
+        spec = replace(spec, mean=d.mean, std=d.std)
+    return replace(spec, channels=cfg.model.in_channels, size=cfg.model.input_size)
 
 
 def prepare_data(cfg: Any, device: torch.device, data: Any = None) -> DeviceData:
-    """The run's data on ``device`` (``cfg``: a RunConfig), with its validation rows held out."""
+    """The run's data on ``device`` (``cfg``: a RunConfig), with its validation rows held out:
+    the data's own validation set (a val/ folder), or data.val_split of the training rows."""
     dataset = as_dataset(data, cfg)
+    if dataset.val is not None and len(dataset.val):
+        if cfg.data.val_split:
+            raise DataError(f"the data has its own validation set ({len(dataset.val):,} pictures) and the config "
+                            f"asks for data.val_split={cfg.data.val_split} as well; drop one")
+        n = len(dataset.train)
+        train = Split(torch.cat([dataset.train.images, dataset.val.images]),
+                      torch.cat([dataset.train.labels, dataset.val.labels]))
+        return DeviceData(Dataset(dataset.spec, train.to(device), dataset.test.to(device)),
+                          torch.arange(n, device=device), torch.arange(n, len(train), device=device))
     on_device = Dataset(dataset.spec, dataset.train.to(device), dataset.test.to(device))
     if cfg.data.val_split == 0:
         return DeviceData(on_device)

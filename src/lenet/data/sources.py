@@ -10,7 +10,7 @@ A path is one of (``read_path`` tells them apart by what is there, not by flags)
 
 Every reader returns ``Arrays``; ``finish`` then does what all formats share: the
 seeded, stratified split of data that came as one set, resizing to ``--image-size``,
-the channel count, and the checks of labels and classes.
+the channel count, and the checks of labels and classes. reading.read_path tells the formats apart.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import DataError
 
@@ -49,35 +51,6 @@ class Arrays:
     class_names: tuple[str, ...]
     kind: str  # "image folder", "csv", "npz", "idx", "cifar10": said in the run's header
     notes: list[str] = field(default_factory=list)  # what was skipped or ignored, said once
-
-
-def read_path(path: str | Path, options: ReadOptions = ReadOptions()) -> Arrays:
-    """The data at ``path``, finished (see the module's docstring); DataError if it is
-    none of the formats, naming what was looked for."""
-    from . import arrays, folder  # the readers import PIL and friends: only when asked
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder (--data takes an image folder, a .csv, a .npz, "
-                        "or a folder of IDX or CSV files)")
-    if path.is_file():
-        suffix = path.name.lower()
-        if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
-            found = arrays.read_csv(path)
-        elif suffix.endswith(".npz"):
-            found = arrays.read_npz(path)
-        else:
-            raise DataError(f"{path}: a file --data cannot read (it reads .csv and .npz files, "
-                            "and folders of pictures, IDX or CSV files)")
-    elif arrays.is_cifar10_folder(path):
-        found = arrays.read_cifar10(path)
-    elif arrays.is_idx_folder(path):
-        found = arrays.read_idx_folder(path)
-    elif arrays.is_csv_folder(path):
-        found = arrays.read_csv_folder(path)
-    else:
-        found = folder.read_folder(path, options)
-    return finish(found, options, path)
 
 
 def finish(found: Arrays, options: ReadOptions, path: Path) -> Arrays:
@@ -172,9 +145,6 @@ def resize(images: np.ndarray, side: int, chunk: int = 4096) -> np.ndarray:
     copies stay small; unchanged if already that size."""
     if images.shape[2] == side and images.shape[3] == side:
         return images
-    import torch
-    import torch.nn.functional as F
-
     out = np.empty((images.shape[0], images.shape[1], side, side), dtype=np.uint8)
     for start in range(0, len(images), chunk):
         block = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).float()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..data.datasets import Normalizer, load_dataset
+from ..data.datasets import Normalizer, load_data
 from ..speed.forward import prepare_forward
 from ..training.loop import evaluate
 from ..configuration.run import RunConfig
@@ -51,7 +51,7 @@ class BenchResult:
 
 def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) -> BenchResult:
     device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)  # once, for training and evaluation
+    dataset = load_data(cfg)  # once, for training and evaluation
     until = (lambda row: row["test_accuracy"] >= target) if target is not None else None
     quiet = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": "never"})})
     run = train(quiet, data=dataset, until=until)

@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..configuration.run import RunConfig, validate
-from ..data.datasets import Normalizer, get_spec
+from ..data.datasets import Normalizer, data_spec
 from ..errors import ConfigError, RunError
 from ..model.network import LeNet
 from ..device import resolve_device
@@ -38,6 +38,14 @@ IN_MEMORY = "(in memory)"  # TrainedModel.path of a model that was never saved
 MAX_HEADER_BYTES = 1 << 20  # a lenet model's safetensors header: names, shapes, config (a few kB)
 
 
+def preprocess_record(cfg: RunConfig) -> dict[str, Any]:
+    """How a run's pictures are made before the model sees them (the file's "preprocess"):
+    framing, channels, size and normalisation, so predict needs nothing else."""
+    spec = data_spec(cfg)
+    return {"framing": spec.framing, "channels": int(spec.channels), "size": int(spec.size),
+            "normalize": cfg.data.normalize, "mean": float(spec.mean), "std": float(spec.std)}
+
+
 def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: tuple[str, ...],
                extra: dict[str, Any] | None = None) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -45,7 +53,8 @@ def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: 
         "format": FORMAT,
         "config": json.dumps(cfg.to_dict()),
         "class_names": json.dumps(list(class_names)),
-        "dataset": cfg.data.dataset,
+        "dataset": data_spec(cfg).name,
+        "preprocess": json.dumps(preprocess_record(cfg)),
         **{k: json.dumps(v) for k, v in (extra or {}).items()},
     }
     atomic_write_bytes(Path(path), st_save(tensors, metadata=metadata))
@@ -177,14 +186,14 @@ def load_model(target: Any, device: str | torch.device = "cpu") -> TrainedModel:
         return target
     torch_device = resolve_device(device)
     if hasattr(target, "model") and hasattr(target, "config"):  # a lenet Run
-        names = list(target.class_names) or list(get_spec(target.config.data.dataset).class_names)
+        names = list(target.class_names) or list(data_spec(target.config).class_names)
         where = Path(target.run_dir) if target.run_dir is not None else Path(IN_MEMORY)
         layout = torch_device.type == "cpu" and bool((getattr(target, "speed", None) or {}).get("channels_last"))
         return TrainedModel(target.model.to(torch_device).eval(), target.config, {}, where, torch_device,
                             Normalizer.for_config(target.config, layout), names)
     model_path = resolve_model_path(target)
     model, cfg, meta = read_model_file(model_path, torch_device)
-    names = meta.get("class_names") or get_spec(cfg.data.dataset).class_names
+    names = meta.get("class_names") or data_spec(cfg).class_names
     # The layout it trained in, on the CPU: the same kernels give the same predictions
     # (and an accuracy equal to the one its training reported), and they are faster.
     layout = torch_device.type == "cpu" and bool((meta.get("speed") or {}).get("channels_last"))

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -207,7 +208,7 @@ def environment_record(device: torch.device, seed: int) -> dict[str, Any]:
 
 def default_run_name(cfg: RunConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.preset or cfg.model.name}-{cfg.data.dataset}-{stamp}"
+    return f"{cfg.preset or cfg.model.name}-{data_name(cfg)}-{stamp}"
 
 
 def create_run_dir(out: Path, name: str, exist_ok: bool = False) -> Path:
@@ -300,3 +301,12 @@ def remove_failed_start(run_dir: Path) -> None:
         for path in run_dir.iterdir():
             path.unlink()
         run_dir.rmdir()
+
+
+def data_name(cfg: RunConfig) -> str:
+    """The data a run trained on, as a folder name takes it: the catalogue's name, or the
+    path's last part in safe characters."""
+    if not cfg.data.path:
+        return cfg.data.dataset
+    stem = Path(cfg.data.path).name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", stem)[:40] or "data"

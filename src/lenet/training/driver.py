@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..configuration.run import RunConfig
-from ..data.datasets import DeviceData, Normalizer, Split
+from ..configuration.fitting import fit_to_data
+from ..data.datasets import DeviceData, Normalizer, Split, as_dataset, data_spec
 from ..device import resolve_device, seed_everything, synchronize
 from ..errors import DivergedError, Interrupted
 from ..model.network import LeNet, count_parameters
@@ -52,10 +53,16 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
     """Train ``cfgs`` (one run, or runs that share a groups.group_key) from the start or
     from their checkpoints ``saved``; one Recorder per run (Recorder(None): in memory).
     ``speed``: the choice to compute with (default: resolved here, once)."""
+    device = resolve_device(cfgs[0].device)  # a device this machine lacks is said before any data is read
+    if isinstance(data, (str, Path)):  # recorded, so resume, eval and predict find it again
+        cfgs = [c.model_copy(update={"data": c.data.model_copy(update={"path": str(Path(data).resolve())})})
+                for c in cfgs]
+        data = None
+    dataset = as_dataset(data, cfgs[0])  # read once, before the model: its shape and classes come from it
+    cfgs = [fit_to_data(c, dataset) for c in cfgs]
     K, first = len(cfgs), cfgs[0]
     seed_everything(first.seed, first.train.deterministic)
-    device = resolve_device(first.device)
-    data = group_data(cfgs, device, data)
+    data = group_data(cfgs, device, dataset)
     steps = 1 if first.train.dry_run else math.ceil(data.n_train / first.train.batch_size)
     epochs = 1 if first.train.dry_run else first.train.epochs
     speed = speed or _resolve(cfgs, device, saved)
@@ -72,6 +79,8 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
         for c, rec, m in zip(cfgs, recs, models):
             rec.start(c, device, header(c, m, data, device, rec.run_dir, speed, K), speed=speed.to_dict(),
                       **({"trained_with": f"{K} runs at once"} if K > 1 else {}))
+            for note in dataset.notes:
+                rec.log(f"data: {note}")
     else:
         histories, at = restore(learner, cfgs, recs, saved, shuffles, device)
     say = Recorder(None, verbose)
@@ -198,7 +207,7 @@ def evaluate_epoch(learner: Any, data: DeviceData, normalize: Normalizer, cfg: R
 def tta_kinds(cfg: RunConfig) -> tuple[str, ...]:
     """The test-time views of a dataset: shifts always; mirror images where the training
     flipped, or could have (not MNIST, whose digits are not mirror-symmetric)."""
-    flips = cfg.data.dataset != "mnist" or cfg.data.augment.force_flip
+    flips = data_spec(cfg).flips or cfg.data.augment.force_flip
     return ("flip", "shift") if flips else ("shift",)
 
 
@@ -208,7 +217,7 @@ def header(cfg: RunConfig, model: nn.Module, data: DeviceData, device: torch.dev
         return (f"run {run_dir}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, {count_parameters(model):,} "
                 f"parameters, trained with {k - 1} other run(s), {speed.precision})")
     return (f"run {run_dir or '(in memory)'}  ({cfg.preset or 'custom'} recipe, {cfg.model.name}, "
-            f"{count_parameters(model):,} parameters, {cfg.data.dataset}, {data.n_train:,} train / "
+            f"{count_parameters(model):,} parameters, {data.dataset.spec.name}, {data.n_train:,} train / "
             f"{data.n_val:,} val / {len(data.dataset.test):,} test, {device}, {speed.describe(cfg.train.batch_size)})")
 
 

@@ -90,7 +90,10 @@ def group_data(cfgs: Sequence[RunConfig], device: torch.device, dataset: Any = N
     data = prepare_data(first.model_copy(update={"data": first.data.model_copy(update={"val_split": 0.0})}), device,
                         dataset)
     if first.data.val_split == 0:
-        return data
+        if data.val_index is None:
+            return data
+        k = len(cfgs)  # the data's own validation set: the same rows for every run
+        return DeviceData(data.dataset, data.train_index.expand(k, -1), data.val_index.expand(k, -1))
     labels = data.dataset.train.labels.cpu()
     splits = [validation_indices(labels, first.data.val_split, c.seed, first.data.val_select)
               for c in cfgs]  # each run's own seed ("last": the same rows for all)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.datasets import load_dataset
+from ..data.datasets import load_data
 from ..errors import ConfigError, RunError
 from ..store.models import IN_MEMORY, load_model
 from ..use.int8_file import INT8_FILE, save_int8
@@ -71,7 +71,7 @@ def quantize(target: Any, *, qat: bool = False, epochs: int = 1, lr: float = QAT
         raise ConfigError(f"the QAT learning rate must be a positive number; got {lr}")
     trained = load_model(target, "cpu")
     cfg = trained.config
-    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    data = load_data(cfg, data_dir)
     chosen = calibration_images(data.train.images, calibration, seed)
     int8, cal = ptq(trained, chosen, seed=seed)
     test = data.test

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.datasets import Dataset, load_dataset
+from ..data.datasets import Dataset, load_data
 from ..errors import RunError
 from ..store.files import atomic_write_text, write_json
 from ..store.models import load_model
@@ -146,7 +146,7 @@ def evaluate(target: Any, *, data: Dataset | None = None, data_dir: str | None =
     file on its dataset's test set (``data``: a Dataset already loaded)."""
     trained = load_model(target, device)
     cfg = trained.config
-    data = data or load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    data = data or load_data(cfg, data_dir)
     logits = trained.logits(data.test.images, cfg.train.eval_batch_size)
     probabilities = torch.softmax(logits.float(), 1).numpy()
     labels = data.test.labels.numpy()

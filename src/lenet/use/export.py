@@ -1,6 +1,6 @@
 """Export a trained model to ONNX, with what a user needs to feed it in the metadata.
 
-    export_onnx()  model.safetensors -> model.onnx: input "image" float32 (batch, 1, 28, 28),
+    export_onnx()  model.safetensors -> model.onnx: input "image" float32 (batch, C, S, S),
                    output "logits" (batch, classes); the batch size is dynamic
     check_onnx()   onnxruntime against PyTorch on the same images: agreement, max |logit diff|
     export_int8()  the int8 model (model-int8.safetensors, or quantised on the spot) as int8
@@ -8,7 +8,8 @@
 
 The metadata (`lenet.*` keys, all strings) says how to make the input from a picture:
 class names, dataset, normalisation (x = pixels * input_scale - input_shift, pixels 0..255),
-mean and std, input shape, and how the dataset framed its objects (lenet.use.predict.FRAMINGS).
+mean and std, input shape, and how the dataset framed its objects (lenet.use.predict.FRAMINGS;
+"resize" for own data and CIFAR-10: the picture converted to the channels and resized, no more).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.datasets import Normalizer, get_spec, load_dataset
+from ..configuration.run import RunConfig, validate
+from ..data.datasets import Normalizer, data_spec, load_data, load_dataset
 from ..errors import DataError, RunError, UsageError
 from ..store.files import atomic_write_bytes
-from ..store.models import MODEL_FILE, load_model, read_safetensors_header, resolve_model_path
+from ..store.models import MODEL_FILE, load_model, preprocess_record, read_safetensors_header, resolve_model_path
 from .c_export import CompilerMissing, check_c, write_c
 from .int8_file import FORMAT as INT8_FORMAT
 from .int8_file import INT8_FILE, load_int8
@@ -57,14 +59,17 @@ class OnnxCheck:
 
 def onnx_metadata(cfg: Any, meta: dict[str, Any]) -> dict[str, str]:
     """The lenet.* metadata_props of an exported model (ONNX metadata values are strings)."""
-    spec = get_spec(cfg.data.dataset)
-    normalize = Normalizer.for_config(cfg)
-    framing = FRAMINGS[cfg.data.dataset]
+    spec = data_spec(cfg)
+    preprocess = meta.get("preprocess") or preprocess_record(cfg)
+    normalize = Normalizer(preprocess["normalize"], preprocess["mean"], preprocess["std"])
+    framing = FRAMINGS.get(preprocess["framing"])
     size = cfg.model.input_size
+    framing_note = ({"box": framing.box, "centre": framing.centre, "mass_centre": MASS_CENTRE} if framing else
+                    {"resize": "the whole picture, converted to the channels, resized (bilinear) to the input size"})
     return {
         "lenet.format": FORMAT,
         "lenet.model": cfg.model.name,
-        "lenet.dataset": cfg.data.dataset,
+        "lenet.dataset": spec.name,
         "lenet.class_names": json.dumps(list(meta.get("class_names") or spec.class_names)),
         "lenet.normalize": cfg.data.normalize,
         "lenet.mean": repr(spec.mean),
@@ -72,8 +77,10 @@ def onnx_metadata(cfg: Any, meta: dict[str, Any]) -> dict[str, str]:
         "lenet.input_scale": repr(normalize.scale),
         "lenet.input_shift": repr(normalize.shift),
         "lenet.input_shape": json.dumps(["batch", cfg.model.in_channels, size, size]),
-        "lenet.input_polarity": "light object on a dark background (0 = background)",
-        "lenet.framing": json.dumps({"box": framing.box, "centre": framing.centre, "mass_centre": MASS_CENTRE}),
+        "lenet.input_polarity": ("light object on a dark background (0 = background)" if framing
+                                 else "as the training pictures"),
+        "lenet.framing": json.dumps(framing_note),
+        "lenet.preprocess": json.dumps(preprocess),
         "lenet.test_accuracy": json.dumps(meta.get("test_accuracy")),
         "lenet.config": cfg.model_dump_json(),
     }
@@ -119,9 +126,9 @@ def export_onnx(model_path: str | Path, out: str | Path | None = None, opset: in
     size = cfg.model.input_size
     example = torch.zeros(2, cfg.model.in_channels, size, size)  # batch 2: 1 would be specialised away
     proto = onnx.load_from_string(_torch_export(model, example, opset))
-    proto.doc_string = (f"lenet {cfg.model.name} trained on {cfg.data.dataset}. Input 'image': float32 "
-                        f"(batch, 1, {size}, {size}) = pixels * lenet.input_scale - lenet.input_shift, "
-                        "light object on a dark background. Output 'logits': (batch, classes).")
+    proto.doc_string = (f"lenet {cfg.model.name} trained on {data_spec(cfg).name}. Input 'image': float32 "
+                        f"(batch, {cfg.model.in_channels}, {size}, {size}) = pixels * lenet.input_scale - "
+                        "lenet.input_shift, made as lenet.preprocess says. Output 'logits': (batch, classes).")
     del proto.metadata_props[:]
     for key, value in onnx_metadata(cfg, meta).items():
         entry = proto.metadata_props.add()
@@ -155,7 +162,7 @@ def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
 
 
 def onnx_logits(onnx_path: str | Path, images: np.ndarray, scale: float, shift: float) -> np.ndarray:
-    """onnxruntime logits (N, classes) for uint8 images (N, 1, 28, 28), normalised as the metadata says."""
+    """onnxruntime logits (N, classes) for uint8 images (N, C, S, S), normalised as the metadata says."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -164,7 +171,7 @@ def onnx_logits(onnx_path: str | Path, images: np.ndarray, scale: float, shift: 
 
 
 def check_onnx(onnx_path: str | Path, model: Any, images: np.ndarray, source: str = "test set") -> OnnxCheck:
-    """Compare onnxruntime with PyTorch on uint8 images (N, 1, 28, 28) or (N, 28, 28);
+    """Compare onnxruntime with PyTorch on uint8 images (N, C, S, S) or (N, S, S);
     ``model``: what load_model takes (a run directory, a model file, a TrainedModel)."""
     trained = load_model(model, "cpu")
     images = np.asarray(images, dtype=np.uint8)
@@ -178,11 +185,21 @@ def check_onnx(onnx_path: str | Path, model: Any, images: np.ndarray, source: st
     return OnnxCheck(len(images), source, agree, diff)
 
 
-def check_images(dataset: str, count: int, data_dir: str | Path | None = None,
+def check_images(dataset: str | RunConfig, count: int, data_dir: str | Path | None = None,
                  shape: tuple[int, ...] = (1, 28, 28)) -> tuple[np.ndarray, str]:
-    """The first ``count`` test images of ``dataset`` (uint8 (N, 1, 28, 28)), or, where the
-    dataset is not on this machine, ``count`` seeded random images of ``shape``."""
+    """The first ``count`` test images of ``dataset`` (a catalogue name, or a run's config:
+    its own data) as uint8 (N, C, S, S), or, where the data is not on this machine, ``count``
+    seeded random images of ``shape``."""
     try:
+        if isinstance(dataset, RunConfig):
+            d = dataset.data
+            if d.path is None:  # a catalogue dataset: never downloaded for a check
+                data = load_dataset(d.dataset, data_dir or d.data_dir, download=False)
+                if d.image_size is not None or d.channels is not None:
+                    data = load_data(dataset, data_dir)  # resized or converted as the run trained
+            else:
+                data = load_data(dataset, data_dir)
+            return data.test.images[:count].numpy(), f"{data.spec.name} test"
         data = load_dataset(dataset, data_dir, download=False)
         return data.test.images[:count].numpy(), f"{dataset} test"
     except DataError:
@@ -204,7 +221,8 @@ def export(model_path: str | Path, fmt: str = "onnx", out: str | Path | None = N
         return path, None
     trained = load_model(model_path, "cpu")
     cfg = trained.config
-    images, source = check_images(cfg.data.dataset, check, data_dir or cfg.data.data_dir)
+    images, source = check_images(cfg, check, data_dir, (cfg.model.in_channels, cfg.model.input_size,
+                                                         cfg.model.input_size))
     result = check_onnx(path, trained, images, source)
     if result.max_abs_logit_diff > LOGIT_TOLERANCE:
         raise RunError(f"{path}: the exported model does not match PyTorch: {result}")
@@ -223,7 +241,7 @@ def int8_source(target: str | Path, data_dir: str | Path | None = None) -> tuple
         return load_int8(beside), "", beside.parent
 
     trained = load_model(path, "cpu")
-    data = load_dataset(trained.config.data.dataset, data_dir or trained.config.data.data_dir)
+    data = load_data(trained.config, data_dir)
     model, calibration = ptq(trained, calibration_images(data.train.images))
     note = (f"no {INT8_FILE} beside {trained.path.name}: quantised now (PTQ, {calibration.images:,} training "
             f"images), not kept; `lenet quantize {target}` keeps it and reports its accuracy")
@@ -245,7 +263,11 @@ def export_int8(model_path: str | Path, fmt: str = "onnx", out: str | Path | Non
     if check <= 0:
         return path, note or None
     config = model.info.get("config") or {}
-    images, source = check_images(model.info.get("dataset", ""), check,
+    try:
+        run_config: str | RunConfig = validate(config, "the int8 model's config") if config else ""
+    except Exception:  # noqa: BLE001 - an old or odd config: check on the catalogue name, as before
+        run_config = ""
+    images, source = check_images(run_config or model.info.get("dataset", ""), check,
                                   data_dir or config.get("data", {}).get("data_dir"), model.input_shape)
     try:
         result = check_c(path, model, images, source) if fmt == "c" else check_onnx_int8(path, model, images, source)

@@ -224,7 +224,8 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], path: Path, colum
 
 def image_grid_figure(images: np.ndarray, titles: Sequence[str], columns: int = 8,
                       title: str | None = None) -> Figure:
-    """Grayscale images (N, 28, 28) or (N, 1, 28, 28) in a grid, each with a small title.
+    """Grayscale images (N, H, W) or (N, 1, H, W), or RGB ones (N, 3, H, W), in a grid,
+    each with a small title.
 
     uint8 images are shown on 0..255; float images on 0..1 when they lie there, else
     on their own range (standardised inputs). An empty set gives a picture saying so,
@@ -233,8 +234,10 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], columns: int = 
     pictures = np.asarray(images)
     if pictures.ndim == 4 and pictures.shape[1] == 1:
         pictures = pictures[:, 0]  # (N, 1, H, W) -> (N, H, W)
-    if pictures.ndim != 3:
-        raise ValueError(f"expected images of shape (N, H, W), got {np.shape(images)}")
+    elif pictures.ndim == 4 and pictures.shape[1] == 3:
+        pictures = pictures.transpose(0, 2, 3, 1)  # (N, 3, H, W) -> (N, H, W, 3): imshow's RGB
+    if pictures.ndim != 3 and not (pictures.ndim == 4 and pictures.shape[-1] == 3):
+        raise ValueError(f"expected images of shape (N, H, W) or (N, 3, H, W), got {np.shape(images)}")
     if len(titles) != len(pictures):
         raise ValueError(f"{len(pictures)} images but {len(titles)} titles")
     if columns < 1:
@@ -268,7 +271,14 @@ def image_grid_figure(images: np.ndarray, titles: Sequence[str], columns: int = 
     for ax in axes:
         ax.set_axis_off()
     for ax, picture, cell_title in zip(axes, pictures, cell_titles):
-        ax.imshow(picture, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        if picture.ndim == 3:  # RGB: imshow takes uint8 as 0..255, floats as 0..1
+            if np.issubdtype(picture.dtype, np.integer):
+                shown = np.clip(picture, 0, 255).astype(np.uint8)
+            else:
+                shown = np.clip((picture - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+            ax.imshow(shown, interpolation="nearest")
+        else:
+            ax.imshow(picture, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(cell_title, fontsize=7)
     if title is not None:
         fig.suptitle(title)

@@ -26,12 +26,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from ..data.augment import augmented_examples
-from ..data.datasets import class_index, get_spec, load_dataset
+from ..data.augment import Augmenter, augmented_examples
+from ..data.datasets import class_index, data_spec, load_data
 from ..errors import UsageError
-from ..store.models import load_model
+from ..store.models import load_model, preprocess_record
 from .figures import DPI, image_grid_figure
-from .predict import prepare
+from .predict import Preprocess, prepare
 
 # A mosaic row holds at most this many maps: 16 maps of LeNet-5's conv2 become 2 rows
 # of 8, which keeps 5x5 maps large enough to see on a laptop screen.
@@ -48,7 +48,7 @@ class LayerMaps:
 
 @dataclass
 class Activations:
-    image: np.ndarray  # (H, W) uint8, as the model saw it before normalising
+    image: np.ndarray  # (H, W) grey or (H, W, 3) RGB uint8, as the model saw it before normalising
     probabilities: np.ndarray  # (classes,)
     layers: list[LayerMaps]
     label: int | None = None  # the true class, where known
@@ -82,7 +82,7 @@ def probed_layers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 @torch.no_grad()
 def feature_maps(model: nn.Module, images: torch.Tensor, normalize, labels: Sequence[int | None] | None = None,
                  sources: Sequence[str] | None = None) -> list[Activations]:
-    """Forward ``images`` (N, 1, H, W) uint8 once, keeping every probed layer's output."""
+    """Forward ``images`` (N, C, H, W) uint8 once, keeping every probed layer's output."""
     captured: dict[str, torch.Tensor] = {}
     layers = probed_layers(model)
     hooks = [module.register_forward_hook(lambda _m, _i, out, n=name: captured.__setitem__(n, out.detach()))
@@ -100,13 +100,29 @@ def feature_maps(model: nn.Module, images: torch.Tensor, normalize, labels: Sequ
     results = []
     for i in range(len(images)):
         results.append(Activations(
-            image=images[i, 0].cpu().numpy(),
+            image=_picture(images[i]),
             probabilities=probabilities[i],
             layers=[LayerMaps(name, text, captured[name][i].float().cpu().numpy()) for name, _, text in layers],
             label=None if labels is None else labels[i],
             source="" if sources is None else sources[i],
         ))
     return results
+
+
+def _picture(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) -> what imshow draws: (H, W) grey or (H, W, 3) RGB."""
+    pixels = image.cpu().numpy()
+    return pixels[0] if pixels.shape[0] == 1 else np.ascontiguousarray(pixels.transpose(1, 2, 0))
+
+
+def mosaic_rgb(kernels: np.ndarray, columns: int) -> np.ndarray:
+    """(N, 3, k, k) -> one RGB mosaic (rows*k + gaps, columns*k + gaps, 3), each kernel
+    scaled to 0..1 on its own (RGB has no colour scale to share); white gaps."""
+    low = kernels.min(axis=(1, 2, 3), keepdims=True)
+    span = kernels.max(axis=(1, 2, 3), keepdims=True) - low
+    scaled = (kernels - low) / np.where(span > 0, span, 1.0)
+    planes = [mosaic(scaled[:, c], columns) for c in range(3)]
+    return np.nan_to_num(np.stack(planes, -1), nan=1.0)
 
 
 def mosaic(maps: np.ndarray, columns: int) -> np.ndarray:
@@ -150,7 +166,10 @@ def activations_figure(act: Activations, class_names: Sequence[str], title: str 
     grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[1, 2.4])
 
     image_ax = fig.add_subplot(grid[0, 0])
-    image_ax.imshow(act.image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    if act.image.ndim == 3:  # RGB
+        image_ax.imshow(act.image, interpolation="nearest")
+    else:
+        image_ax.imshow(act.image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     image_ax.set_xticks([])
     image_ax.set_yticks([])
     predicted = act.prediction
@@ -159,7 +178,8 @@ def activations_figure(act: Activations, class_names: Sequence[str], title: str 
         verdict += f"\ntrue: {class_names[act.label]}" + ("" if act.label == predicted else "  (wrong)")
     image_ax.set_title(verdict, fontsize=9)
     if act.source:
-        image_ax.set_xlabel(f"input {act.image.shape[0]}x{act.image.shape[1]}, {act.source}", fontsize=8)
+        colour = " RGB" if act.image.ndim == 3 else ""
+        image_ax.set_xlabel(f"input {act.image.shape[0]}x{act.image.shape[1]}{colour}, {act.source}", fontsize=8)
 
     prob_ax = fig.add_subplot(grid[0, 1])
     colours = ["C1" if i == predicted else ("C2" if i == act.label else "C0") for i in range(len(class_names))]
@@ -214,13 +234,19 @@ def plot_filters(model: nn.Module, path: Path, title: str | None = None) -> Path
 def filters_figure(model: nn.Module, title: str | None = None) -> Figure:
     """Every conv layer's kernels: a column per output channel, a row per input channel
     (conv1's single input channel: the kernels in a row). One symmetric colour scale
-    per layer, red positive and blue negative, so the sign of each weight shows."""
+    per layer, red positive and blue negative, so the sign of each weight shows. A layer
+    whose kernels read an RGB picture (3 input channels, the first) shows each as an RGB
+    picture, scaled to 0..1 on its own: which colours and edges it looks for."""
     layers = conv_kernels(model)
     if not layers:
         raise UsageError("this model has no conv layers")
     panels = []
     for name, weights in layers:
         out_ch, in_ch, k, _ = weights.shape
+        if in_ch == 3 and not panels:
+            panels.append((name, mosaic_rgb(weights, _layer_grid(out_ch)),
+                           f"{out_ch} RGB kernels of {k}x{k} (each scaled to 0..1 on its own)", None))
+            continue
         if in_ch == 1:
             columns = _layer_grid(out_ch)
             image = mosaic(weights[:, 0], columns)
@@ -236,14 +262,18 @@ def filters_figure(model: nn.Module, title: str | None = None) -> Figure:
     fig = Figure(figsize=(width + 1.2, sum(heights) + (0.4 if title else 0)), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
     for ax, (name, image, layout, limit) in zip(axes, panels, strict=True):
-        shown = ax.imshow(np.ma.masked_invalid(image), cmap="RdBu_r", vmin=-limit, vmax=limit,
-                          interpolation="nearest")
+        if limit is None:  # RGB kernels: the colours are the weights, no colour bar
+            ax.imshow(image, interpolation="nearest")
+        else:
+            shown = ax.imshow(np.ma.masked_invalid(image), cmap="RdBu_r", vmin=-limit, vmax=limit,
+                              interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_title(f"{name}: {layout}", fontsize=9, loc="left")
-        fig.colorbar(shown, ax=ax, shrink=0.9, pad=0.01, aspect=15).ax.tick_params(labelsize=7)
+        if limit is not None:
+            fig.colorbar(shown, ax=ax, shrink=0.9, pad=0.01, aspect=15).ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title)
     return fig
@@ -277,17 +307,18 @@ def _slug(text: str) -> str:
 def chosen_inputs(trained, classes: Sequence[str] | None = None, per_class: int = 1,
                   indices: Sequence[int] | None = None, images: Sequence[str | Path] | None = None,
                   data_dir: str | None = None) -> tuple[torch.Tensor, list[int | None], list[str], list[str]]:
-    """(uint8 batch (N, 1, 28, 28), true labels, sources, file names) of the inputs asked for:
+    """(uint8 batch (N, C, S, S), true labels, sources, file names) of the inputs asked for:
     ``images`` (files), else ``indices`` of the test set, else the first ``per_class``
     test images of each of ``classes`` (names, aliases or indices; default all classes)."""
     cfg = trained.config
     if images:
-        # The same framing `lenet predict` uses: crop, resize, polarity.
-        pictures = np.stack([prepare(p, cfg.data.dataset).image for p in images])[:, None]  # (N, 1, 28, 28)
+        # The same preprocessing `lenet predict` uses (MNIST framings: crop, resize, polarity).
+        pre = Preprocess.from_dict(trained.meta.get("preprocess") or preprocess_record(cfg))
+        pictures = np.stack([prepare(p, pre).chw() for p in images])  # (N, C, S, S)
         return (torch.from_numpy(pictures), [None] * len(images), [Path(p).name for p in images],
                 [f"image-{_slug(Path(p).stem)}" for p in images])
-    spec = get_spec(cfg.data.dataset)
-    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    spec = data_spec(cfg)
+    data = load_data(cfg, data_dir)
     test_labels = data.test.labels.numpy()
     if indices:
         bad = [i for i in indices if not 0 <= i < len(test_labels)]
@@ -348,13 +379,20 @@ def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, dat
     cfg = getattr(target, "config", target)
     if not hasattr(cfg, "data"):
         cfg = load_model(target).config
-    data = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
+    data = load_data(cfg, data_dir)
     picked = torch.linspace(0, len(data.train) - 1, count).long()
-    grid = augmented_examples(data.train.images[picked], cfg.data.augment, seed, versions)  # (count, 1+v, H, W)
+    chosen = data.train.images[picked]
+    if chosen.shape[1] == 1:
+        grid = augmented_examples(chosen, cfg.data.augment, seed, versions)  # (count, 1+v, H, W)
+    else:
+        # augmented_examples folds the channels away; the same draws, channels kept: (count, 1+v, C, H, W)
+        augmenter = Augmenter(cfg.data.augment, torch.Generator().manual_seed(seed))
+        views = [chosen.float()] + [augmenter(chosen) for _ in range(versions)]
+        grid = torch.stack(views, 1).round().clamp(0, 255).to(torch.uint8)
     names = data.spec.class_names
     titles = [f"{names[int(data.train.labels[i])]}" if v == 0 else f"augmented {v}"
               for i in picked for v in range(1 + versions)]
     on = [f"{k}={v}" for k, v in cfg.data.augment.model_dump().items() if v and k != "erase_size"]
-    return image_grid_figure(grid.reshape(-1, *grid.shape[-2:]).numpy(), titles, columns=1 + versions,
-                             title=f"{cfg.data.dataset}: each image, then {versions} augmented versions "
+    return image_grid_figure(grid.reshape(-1, *grid.shape[2:]).numpy(), titles, columns=1 + versions,
+                             title=f"{data.spec.name}: each image, then {versions} augmented versions "
                                    f"({', '.join(on) or 'no augmentation'})")

@@ -1,9 +1,11 @@
-"""Predicting on pictures: any common image file -> the dataset's 28x28 form -> top-k.
+"""Predicting on pictures: any common image file -> the form the model trained on -> top-k.
 
     load_image()     bytes or a file -> PIL image (size limits checked before decoding)
     to_grayscale()   any mode (RGBA, palette, 16-bit, CMYK...) -> float (H, W) in [0, 1]
     frame()          polarity, crop to the content, resize and centre as the dataset was made
                      -> uint8 (28, 28), light object on a dark background
+    fit()            own data and CIFAR-10 (framing "resize"): the model's channels, resized
+                     to its input size, nothing else
     Predictor        a trained model + the training Normalizer: pictures -> Prediction
 
 The 28x28 image goes through exactly the training Normalizer (lenet.data.datasets.Normalizer
@@ -22,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.catalog import get_spec
+from ..data.sources import convert_channels, resize
 from ..errors import DataError
-from ..store.models import load_model
+from ..store.models import load_model, preprocess_record
 
 SIZE = 28  # both datasets: 28x28 pixels
 
@@ -195,11 +197,47 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 
 @dataclass
 class Framed:
-    """The 28x28 image the model sees, and how it was made."""
+    """The image the model sees, and how it was made."""
 
-    image: np.ndarray  # uint8 (28, 28), light object on a dark background
+    image: np.ndarray  # uint8 (S, S) grey (light object on dark for MNIST framings), or (S, S, 3) RGB
     inverted: bool  # the picture was dark on light and was negated
     crop: tuple[int, int, int, int]  # (top, left, bottom, right) of the object, in working pixels
+
+    def chw(self) -> np.ndarray:
+        """uint8 (C, S, S): the layout the model takes."""
+        return self.image[None] if self.image.ndim == 2 else self.image.transpose(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model's pictures are made (recorded in its file as "preprocess")."""
+
+    framing: str  # a key of FRAMINGS, or "resize"
+    channels: int = 1
+    size: int = SIZE
+    normalize: str = "unit"
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Preprocess":
+        try:
+            out = cls(framing=str(record["framing"]), channels=int(record["channels"]), size=int(record["size"]),
+                      normalize=str(record.get("normalize", "unit")), mean=float(record.get("mean", 0.0)),
+                      std=float(record.get("std", 1.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ImageError(f"the model's recorded preprocessing is invalid ({exc}): {str(record)[:120]}") from None
+        if out.channels not in (1, 3) or out.size < 1 or (out.framing != "resize" and out.framing not in FRAMINGS):
+            raise ImageError(f"the model's recorded preprocessing is not one lenet knows: {str(record)[:120]}")
+        return out
+
+
+def _as_preprocess(dataset: "str | Preprocess") -> Preprocess:
+    if isinstance(dataset, Preprocess):
+        return dataset
+    if dataset not in FRAMINGS:
+        raise ImageError(f"no framing known for dataset {dataset!r}; known: {', '.join(FRAMINGS)}")
+    return Preprocess(framing=dataset)
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -284,9 +322,41 @@ def frame(gray: np.ndarray, dataset: str, invert: bool | None = None, name: str 
     return Framed(image=image, inverted=invert, crop=(top_edge, left, bottom, right))
 
 
-def prepare(source: str | Path | bytes | BinaryIO | Image.Image, dataset: str, invert: bool | None = None,
-            name: str | None = None, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> Framed:
-    """A picture (file, bytes or PIL image) -> the dataset's 28x28 form."""
+def _rgb_on_black(image: Image.Image) -> Image.Image:
+    """"L" or "RGB" of any mode; transparency composited on black (16/32-bit modes by their range)."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(np.rint(to_grayscale(image) * 255).astype(np.uint8))
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return image if mode in ("L", "RGB") else image.convert("RGB")
+
+
+def fit(image: Image.Image, channels: int, size: int) -> Framed:
+    """Any picture -> uint8 (size, size) or (size, size, 3): converted and resized as training
+    resized the data (lenet.data.sources: luma weights, antialiased bilinear); no cropping."""
+    pixels = np.array(_rgb_on_black(image), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    out = resize(convert_channels(chw[None], channels), size)[0]
+    width, height = image.size
+    return Framed(image=np.ascontiguousarray(out[0] if channels == 1 else out.transpose(1, 2, 0)),
+                  inverted=False, crop=(0, 0, height, width))
+
+
+def _to_model(framed: Framed, pre: Preprocess) -> Framed:
+    """A framed 28x28 grey picture at the model's size and channels (MNIST framings on a resized run)."""
+    chw = resize(convert_channels(framed.chw()[None], pre.channels), pre.size)[0]
+    image = chw[0] if pre.channels == 1 else chw.transpose(1, 2, 0)
+    return Framed(np.ascontiguousarray(image), framed.inverted, framed.crop)
+
+
+def prepare(source: str | Path | bytes | BinaryIO | Image.Image, dataset: str | Preprocess,
+            invert: bool | None = None, name: str | None = None, max_pixels: int = MAX_PIXELS,
+            max_bytes: int = MAX_FILE_BYTES) -> Framed:
+    """A picture (file, bytes or PIL image) -> the model's input form: ``dataset`` names an
+    MNIST framing (28x28 grey), or is a model's Preprocess."""
+    pre = _as_preprocess(dataset)
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -296,15 +366,18 @@ def prepare(source: str | Path | bytes | BinaryIO | Image.Image, dataset: str, i
         if isinstance(source, Image.Image):
             image = image.copy()  # thumbnail() works in place: leave the caller's picture alone
         image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)  # area average: no aliasing
-    return frame(to_grayscale(image), dataset, invert, name)
+    if pre.framing == "resize":
+        return fit(image, pre.channels, pre.size)
+    framed = frame(to_grayscale(image), pre.framing, invert, name)
+    return framed if (pre.channels, pre.size) == (1, SIZE) else _to_model(framed, pre)
 
 
 def save_input(framed: Framed | np.ndarray, path: str | Path) -> Path:
-    """The 28x28 image the model saw, as an 8-bit grayscale PNG."""
+    """The image the model saw, as an 8-bit PNG (grey or RGB)."""
     pixels = framed.image if isinstance(framed, Framed) else framed
     path = Path(path)
     try:
-        Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(path)  # 2-D uint8: mode "L"
+        Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(path)  # 2-D: "L"; (S, S, 3): "RGB"
     except (OSError, ValueError) as exc:
         raise ImageError(f"cannot write {path}: {exc}") from None
     return path
@@ -320,7 +393,7 @@ class Prediction:
     confidence: float
     probabilities: list[float]  # one per class, in class order
     class_names: list[str]
-    input: np.ndarray = field(repr=False)  # uint8 (28, 28): what the model saw
+    input: np.ndarray = field(repr=False)  # uint8 (S, S) or (S, S, 3): what the model saw
     inverted: bool = False
     source: str | None = None
 
@@ -354,9 +427,11 @@ class Predictor:
         self.dataset = self.config.data.dataset
         self.class_names: list[str] = trained.class_names
         self.normalize = trained.normalize
-        self.framing = FRAMINGS[self.dataset]
-        spec = get_spec(self.dataset)
-        self.mean, self.std = spec.mean, spec.std  # the dataset's pixel statistics (GET /model)
+        # What the file recorded wins: the model was trained on pictures made that way.
+        self.preprocess = Preprocess.from_dict(trained.meta.get("preprocess") or preprocess_record(self.config))
+        self.framing = FRAMINGS.get(self.preprocess.framing)  # None for "resize"
+        self.mean, self.std = self.preprocess.mean, self.preprocess.std  # pixel statistics (GET /model)
+        self.channels, self.size = self.preprocess.channels, self.preprocess.size
 
     @property
     def test_accuracy(self) -> float | None:
@@ -364,14 +439,16 @@ class Predictor:
 
     def prepare(self, source: Any, invert: bool | None = None, name: str | None = None,
                 max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> Framed:
-        return prepare(source, self.dataset, invert, name, max_pixels, max_bytes)
+        return prepare(source, self.preprocess, invert, name, max_pixels, max_bytes)
 
     @torch.no_grad()
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """uint8 (N, 28, 28) or (N, 1, 28, 28) -> softmax probabilities (N, classes)."""
+        """uint8 (N, S, S), (N, C, S, S) or (N, S, S, C) -> softmax probabilities (N, classes)."""
         x = torch.as_tensor(np.asarray(images, dtype=np.uint8))
         if x.ndim == 3:
-            x = x.unsqueeze(1)  # (N, 1, 28, 28)
+            x = x.unsqueeze(1)  # (N, 1, S, S)
+        elif x.ndim == 4 and x.shape[1] != self.channels and x.shape[3] == self.channels:
+            x = x.permute(0, 3, 1, 2)  # channels last (Framed.image) -> (N, C, S, S)
         logits = self.model(self.normalize(x.to(self.device)))
         return torch.softmax(logits.float(), 1).cpu().numpy()
 
@@ -386,7 +463,7 @@ class Predictor:
         if name is None and isinstance(source, (str, Path)):
             name = str(source)
         framed = self.prepare(source, invert, name, max_pixels, max_bytes)
-        return self._prediction(framed, self.probabilities(framed.image[None])[0], name)
+        return self._prediction(framed, self.probabilities(framed.chw()[None])[0], name)
 
     def predict_many(self, sources: Sequence[Any], invert: bool | None = None,
                      batch_size: int = 512) -> list[Prediction | ImageError]:
@@ -406,7 +483,7 @@ class Predictor:
                     # Kept without its traceback: the frames hold the decoded picture.
                     framed.append(exc.with_traceback(None))
             ok = [f for f in framed if isinstance(f, Framed)]
-            probs = iter(self.probabilities(np.stack([f.image for f in ok])) if ok else [])
+            probs = iter(self.probabilities(np.stack([f.chw() for f in ok])) if ok else [])
             for source, f in zip(chunk, framed, strict=True):
                 name = str(source) if isinstance(source, (str, Path)) else None
                 out.append(self._prediction(f, next(probs), name) if isinstance(f, Framed) else f)

@@ -47,6 +47,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..data.datasets import data_spec
 from ..errors import RunError, UsageError
 from .predict import BlankImage, ImageError, ImageTooLarge, Predictor
 
@@ -74,7 +75,7 @@ STATIC = resources.files("lenet.use") / "static"
 
 def _png_data_url(pixels: Any) -> str:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 (28, 28): grayscale
+    Image.fromarray(pixels).save(buffer, format="PNG")  # uint8 (S, S) grey or (S, S, 3) RGB
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -122,12 +123,15 @@ def create_app(model_path: str | Path, *, device: str = "cpu", max_upload_bytes:
     model_info = {
         "name": predictor.config.name or predictor.model_path.parent.name,
         "model": predictor.config.model.name,
-        "dataset": predictor.dataset,
+        "dataset": data_spec(predictor.config).name,  # own data: its file or folder's name
         "classes": predictor.class_names,
         "accuracy": predictor.test_accuracy,
-        "input": {"size": predictor.config.model.input_size, "normalize": predictor.config.data.normalize,
-                  "mean": predictor.mean, "std": predictor.std, "box": predictor.framing.box,
-                  "centre": predictor.framing.centre},
+        "input": {"size": predictor.size, "channels": predictor.channels,
+                  "shape": [predictor.channels, predictor.size, predictor.size],
+                  "framing": predictor.preprocess.framing, "normalize": predictor.preprocess.normalize,
+                  "mean": predictor.mean, "std": predictor.std,
+                  "box": predictor.framing.box if predictor.framing else None,
+                  "centre": predictor.framing.centre if predictor.framing else None},
         "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels,
                    "content_types": list(CONTENT_TYPES)},
     }
@@ -301,7 +305,7 @@ def run_server(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000
     bound_port = sock.getsockname()[1]
     info = app.state.predictor
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"lenet serve: {info.config.model.name} on {info.dataset} ({info.model_path}) "
+    print(f"lenet serve: {info.config.model.name} on {data_spec(info.config).name} ({info.model_path}) "
           f"at http://{shown}:{bound_port}/  (Ctrl-C to stop)", flush=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, http=guarded_protocol(),
                             limit_concurrency=connection_limit())  # beyond it: 503 at once

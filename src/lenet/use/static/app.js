@@ -171,11 +171,20 @@ async function loadModel() {
   $("model-info").textContent = model.model + " trained on " + model.dataset + accuracy;
   document.title = "lenet: " + model.dataset;
   drawBars(model.classes, null, -1);
-  // Digits are drawn; clothes are photographed (or drawn as an outline, filled in).
-  $("draw-hint").textContent = model.dataset === "mnist"
+  const input = model.input || {};
+  const framing = input.framing || model.dataset;
+  if (input.size) {
+    const shape = input.size + "\u00d7" + input.size + (input.channels === 3 ? " RGB" : "");
+    $("input-size").textContent = shape;
+    $("model-input").alt = "the " + shape + " image the model saw";
+  }
+  // Digits are drawn; clothes are photographed (or drawn as an outline, filled in); own data: its classes.
+  $("draw-hint").textContent = framing === "mnist"
     ? "Draw one digit, large and centred, like on a form."
-    : "Draw one piece of clothing (" + model.classes.join(", ") + "), filled in, large and centred.";
-  showTab(model.dataset === "mnist" ? "draw" : "upload");
+    : framing === "fashion-mnist"
+      ? "Draw one piece of clothing (" + model.classes.join(", ") + "), filled in, large and centred."
+      : "Draw or upload one of: " + model.classes.join(", ") + ".";
+  showTab(framing === "mnist" ? "draw" : "upload");
   document.body.dataset.ready = "true";
 }
 
