@@ -5,7 +5,7 @@
 Writes --count 28x28 grey PNGs into DIR/<class>/ (a temporary folder by default; an existing
 DIR with pictures is reused): Fashion-MNIST's training and test pictures, repeated past
 70,000, from ../shared/datasets/fashion-mnist, or random pictures where it is absent. Then
-reads the folder as ``--data DIR`` does (folder.read_folder, then sources.finish: the split),
+reads the folder as ``--data DIR`` does (reading.read_path: folder.read_folder, then the split),
 once with an empty cache and once more, each in a fresh process so its peak RSS is its own.
 Prints pictures/s and peak RSS per phase, against the decoded bytes and what the imports
 alone take.
@@ -80,13 +80,12 @@ def reset_peak() -> None:
 def phase(folder: Path) -> None:
     """One read, in this process: a JSON line with its figures."""
     reset_peak()
-    from lenet.data import folder as image_folder
-    from lenet.data import sources
+    from lenet.data import reading, sources
 
     imports_kib = peak_rss_kib()
     options = sources.ReadOptions(progress=False)
     tic = time.perf_counter()
-    found = sources.finish(image_folder.read_folder(folder, options), options, folder)
+    found = reading.read_path(folder, options)
     seconds = time.perf_counter() - tic
     print(json.dumps({
         "seconds": seconds,
