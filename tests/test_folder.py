@@ -193,6 +193,12 @@ def test_image_size_resizes_bilinear(tmp_path):
     assert np.array_equal(images[-1], pixels(grey(1, (20, 12)).resize((6, 6), Image.Resampling.BILINEAR)))
 
 
+def test_impossible_options_are_refused_before_reading(tmp_path):
+    root = make_folder(tmp_path / "data")
+    assert "channels must be 1 (grey) or 3 (RGB); got 2" in error(root, channels=2)
+    assert "--image-size must be 1 to 1024; got 0" in error(root, image_size=0)
+
+
 def test_mixed_sizes_are_named(tmp_path):
     root = make_folder(tmp_path / "data", classes=2, per_class=2)
     grey(1, (9, 7)).save(root / "c1" / "odd.png")
@@ -520,7 +526,7 @@ def test_progress_only_on_a_terminal(tmp_path, monkeypatch, capsys):
 
 
 def test_memory_stays_near_the_decoded_pixels(tmp_path):
-    n, side = 3000, 32
+    n, side = 2000, 48
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     for k in range(3):
@@ -529,6 +535,7 @@ def test_memory_stays_near_the_decoded_pixels(tmp_path):
         Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(root / f"c{i % 3}" / f"{i:05d}.png",
                                                                                  compress_level=0)
     decoded = n * side * side
+    Image.init()  # Pillow's plugins, imported once per process: not the reader's memory
     tracemalloc.start()
     try:
         found = folder.read_folder(root, QUIET)

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from . import cache
-from .sources import MAX_CLASSES, PIXEL_BUDGET, Arrays, ReadOptions
+from .sources import MAX_CLASSES, MAX_SIDE, PIXEL_BUDGET, Arrays, ReadOptions
 
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 # Pillow decodes only these, whatever a file is named: no EPS (Ghostscript) or other plugin
@@ -85,6 +85,10 @@ class Headers:
 def read_folder(path: Path, options: ReadOptions) -> Arrays:
     """The pictures under ``path`` (see the module's docstring); the split named "all" where
     the folder has no train/ and test/."""
+    if options.channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB); got {options.channels}")
+    if options.image_size is not None and not 1 <= options.image_size <= MAX_SIDE:
+        raise DataError(f"--image-size must be 1 to {MAX_SIDE}; got {options.image_size}")
     listing = list_pictures(Path(path))
     digests, unreadable = hash_files(listing, options)
     settings = {"image_size": options.image_size, "channels": options.channels, "skip_bad": options.skip_bad}
@@ -481,7 +485,7 @@ def bad_pictures_error(listing: Listing, bad: dict[int, str]) -> DataError:
 def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit grey as 8 bits ("L"), scaled by the range (Pillow's convert("L")
     clips them: a 16-bit picture would come out nearly white)."""
-    values = np.asarray(image, dtype=np.float64)
+    values = np.asarray(image, dtype=np.float32)  # 4 bytes a pixel per thread, at most 64 MiB
     if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
         values = values / 257.0  # 65535 -> 255
     elif image.mode == "F" and values.max(initial=0) <= 1.0:
@@ -588,7 +592,7 @@ def in_threads(work: Callable[[int, int], dict[int, str]], n: int, label: str, p
 
 
 class Bar:
-    """``label: done/total pictures (rate/s)`` on one stderr line, where stderr is a terminal."""
+    """``label: done/total (rate/s)`` on one stderr line, where stderr is a terminal."""
 
     def __init__(self, label: str, total: int, show: bool):
         self.label, self.total, self.done = label, total, 0
