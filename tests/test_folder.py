@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lenet.data import cache, folder, reading, sources
+from lenet.data import cache, folder, listing, reading, sources
 from lenet.data.sources import ReadOptions
 from lenet.errors import DataError
 from pictures import png_header_only
@@ -342,7 +342,7 @@ def test_no_class_folders_says_the_layout(tmp_path):
 
 
 def test_too_many_classes_before_any_file_is_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(folder, "MAX_CLASSES", 3)
+    monkeypatch.setattr(listing, "MAX_CLASSES", 3)
     root = tmp_path / "data"
     for k in range(4):
         (root / f"c{k}").mkdir(parents=True)  # empty: refused for their number before being looked into
