@@ -154,6 +154,10 @@ def test_lenet_augment_show_writes_the_grid(tiny_data_dir, capsys):
     assert code == 0 and Path("runs/augment.png").stat().st_size > 5_000
     grid = augmented_examples(dots(3), AugmentConfig(translate=2), versions=4)
     assert grid.shape == (3, 5, 28, 28) and torch.equal(grid[:, 0], dots(3)[:, 0])
+    colour = dots(3).repeat(1, 3, 1, 1)
+    grid = augmented_examples(colour, AugmentConfig(translate=2, flip=True), versions=4)
+    assert grid.shape == (3, 5, 3, 28, 28) and torch.equal(grid[:, 0], colour)
+    assert torch.equal(grid[:, 1:, 0], grid[:, 1:, 2])  # one draw moves every channel alike
 
 
 @pytest.mark.slow

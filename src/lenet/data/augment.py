@@ -128,9 +128,12 @@ class Augmenter:
 
 
 def augmented_examples(images: torch.Tensor, cfg: AugmentConfig, seed: int = 0, versions: int = 3) -> torch.Tensor:
-    """(N, 1 + versions, H, W) uint8: each image, then ``versions`` augmentations of it,
-    as training would draw them (from a generator seeded with ``seed``)."""
+    """(N, 1 + versions, H, W) uint8 for grey images ((N, 1 + versions, C, H, W) for colour):
+    each image, then ``versions`` augmentations of it, as training would draw them (from a
+    generator seeded with ``seed``)."""
     augmenter = Augmenter(cfg, torch.Generator().manual_seed(seed))
     views = [images.float()] + [augmenter(images) for _ in range(versions)]
-    return torch.stack(views, 1).reshape(len(images), 1 + versions, *images.shape[-2:]).round().clamp(0, 255) \
-        .to(torch.uint8)
+    grid = torch.stack(views, 1)
+    if images.ndim < 4 or images.shape[1] == 1:
+        grid = grid.reshape(len(images), 1 + versions, *images.shape[-2:])
+    return grid.round().clamp(0, 255).to(torch.uint8)

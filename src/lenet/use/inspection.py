@@ -26,7 +26,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from ..data.augment import Augmenter, augmented_examples
+from ..data.augment import augmented_examples
 from ..data.datasets import class_index, data_spec, load_data
 from ..errors import UsageError
 from ..store.models import load_model, preprocess_record
@@ -382,13 +382,7 @@ def augment_figure(target, count: int = 8, versions: int = 5, seed: int = 0, dat
     data = load_data(cfg, data_dir)
     picked = torch.linspace(0, len(data.train) - 1, count).long()
     chosen = data.train.images[picked]
-    if chosen.shape[1] == 1:
-        grid = augmented_examples(chosen, cfg.data.augment, seed, versions)  # (count, 1+v, H, W)
-    else:
-        # augmented_examples folds the channels away; the same draws, channels kept: (count, 1+v, C, H, W)
-        augmenter = Augmenter(cfg.data.augment, torch.Generator().manual_seed(seed))
-        views = [chosen.float()] + [augmenter(chosen) for _ in range(versions)]
-        grid = torch.stack(views, 1).round().clamp(0, 255).to(torch.uint8)
+    grid = augmented_examples(chosen, cfg.data.augment, seed, versions)  # (count, 1+v, [C,] H, W)
     names = data.spec.class_names
     titles = [f"{names[int(data.train.labels[i])]}" if v == 0 else f"augmented {v}"
               for i in picked for v in range(1 + versions)]
