@@ -225,21 +225,10 @@ def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> tupl
     """
     if not 0.0 < fraction < 1.0:
         raise DataError(f"validation fraction must be in (0, 1); got {fraction}")
-    rng = np.random.default_rng(seed)
-    labels_np = labels.numpy()
-    val_parts = []
-    for cls in np.unique(labels_np):
-        members = np.flatnonzero(labels_np == cls)
-        rng.shuffle(members)
-        n_val = int(round(fraction * len(members)))
-        val_parts.append(members[:n_val])
-    val_index = np.sort(np.concatenate(val_parts)) if val_parts else np.array([], dtype=np.int64)
-    mask = np.ones(len(labels_np), dtype=bool)
-    mask[val_index] = False
-    train_index = np.flatnonzero(mask)
+    train_index, val_index = sources.held_out_per_class(labels.numpy(), seed, lambda n: int(round(fraction * n)))
     if len(val_index) == 0 or len(train_index) == 0:
         raise DataError(
-            f"a validation fraction of {fraction} of {len(labels_np)} examples leaves an empty split"
+            f"a validation fraction of {fraction} of {len(labels)} examples leaves an empty split"
         )
     return torch.from_numpy(train_index), torch.from_numpy(val_index)
 
@@ -353,14 +342,13 @@ def as_dataset(data: Any, cfg: Any) -> Dataset:
         elif classes <= len(spec.class_names) and pairs["train"][0].shape[1:] == (spec.channels, spec.size, spec.size):
             names = spec.class_names  # arrays in the catalogue dataset's shape: its classes
         found = sources.finish(sources.Arrays(pairs, names, "arrays"), read_options(cfg), Path("data"))
-        dataset = from_arrays(found, spec.name if names == spec.class_names else "arrays")
-        if names == spec.class_names and spec.std:
-            dataset.spec = replace(dataset.spec, mean=spec.mean, std=spec.std, flips=spec.flips, framing=spec.framing)
+        dataset = from_arrays(found, "arrays")
+        if names == spec.class_names:  # the catalogue's dataset, given as arrays (and perhaps resized)
+            dataset.spec = replace(spec, channels=dataset.spec.channels, size=dataset.spec.size)
     else:
         raise UsageError("data= takes a path, a lenet Dataset (lenet.load_dataset) or "
                          '{"train": (images, labels), "test": (images, labels)}')
-    if not dataset.spec.std and len(dataset.train):
-        dataset.spec = replace(dataset.spec, **dict(zip(("mean", "std"), pixel_statistics(dataset.train.images))))
+    dataset = with_statistics(dataset, cfg)
     for name, split in (("training", dataset.train), ("test", dataset.test)):
         if len(split) == 0:
             raise DataError(f"the {name} set is empty: there is nothing to "
@@ -409,8 +397,7 @@ def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
     and data.channels say; with the pixel statistics where the catalogue has none."""
     d = cfg.data
     if d.path:
-        path = Path(d.path).expanduser()
-        dataset = from_arrays(reading.read_path(path, read_options(cfg)), path.name or str(path))
+        dataset = from_arrays(reading.read_path(d.path, read_options(cfg)), data_spec(cfg).name)
     else:
         dataset = load_dataset(d.dataset, data_dir or d.data_dir)
         if d.image_size is not None or d.channels is not None:
@@ -423,10 +410,17 @@ def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
             dataset = Dataset(replace(dataset.spec, channels=int(images["train"].shape[1]),
                                       size=int(images["train"].shape[2])),
                               Split(images["train"], dataset.train.labels), Split(images["test"], dataset.test.labels))
-    if not dataset.spec.std:
-        mean, std = pixel_statistics(dataset.train.images)
-        dataset = replace(dataset, spec=replace(dataset.spec, mean=mean, std=std))
-    return dataset
+    return with_statistics(dataset, cfg)
+
+
+def with_statistics(dataset: Dataset, cfg: Any) -> Dataset:
+    """``dataset`` with pixel statistics where its spec has none: those the run's config
+    recorded when it started, else measured on the training pictures."""
+    if dataset.spec.std or not len(dataset.train):
+        return dataset
+    d = cfg.data
+    mean, std = (d.mean, d.std) if d.mean is not None and d.std is not None else pixel_statistics(dataset.train.images)
+    return replace(dataset, spec=replace(dataset.spec, mean=mean, std=std))
 
 
 def pixel_statistics(images: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -106,8 +107,6 @@ def split_indices(labels: np.ndarray, fraction: float, class_names: tuple[str, .
     (SPLIT_SEED), so every run on this data tests on the same pictures."""
     if not 0.0 < fraction < 1.0:
         raise DataError(f"test fraction must be in (0, 1); got {fraction}")
-    rng = np.random.default_rng(SPLIT_SEED)
-    test_parts = []
     counts = np.bincount(labels, minlength=len(class_names)) if len(labels) else np.zeros(len(class_names), int)
     for cls, count in enumerate(counts):
         if count == 0:
@@ -115,14 +114,24 @@ def split_indices(labels: np.ndarray, fraction: float, class_names: tuple[str, .
         if count == 1:
             raise DataError(f"{path}: class {class_names[cls]!r} has one picture, which cannot be split into "
                             "training and test; add pictures, or give train/ and test/ folders")
+    # Every class keeps a picture on each side.
+    return held_out_per_class(labels, SPLIT_SEED, lambda n: min(max(1, int(round(fraction * n))), n - 1))
+
+
+def held_out_per_class(labels: np.ndarray, seed: int, how_many: Callable[[int], int]) -> tuple[np.ndarray, np.ndarray]:
+    """(kept rows, held-out rows): ``how_many(class size)`` rows of each class present, in
+    label order, chosen by a shuffle seeded with ``seed``. The test split of one-set data
+    and the validation split (datasets.stratified_indices) are both this."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         rng.shuffle(members)
-        n_test = min(max(1, int(round(fraction * count))), count - 1)
-        test_parts.append(members[:n_test])
-    test_index = np.sort(np.concatenate(test_parts))
+        parts.append(members[:how_many(len(members))])
+    held = np.sort(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
     mask = np.ones(len(labels), dtype=bool)
-    mask[test_index] = False
-    return np.flatnonzero(mask), test_index
+    mask[held] = False
+    return np.flatnonzero(mask), held
 
 
 def convert_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
