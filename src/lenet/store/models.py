@@ -46,6 +46,12 @@ def preprocess_record(cfg: RunConfig) -> dict[str, Any]:
             "normalize": cfg.data.normalize, "mean": float(spec.mean), "std": float(spec.std)}
 
 
+def recorded_preprocess(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a model file recorded of its preprocessing (what the model trained on wins);
+    for files from before the record, what its config says."""
+    return meta.get("preprocess") or preprocess_record(cfg)
+
+
 def save_model(path: Path, model: torch.nn.Module, cfg: RunConfig, class_names: tuple[str, ...],
                extra: dict[str, Any] | None = None) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

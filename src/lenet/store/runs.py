@@ -31,6 +31,7 @@ from ..errors import ConfigError, RunBusy, RunError
 from .files import UMASK, atomic_write_text, read_json_or_empty
 from ..configuration.files import load_file
 from ..configuration.run import RunConfig, validate
+from ..data.datasets import data_spec
 
 try:  # POSIX; on Windows runs are not locked (see run_lock)
     import fcntl
@@ -308,5 +309,5 @@ def data_name(cfg: RunConfig) -> str:
     path's last part in safe characters."""
     if not cfg.data.path:
         return cfg.data.dataset
-    stem = Path(cfg.data.path).name.split(".")[0]
+    stem = data_spec(cfg).name.split(".")[0]
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", stem)[:40] or "data"

@@ -29,7 +29,7 @@ from ..configuration.run import RunConfig, validate
 from ..data.datasets import Normalizer, data_spec, load_data, load_dataset
 from ..errors import DataError, RunError, UsageError
 from ..store.files import atomic_write_bytes
-from ..store.models import MODEL_FILE, load_model, preprocess_record, read_safetensors_header, resolve_model_path
+from ..store.models import MODEL_FILE, load_model, read_safetensors_header, recorded_preprocess, resolve_model_path
 from .c_export import CompilerMissing, check_c, write_c
 from .int8_file import FORMAT as INT8_FORMAT
 from .int8_file import INT8_FILE, load_int8
@@ -60,7 +60,7 @@ class OnnxCheck:
 def onnx_metadata(cfg: Any, meta: dict[str, Any]) -> dict[str, str]:
     """The lenet.* metadata_props of an exported model (ONNX metadata values are strings)."""
     spec = data_spec(cfg)
-    preprocess = meta.get("preprocess") or preprocess_record(cfg)
+    preprocess = recorded_preprocess(cfg, meta)
     normalize = Normalizer(preprocess["normalize"], preprocess["mean"], preprocess["std"])
     framing = FRAMINGS.get(preprocess["framing"])
     size = cfg.model.input_size

@@ -29,7 +29,7 @@ from torch import nn
 from ..data.augment import augmented_examples
 from ..data.datasets import class_index, data_spec, load_data
 from ..errors import UsageError
-from ..store.models import load_model, preprocess_record
+from ..store.models import load_model, recorded_preprocess
 from .figures import DPI, image_grid_figure
 from .predict import Preprocess, prepare
 
@@ -313,7 +313,7 @@ def chosen_inputs(trained, classes: Sequence[str] | None = None, per_class: int 
     cfg = trained.config
     if images:
         # The same preprocessing `lenet predict` uses (MNIST framings: crop, resize, polarity).
-        pre = Preprocess.from_dict(trained.meta.get("preprocess") or preprocess_record(cfg))
+        pre = Preprocess.from_dict(recorded_preprocess(cfg, trained.meta))
         pictures = np.stack([prepare(p, pre).chw() for p in images])  # (N, C, S, S)
         return (torch.from_numpy(pictures), [None] * len(images), [Path(p).name for p in images],
                 [f"image-{_slug(Path(p).stem)}" for p in images])

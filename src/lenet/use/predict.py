@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.sources import convert_channels, resize
 from ..errors import DataError
-from ..store.models import load_model, preprocess_record
+from ..store.models import load_model, recorded_preprocess
 
 SIZE = 28  # both datasets: 28x28 pixels
 
@@ -427,8 +427,7 @@ class Predictor:
         self.dataset = self.config.data.dataset
         self.class_names: list[str] = trained.class_names
         self.normalize = trained.normalize
-        # What the file recorded wins: the model was trained on pictures made that way.
-        self.preprocess = Preprocess.from_dict(trained.meta.get("preprocess") or preprocess_record(self.config))
+        self.preprocess = Preprocess.from_dict(recorded_preprocess(self.config, trained.meta))
         self.framing = FRAMINGS.get(self.preprocess.framing)  # None for "resize"
         self.mean, self.std = self.preprocess.mean, self.preprocess.std  # pixel statistics (GET /model)
         self.channels, self.size = self.preprocess.channels, self.preprocess.size
