@@ -108,7 +108,7 @@ def run_lenet(version: str, seed: int, epochs: int, data_dir: str | None) -> dic
     rows = run.history
     seconds = sum(r["epoch_seconds"] for r in rows)
     return {"test_accuracy": run.test_accuracy, "val_accuracy": rows[-1]["val_accuracy"], "train_seconds": seconds,
-            "examples_per_second": sum(r["examples_per_second"] * r["epoch_seconds"] for r in rows) / seconds,
+            "examples_per_second": sum(r["examples"] for r in rows) / seconds,
             "speed": {k: v for k, v in run.speed.items() if k in ("precision", "micro_batch", "parallel_halves")}}
 
 

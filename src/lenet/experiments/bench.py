@@ -18,7 +18,7 @@ import torch
 
 from ..data.datasets import Normalizer, load_data
 from ..speed.forward import prepare_forward
-from ..training.loop import evaluate
+from ..training.loop import evaluate, examples_of
 from ..configuration.run import RunConfig
 from ..device import device_name, resolve_device
 from ..speed.choice import Speed
@@ -71,7 +71,7 @@ def bench(cfg: RunConfig, target: float | None = None, eval_repeats: int = 3) ->
     eval_seconds = (time.perf_counter() - tic) / eval_repeats
 
     seconds = [r["epoch_seconds"] for r in rows]
-    examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in rows)
+    examples = sum(examples_of(r) for r in rows)
     to_target = None
     if target is not None:
         elapsed = 0.0

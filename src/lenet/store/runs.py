@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - exercised only on Windows
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-    "test_accuracy", "lr", "epoch_seconds", "examples_per_second",
+    "test_accuracy", "lr", "epoch_seconds", "examples", "examples_per_second",
 ]
 
 

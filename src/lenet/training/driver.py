@@ -38,7 +38,7 @@ from ..store.recorder import DIVERGED, FINISHED, RUNNING, Recorder, read_status
 from .groups import group_data
 from .learners import GroupLearner, Learner
 from .loop import (EpochSettings, EpochState, Position, StopFlag, checkpoint_misfit, checkpoint_state, epoch_row,
-                   evaluate, format_epoch, partial_epoch, position, train_one_epoch)
+                   evaluate, examples_of, format_epoch, partial_epoch, position, train_one_epoch)
 from .optim import learning_rate
 from .progress import Progress
 from .result import Run
@@ -254,7 +254,7 @@ def closing_lines(history: list[dict[str, Any]], device: torch.device, run_dir: 
     if history:
         last = history[-1]
         total_seconds = sum(r["epoch_seconds"] for r in history)
-        total_examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in history)
+        total_examples = sum(examples_of(r) for r in history)
         held_out = (f"test acc {last['test_accuracy']:.3f}" if last.get("test_accuracy") is not None
                     else f"val acc {last['val_accuracy']:.3f}" if last.get("val_accuracy") is not None
                     else "no test evaluation")

@@ -159,9 +159,15 @@ def epoch_row(epoch: int, loss_sum: float, correct: int, seen: int, val: tuple[f
         # The rate of the epoch's last step (the optimiser already holds the next one's).
         "lr": lr,
         "epoch_seconds": round(seconds, 4),
-        # Unrounded: rounding to 0.1 example/s loses the examples of a sub-millisecond dry run.
+        # The count itself: a rate times a rounded time loses examples of a millisecond epoch.
+        "examples": examples,
         "examples_per_second": examples / max(seconds, 1e-9),
     }
+
+
+def examples_of(row: dict[str, Any]) -> float:
+    """Examples an epoch trained on; rows written before the count was recorded hold only the rate."""
+    return row["examples"] if "examples" in row else row["examples_per_second"] * row["epoch_seconds"]
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
