@@ -6,6 +6,7 @@ picture bytes and IDX headers at the readers."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import resource
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from PIL import Image
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
@@ -26,7 +28,7 @@ from lenet.store.models import load_model
 from lenet.cli import main
 from lenet.errors import ConfigError, DataError, RunError
 from lenet.data.idx import read_idx
-from lenet.use.predict import ImageError, load_image
+from lenet.use.predict import ImageError, Predictor, load_image
 from lenet.configuration.build import build_config
 from lenet.configuration.files import load_file as load_config_file
 
@@ -271,16 +273,26 @@ def test_fuzz_config_values_are_valid_or_a_config_error(key, value):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from(["config", "class_names", "test_accuracy", "speed", "format", "epochs"]),
+@given(field=st.sampled_from(["config", "class_names", "test_accuracy", "speed", "format", "epochs", "preprocess"]),
        value=st.one_of(st.text(max_size=60), st.from_regex(r'\{"model": \{"dense": \[\d{1,6}\]\}\}', fullmatch=True),
-                       st.just("null"), st.just("[]"), st.just('{"model": {"name": 7}}')))
+                       st.just("null"), st.just("[]"), st.just('{"model": {"name": 7}}'), st.just("7"),
+                       st.just('{"channels": 2}')))
+@example(field="speed", value="7")  # found by CI's fuzzing: an int where a dict belongs crashed load_model
+@example(field="preprocess", value='{"framing": "resize", "channels": 3, "size": 0, "normalize": "unit", '
+                                   '"mean": 0, "std": 1}')
 def test_fuzz_model_metadata_loads_or_is_a_run_error(untrained_model, tmp_path_factory, field, value):
     path = tmp_path_factory.mktemp("fuzz") / "m.safetensors"
     crafted_model(path, untrained_model / "model.safetensors", lambda m: {**m, field: value})
     try:
-        load_model(path)
+        predictor = Predictor(path)
     except RunError:
-        pass
+        return
+    # What loads must work: a file with odd metadata fails on load or not at all.
+    picture = np.zeros((28, 28), np.uint8)
+    picture[6:22, 10:18] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    assert len(predictor.predict(buffer.getvalue()).probabilities) == predictor.config.model.num_classes
 
 
 @settings(max_examples=80, deadline=None)

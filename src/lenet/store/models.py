@@ -35,6 +35,9 @@ from .files import atomic_write_bytes
 MODEL_FILE = "model.safetensors"
 FORMAT = "lenet-model/1"
 IN_MEMORY = "(in memory)"  # TrainedModel.path of a model that was never saved
+# What each optional metadata field must be, so a hand-edited file fails on load, not in use.
+META_TYPES: dict[str, tuple[type, ...]] = {"test_accuracy": (float, int), "epochs": (int,), "speed": (dict,),
+                                           "preprocess": (dict,)}
 MAX_HEADER_BYTES = 1 << 20  # a lenet model's safetensors header: names, shapes, config (a few kB)
 
 
@@ -44,6 +47,17 @@ def preprocess_record(cfg: RunConfig) -> dict[str, Any]:
     spec = data_spec(cfg)
     return {"framing": spec.framing, "channels": int(spec.channels), "size": int(spec.size),
             "normalize": cfg.data.normalize, "mean": float(spec.mean), "std": float(spec.std)}
+
+
+def check_preprocess(path: Path, record: dict[str, Any]) -> None:
+    """A model file's "preprocess" as preprocess_record writes it, or a RunError naming what is not."""
+    kinds = {"framing": str, "channels": int, "size": int, "normalize": str, "mean": (int, float), "std": (int, float)}
+    wrong = [k for k, kind in kinds.items() if not isinstance(record.get(k), kind) or isinstance(record.get(k), bool)]
+    if not wrong and (record["channels"] not in (1, 3) or record["size"] < 1 or record["std"] <= 0):
+        wrong = ["channels" if record["channels"] not in (1, 3) else "size" if record["size"] < 1 else "std"]
+    if wrong:
+        raise RunError(f"{path}: the recorded preprocessing has a missing or invalid {', '.join(wrong)}: "
+                       f"{str(record)[:120]}")
 
 
 def recorded_preprocess(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +129,11 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
         meta = {k: (json.loads(v) if k not in ("format", "config", "dataset") else v) for k, v in metadata.items()}
     except (json.JSONDecodeError, TypeError) as exc:
         raise RunError(f"{path}: the metadata is not valid JSON ({exc})") from None
+    for key, kinds in META_TYPES.items():
+        if meta.get(key) is not None and (not isinstance(meta[key], kinds) or isinstance(meta[key], bool)):
+            raise RunError(f"{path}: {key} in the metadata must be {kinds[0].__name__}; got {str(meta[key])[:120]}")
+    if meta.get("preprocess") is not None:
+        check_preprocess(path, meta["preprocess"])
     names = meta.get("class_names")
     if names is not None and not (isinstance(names, list) and len(names) == cfg.model.num_classes
                                   and all(isinstance(n, str) and n for n in names)):
