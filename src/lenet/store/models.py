@@ -53,8 +53,8 @@ def check_preprocess(path: Path, record: dict[str, Any]) -> None:
     """A model file's "preprocess" as preprocess_record writes it, or a RunError naming what is not."""
     kinds = {"framing": str, "channels": int, "size": int, "normalize": str, "mean": (int, float), "std": (int, float)}
     wrong = [k for k, kind in kinds.items() if not isinstance(record.get(k), kind) or isinstance(record.get(k), bool)]
-    if not wrong and (record["channels"] not in (1, 3) or record["size"] < 1 or record["std"] <= 0):
-        wrong = ["channels" if record["channels"] not in (1, 3) else "size" if record["size"] < 1 else "std"]
+    if not wrong:
+        wrong = [k for k in ("channels", "size", "std") if record[k] <= 0]
     if wrong:
         raise RunError(f"{path}: the recorded preprocessing has a missing or invalid {', '.join(wrong)}: "
                        f"{str(record)[:120]}")
