@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from starlette.exceptions import StarletteDeprecationWarning
 
+from lenet.use import serve
 from lenet.use.serve import STATIC, ServerProcess, create_app
 import models_fixture
 from pictures import png_bytes, png_header_only, seven
@@ -168,3 +169,19 @@ def test_bounded_load_on_a_real_server_has_no_errors(untrained_model):
         response = httpx.post(server.url + "predict", files={"image": ("b.png", bomb, "image/png")})
         assert response.status_code == 413
         assert httpx.get(server.url + "healthz").json() == {"status": "ok"}
+
+
+def test_memory_is_trimmed_once_requests_stop_not_after_each_one(untrained_model, monkeypatch):
+    trims = []
+    monkeypatch.setattr(serve, "trim_memory", lambda: trims.append(time.perf_counter()))
+    monkeypatch.setattr(serve, "IDLE_TRIM_SECONDS", 0.3)
+    with TestClient(create_app(untrained_model)) as client:
+        for _ in range(3):  # one after another, each within the wait: no trim yet
+            assert post_image(client, png_bytes(seven())).status_code == 200
+        assert trims == []
+        stopped = time.perf_counter()
+        time.sleep(0.8)
+        assert len(trims) == 1 and trims[0] - stopped >= 0.25  # once, after the pause
+        for _ in range(serve.UPLOAD_SLOTS - 3):  # a burst: every UPLOAD_SLOTS-th request trims at once
+            post_image(client, png_bytes(seven()))
+        assert len(trims) == 2

@@ -21,6 +21,7 @@ server; /healthz and /model are answered in the event loop, never queued behind 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ctypes
 import ctypes.util
@@ -66,6 +67,7 @@ UPLOAD_SLOTS = 8
 QUEUE_SECONDS = 30.0  # how long a request waits for an upload slot before 503
 BODY_SECONDS = 30.0  # the whole body must arrive within this: 5 MB at 170 kB/s
 HEADER_SECONDS = 10.0  # request line and headers, from the connection or the last response
+IDLE_TRIM_SECONDS = 0.5  # no request for this long: the burst is over, its memory goes back
 MAX_CONNECTIONS = 1000  # open connections; the rest are refused with 503 (uvicorn)
 MAX_PIXELS = 4096 * 4096  # 16.8 M pixels (a 12 MP phone photo fits), ~64 MB decoded as RGBA
 MULTIPART_SLACK = 16 * 1024  # boundaries and part headers around the file
@@ -142,17 +144,30 @@ def create_app(model_path: str | Path, *, device: str = "cpu", max_upload_bytes:
 
     uploads = anyio.Semaphore(UPLOAD_SLOTS)
     in_flight, done = [0], [0]
+    idle_trim: list[asyncio.TimerHandle | None] = [None]
+
+    def trim_if_idle() -> None:
+        idle_trim[0] = None
+        if in_flight[0] == 0:
+            trim_memory()
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
         in_flight[0] += 1
+        if idle_trim[0] is not None:
+            idle_trim[0].cancel()  # not idle after all
+            idle_trim[0] = None
         try:
             return await answer(request)
         finally:
             in_flight[0] -= 1
             done[0] += 1
-            if in_flight[0] == 0 or done[0] % UPLOAD_SLOTS == 0:
-                trim_memory()  # a burst is over, or another few uploads are: give their memory back
+            if done[0] % UPLOAD_SLOTS == 0:
+                trim_memory()  # another few uploads are done: give their memory back
+            elif in_flight[0] == 0:
+                # A burst may be over: trim once no request came for a moment, so a client
+                # sending one picture after another never waits for a full collection.
+                idle_trim[0] = asyncio.get_running_loop().call_later(IDLE_TRIM_SECONDS, trim_if_idle)
 
     async def answer(request: Request) -> JSONResponse:
         started = time.perf_counter()
