@@ -132,6 +132,43 @@ def test_unknown_dataset_name():
         load_dataset("cifar100")
 
 
+def test_load_dataset_reads_a_path_with_read_options(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 12, 12, 3), dtype=np.uint8)
+    labels = np.arange(40) % 4
+    np.savez(tmp_path / "mine.npz", x_train=images[:30], y_train=labels[:30], x_test=images[30:], y_test=labels[30:])
+    ds = load_dataset(tmp_path / "mine.npz")
+    assert ds.spec.name == "mine.npz" and ds.class_names == ("0", "1", "2", "3")
+    assert ds.train.images.shape == (30, 3, 12, 12)
+    assert np.array_equal(ds.test.images.numpy(), images[30:].transpose(0, 3, 1, 2))
+    grey = load_dataset(str(tmp_path / "mine.npz"), image_size=16, channels=1)
+    assert grey.train.images.shape == (30, 1, 16, 16) and grey.spec.size == 16
+    with pytest.raises(UsageError, match="read options.*image_size.*got colour"):
+        load_dataset(tmp_path / "mine.npz", colour=True)
+    with pytest.raises(UsageError, match="read options .image_size. are for your own data"):
+        load_dataset("fashion-mnist", image_size=32)
+    with pytest.raises(DataError, match="unknown dataset 'nowhere', and no such path"):
+        load_dataset("nowhere")
+
+
+def test_lenet_decode_cache_0_reads_a_folder_without_the_cache(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lenet.data import cache
+
+    for label in ("a", "b"):
+        (tmp_path / "pics" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 60 * i + (label == "b") * 20).save(tmp_path / "pics" / label / f"{i}.png")
+    monkeypatch.setenv("LENET_DECODE_CACHE", "0")
+    first = load_dataset(tmp_path / "pics", test_fraction=0.25, progress=False)
+    assert not list(cache.cache_dir().glob("*.npz"))
+    monkeypatch.setenv("LENET_DECODE_CACHE", "1")
+    again = load_dataset(tmp_path / "pics", test_fraction=0.25, progress=False)
+    assert len(list(cache.cache_dir().glob("*.npz"))) == 1
+    assert torch.equal(first.train.images, again.train.images) and first.class_names == ("a", "b")
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -34,6 +34,15 @@ FREE_MARGIN = 1 << 30  # an entry is not written if it would leave less free dis
 STALE_TEMP_SECONDS = 24 * 3600  # a temporary file this old belongs to a run that was killed
 
 
+ENVIRONMENT = "LENET_DECODE_CACHE"  # 0 turns the cache off for every read (ReadOptions.cache's default)
+
+
+def wanted() -> bool:
+    """Whether reads use the cache unless told: LENET_DECODE_CACHE (0 or 1), else yes."""
+    value = os.environ.get(ENVIRONMENT, "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/lenet/decoded`` (``~/.cache/lenet/decoded`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

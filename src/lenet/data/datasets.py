@@ -202,7 +202,26 @@ def _load_pair(images_path: Path, labels_path: Path, spec: DatasetSpec, which: s
     )
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> Dataset:
+def load_dataset(name: str | Path, data_dir: str | Path | None = None, download: bool | None = None,
+                 **options: Any) -> Dataset:
+    """A catalogue dataset by name (located, downloaded where allowed), or your own data at
+    a path in any format ``--data`` reads, with ``options`` as sources.ReadOptions has them
+    (image_size, channels, test_fraction, skip_bad, progress, cache). A string that names a
+    catalogue dataset is that dataset: pass a Path for a folder of the same name."""
+    if isinstance(name, Path) or name not in DATASETS:
+        path = Path(name)
+        if not path.exists():
+            raise DataError(f"unknown dataset {str(name)!r}, and no such path: choose one of {', '.join(DATASETS)}, "
+                            "or give the path of your own data (see docs/data.md)")
+        try:
+            read = sources.ReadOptions(**options)
+        except TypeError:
+            raise UsageError(f"load_dataset takes these read options: {', '.join(sources.ReadOptions.__annotations__)}"
+                             f"; got {', '.join(options)}") from None
+        return from_arrays(reading.read_path(path, read), path.name or str(path))
+    if options:
+        raise UsageError(f"read options ({', '.join(options)}) are for your own data at a path; "
+                         f"{name} is read as the catalogue has it (use lenet.load_data(cfg) to resize it)")
     spec = get_spec(name)
     paths = locate(name, data_dir, download)
     if spec.archive is not None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from .cache import wanted as cache_wanted
 
 MAX_CLASSES = 10_000
 MAX_SIDE = 1024  # --image-size and a picture's side as trained: LeNet-sized inputs, not photographs
@@ -40,7 +41,8 @@ class ReadOptions:
     test_fraction: float = 0.2  # of data that comes as one set, held out as the test set
     skip_bad: bool = False  # unreadable pictures: skipped with a count instead of refused
     progress: bool = True  # a progress bar on stderr while decoding (where it is a terminal)
-    cache: bool = True  # decoded image folders are kept in the user cache, keyed by content
+    # Decoded image folders are kept in the user cache, keyed by content (LENET_DECODE_CACHE=0: not).
+    cache: bool = field(default_factory=cache_wanted)
 
 
 @dataclass
