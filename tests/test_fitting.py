@@ -112,3 +112,11 @@ def test_cli_trains_on_data_and_evaluates_with_its_class_names(tmp_path, capsys,
     assert main(["eval", "runs/mine"]) == 0
     out = capsys.readouterr().out
     assert "pics" in out and "yellow" in out
+
+
+def test_a_relative_data_path_is_recorded_absolute_so_eval_works_from_elsewhere(rgb_npz, tmp_path, monkeypatch):
+    monkeypatch.chdir(rgb_npz.parent)
+    run = lenet.train(quick(epochs=1, set={"data.path": rgb_npz.name}), out=tmp_path / "runs")  # as --data bands.npz
+    assert run.config.data.path == str(rgb_npz.resolve())
+    monkeypatch.chdir(tmp_path / "runs")
+    assert lenet.evaluate(run.run_dir).accuracy == pytest.approx(run.test_accuracy)

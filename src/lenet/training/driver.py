@@ -47,6 +47,11 @@ EpochHook = Callable[[dict[str, Any]], Any]
 EXTRAS_EVERY = 5  # epochs between measurements of the raw-weights and TTA accuracies
 
 
+def _reading(cfg: RunConfig, path: str | Path) -> RunConfig:
+    """``cfg`` reading its data from ``path``, made absolute."""
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(Path(path).expanduser().resolve())})})
+
+
 def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dict[str, Any]] | None = None, *,
         data: Any = None, on_epoch: EpochHook | None = None, until: EpochHook | None = None,
         speed: Speed | None = None, verbose: bool = False) -> list[Run]:
@@ -55,9 +60,10 @@ def fit(cfgs: Sequence[RunConfig], recs: Sequence[Recorder], saved: Sequence[dic
     ``speed``: the choice to compute with (default: resolved here, once)."""
     device = resolve_device(cfgs[0].device)  # a device this machine lacks is said before any data is read
     if isinstance(data, (str, Path)):  # recorded, so resume, eval and predict find it again
-        cfgs = [c.model_copy(update={"data": c.data.model_copy(update={"path": str(Path(data).resolve())})})
-                for c in cfgs]
+        cfgs = [_reading(c, data) for c in cfgs]
         data = None
+    elif data is None:  # --data pics: recorded absolute, or eval from another folder would not find it
+        cfgs = [_reading(c, c.data.path) if c.data.path else c for c in cfgs]
     dataset = as_dataset(data, cfgs[0])  # read once, before the model: its shape and classes come from it
     cfgs = [fit_to_data(c, dataset) for c in cfgs]
     K, first = len(cfgs), cfgs[0]
