@@ -546,3 +546,15 @@ def test_memory_stays_near_the_decoded_pixels(tmp_path):
     # the array, one copy while the cache writes it, and per-file bookkeeping (paths, hashes);
     # a list of decoded pictures would add their pixels and a Python object per picture
     assert peak < 2 * decoded + 2_000_000, f"peak {peak:,} bytes for {decoded:,} decoded"
+
+
+def test_split_folders_in_any_case_are_splits_and_look_alikes_are_refused(tmp_path):
+    root = tmp_path / "data"
+    make_folder(root / "Train", classes=2, per_class=2)
+    make_folder(root / "Test", classes=2, per_class=1)
+    found = read(root)
+    assert found.class_names == ("c0", "c1") and sorted(found.splits) == ["test", "train"]  # not classes Test, Train
+    other = tmp_path / "other"
+    make_folder(other / "training", classes=2, per_class=2)
+    make_folder(other / "testing", classes=2, per_class=1)
+    assert "folders training/, testing/ look like splits" in error(other)

@@ -140,6 +140,26 @@ def walk_class(folder: str, root: str, shown: Path, ignored: Ignored) -> list[st
     return sorted(pictures)
 
 
+def split_folders(top: list[tuple[str, str]], shown: Path) -> dict[str, str]:
+    """{"train": folder, ...} of the split folders in PATH, by name in any case (Windows'
+    Train/ and Test/ are splits, not two classes); DataError where the names only look like
+    splits (Training/ and Testing/, which would otherwise train a 2-class model on them)."""
+    given: dict[str, str] = {}
+    for name, folder in top:
+        split = name.lower()
+        if split in given:
+            raise DataError(f"{shown}: two {split} folders ({os.path.basename(given[split])}/ and {name}/); "
+                            "keep one")
+        if split in SPLIT_FOLDERS:
+            given[split] = folder
+    lowered = {name.lower(): name for name, _ in top}
+    alike = [lowered[word] for word in ("training", "testing", "validation") if word in lowered]
+    if "train" not in given and len(alike) >= 2:
+        raise DataError(f"{shown}: folders {', '.join(f'{name}/' for name in alike)} look like splits, not "
+                        "classes; rename them train/, test/ (and val/)")
+    return given
+
+
 def list_pictures(path: Path) -> Listing:
     """Every picture under ``path`` with its class and split; no file is opened."""
     if not path.is_dir():
@@ -147,16 +167,15 @@ def list_pictures(path: Path) -> Listing:
     root = os.path.realpath(path)
     ignored = Ignored()
     top = subfolders(root, root, path, ignored)
-    names = [name for name, _ in top]
-    if "train" in names:
-        if "test" not in names:
+    given = split_folders(top, path)
+    if "train" in given:
+        if "test" not in given:
             raise DataError(f"{path}: has train/ but no test/; add PATH/test/<class>/<pictures>, or put the class "
                             "folders directly in PATH to have a test set split off")
         for name, _ in top:
-            if name not in SPLIT_FOLDERS:
+            if name.lower() not in SPLIT_FOLDERS:
                 ignored.add("other folder", name)
-        splits = [(name, subfolders(os.path.join(root, name), root, path, ignored))
-                  for name in SPLIT_FOLDERS if name in names]
+        splits = [(split, subfolders(given[split], root, path, ignored)) for split in SPLIT_FOLDERS if split in given]
     else:
         splits = [("all", top)]
     if splits[0][0] == "train" and not splits[1][1]:
