@@ -94,6 +94,17 @@ def test_csv_labels_past_255_and_windows_line_ends(tmp_path):
     assert got.tolist() == [0, 300, 0, 300] and images.shape == (4, 1, 2, 2)
 
 
+@pytest.mark.parametrize("name", ["spaces.csv", "spaces.csv.gz"])
+def test_csv_lines_of_only_spaces_are_blank_lines(tmp_path, name):
+    labels, images = np.arange(6) % 2, pictures(6, 2)
+    lines = csv_text(labels, images).splitlines()
+    text = "\n".join(lines[:3] + ["  ", "\t"] + lines[3:]) + "\n \n"  # as a hand edit leaves them
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    got_images, got_labels = arrays._read_csv_file(path)
+    assert np.array_equal(got_images[:, 0], images) and got_labels.tolist() == labels.tolist()
+
+
 def test_fashion_mnist_sized_csv_reads_in_seconds(tmp_path):
     """Fashion-MNIST's 60,000 rows take about a second (docs/data.md); 6,000 here, bounded loosely."""
     import time

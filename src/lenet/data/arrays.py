@@ -16,6 +16,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -188,22 +189,33 @@ def _read_csv_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     reference = f"as the header on line {first + 1} names" if header else f"as line {first + 1} holds"
     with open(path, "rb") as handle:
         packed = handle.read(2) == GZIP_MAGIC
-    values, failure = None, None
-    # loadtxt (C) reads Fashion-MNIST's 60,000 rows in about a second: as uint8 first (a
-    # quarter of int32's memory), as int32 when labels go past 255 or a value is out of range
-    for dtype in (np.uint8, np.int32):
-        # a plain file is read by loadtxt itself (no copy); it would gunzip by name, not by content
-        source = io.BytesIO(data) if packed or bom or path.name.lower().endswith(".gz") else path
-        try:
-            values = np.loadtxt(source, dtype=dtype, delimiter=",", skiprows=skip, comments=None, ndmin=2)
-            break
-        except (ValueError, OverflowError) as exc:
-            failure = exc
+    # a plain file is read by loadtxt itself (no copy); it would gunzip by name, not by content
+    plain = not (packed or bom or path.name.lower().endswith(".gz"))
+    values, failure = _parse(lambda: path if plain else io.BytesIO(data), skip)
+    if values is None and _BLANK_LINE.search(data, end):  # loadtxt skips empty lines, not lines of spaces
+        cleaned = data[:end] + _BLANK_LINE.sub(b"", data[end:])
+        values, failure = _parse(lambda: io.BytesIO(cleaned), skip)
     if values is None or values.shape[1] != columns or not _in_range(values):
         raise _problem(path, data, skip, columns, reference, values, failure)
     n = len(values)
     images = values[:, 1:].astype(np.uint8, copy=False).reshape(n, 1, side, side)
     return images, values[:, 0].astype(np.int64)
+
+
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]+(?=\n|$)")  # a line of only spaces: blank, as an empty one is
+
+
+def _parse(source: Callable[[], Any], skip: int) -> tuple[np.ndarray | None, Exception | None]:
+    """(values, None), or (None, why loadtxt refused them)."""
+    failure = None
+    # loadtxt (C) reads Fashion-MNIST's 60,000 rows in about a second: as uint8 first (a
+    # quarter of int32's memory), as int32 when labels go past 255 or a value is out of range
+    for dtype in (np.uint8, np.int32):
+        try:
+            return np.loadtxt(source(), dtype=dtype, delimiter=",", skiprows=skip, comments=None, ndmin=2), None
+        except (ValueError, OverflowError) as exc:
+            failure = exc
+    return None, failure
 
 
 def _is_square(n: int) -> bool:
