@@ -105,6 +105,13 @@ def test_csv_lines_of_only_spaces_are_blank_lines(tmp_path, name):
     assert np.array_equal(got_images[:, 0], images) and got_labels.tolist() == labels.tolist()
 
 
+def test_csv_with_mac_line_ends_is_read(tmp_path):
+    labels, images = np.arange(6) % 2, pictures(6, 2)
+    (tmp_path / "mac.csv").write_bytes(csv_text(labels, images).replace("\n", "\r").encode())
+    got_images, got_labels = arrays._read_csv_file(tmp_path / "mac.csv")  # was "only a header row"
+    assert np.array_equal(got_images[:, 0], images) and got_labels.tolist() == labels.tolist()
+
+
 def test_fashion_mnist_sized_csv_reads_in_seconds(tmp_path):
     """Fashion-MNIST's 60,000 rows take about a second (docs/data.md); 6,000 here, bounded loosely."""
     import time
@@ -153,6 +160,8 @@ def test_csv_bad_rows_are_named_by_line(tmp_path, edit, message):
     ("1,2,3,4\n0,1,2,3\n", r"no label column \(rows hold 4 values, 2 x 2 pixels and no label\)"),
     ("pixel0,pixel1,pixel2,pixel3\n1,2,3,4\n", "no label column .the header starts with 'pixel0'"),
     ("3\n4\n", "expected label,pixel1"),
+    ("label,pixel1,pixel2,pixel3,pixel4,\n1,2,3,4,5,\n", r"line 1: ends with a comma \(an empty last value\)"),
+    ("label;pixel1;pixel2;pixel3;pixel4\n1;2;3;4;5\n", "line 1: values separated by ';', not commas"),
 ])
 def test_csv_refusals(tmp_path, text, message):
     (tmp_path / "x.csv").write_text(text)

@@ -159,6 +159,9 @@ def _read_csv_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     bom = data.startswith(b"\xef\xbb\xbf")  # Excel writes a UTF-8 byte-order mark
     if bom:
         del data[:3]
+    mac = b"\n" not in data and b"\r" in data.rstrip(b"\r")  # Excel's "CSV (Macintosh)" ends lines with CR alone
+    if mac:
+        data = bytearray(data.replace(b"\r", b"\n"))
     start = _NON_SPACE.search(data)
     if start is None:
         raise DataError(f"{path}: empty file; expected rows of label,pixel1,...,pixelN")
@@ -168,6 +171,9 @@ def _read_csv_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     first = data.count(b"\n", 0, begin)  # blank lines before it (0-based index of the first line)
     fields = bytes(data[begin:end]).rstrip(b"\r").split(b",")
     header = _number(fields[0]) is None
+    if len(fields) > 2 and not fields[-1].strip():  # else "a label and 785 pixels; 785 is not a square number"
+        raise DataError(f"{path}, line {first + 1}: ends with a comma (an empty last value); write rows "
+                        "label,pixel1,...,pixelN without the trailing comma")
     if header and _NON_SPACE.search(data, end) is None:
         raise DataError(f"{path}: only a header row; no data rows follow it")
     columns = len(fields)
@@ -181,6 +187,10 @@ def _read_csv_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         "and to measure accuracy (Kaggle's test.csv is for submissions: hold out part of "
                         "train.csv instead)")
     if pixels < 1:
+        other = next((sep for sep in (b";", b"\t") if sep in fields[0]), None)  # Excel in many locales writes ";"
+        if other:
+            raise DataError(f"{path}, line {first + 1}: values separated by {other.decode()!r}, not commas; "
+                            "save it as comma-separated label,pixel1,...,pixelN")
         raise DataError(f"{path}, line {first + 1}: {columns} value(s); expected label,pixel1,...,pixelN")
     if side * side != pixels:
         raise DataError(f"{path}: rows hold a label and {pixels} pixels; {pixels} is not a square number, "
@@ -190,7 +200,7 @@ def _read_csv_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as handle:
         packed = handle.read(2) == GZIP_MAGIC
     # a plain file is read by loadtxt itself (no copy); it would gunzip by name, not by content
-    plain = not (packed or bom or path.name.lower().endswith(".gz"))
+    plain = not (packed or bom or mac or path.name.lower().endswith(".gz"))
     values, failure = _parse(lambda: path if plain else io.BytesIO(data), skip)
     if values is None and _BLANK_LINE.search(data, end):  # loadtxt skips empty lines, not lines of spaces
         cleaned = data[:end] + _BLANK_LINE.sub(b"", data[end:])
