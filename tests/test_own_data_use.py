@@ -171,3 +171,25 @@ def test_a_grey_20x20_run_predicts_a_png(tmp_path):
     np.testing.assert_allclose(result.probabilities, predictor.probabilities(images[:1])[0], atol=1e-6)
     rgb = predictor.predict(png(np.repeat(images[0, 0][..., None], 3, 2)))  # an RGB picture on a grey model
     assert rgb.input.shape == (20, 20)
+
+
+def test_predict_makes_a_picture_as_training_read_it_alpha_and_16_bit_included(tmp_path):
+    from lenet.data.folder import read_folder
+    from lenet.data.sources import ReadOptions
+    from lenet.use.predict import Preprocess, prepare
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = 255  # white under the transparent background, as icon editors save it
+    rgba[2:6, 2:6] = [200, 30, 30, 255]
+    rgba[1, 1] = [0, 200, 0, 128]
+    pictures = {"rgba": Image.fromarray(rgba, "RGBA"), "la": Image.fromarray(rgba, "RGBA").convert("LA"),
+                "palette": Image.fromarray(rgba, "RGBA").convert("P"),
+                "sixteen": Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000))}
+    for name, picture in pictures.items():
+        for k in range(2):
+            (tmp_path / name / f"c{k}").mkdir(parents=True)
+            picture.save(tmp_path / name / f"c{k}" / "x.png")
+        for channels in (1, 3):
+            trained = read_folder(tmp_path / name, ReadOptions(channels=channels, progress=False, cache=False))
+            seen = prepare(tmp_path / name / "c0" / "x.png", Preprocess(framing="resize", channels=channels, size=8))
+            np.testing.assert_array_equal(seen.chw(), trained.splits["all"][0][0], err_msg=f"{name}, {channels}")

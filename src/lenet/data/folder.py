@@ -319,18 +319,23 @@ def decode_into(row: np.ndarray, path: str, name: str, digest: bytes, orientatio
     data = read_bytes(path, name)
     if digest_of(data) != digest:  # the cache key says these bytes: never cache others under it
         raise changed(name)
-    image = upright(open_picture(data, name), orientation, width, height)
+    image = as_trained(upright(open_picture(data, name), orientation, width, height), channels)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)  # antialiased when reducing
+    pixels = np.asarray(image)  # (H, W) or (H, W, 3)
+    row[...] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def as_trained(image: Image.Image, channels: int) -> Image.Image:
+    """Any mode as "L" (``channels`` 1) or "RGB": 8 bits, alpha dropped. predict makes a
+    picture for a model of own data with this too, so it sees what training saw."""
     if image.mode.startswith("I") or image.mode == "F":
         image = eight_bit(image)
     elif image.mode in ("P", "PA"):
         image = image.convert("RGBA")  # a palette's transparency would make Pillow warn on convert("L")
     elif image.mode not in ("1", "L", "LA", "RGB", "RGBA"):
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, ...
-    image = image.convert("L" if channels == 1 else "RGB")  # alpha dropped; RGB -> L by ITU-R 601-2 luma
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)  # antialiased when reducing
-    pixels = np.asarray(image)  # (H, W) or (H, W, 3)
-    row[...] = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return image.convert("L" if channels == 1 else "RGB")  # alpha dropped; RGB -> L by ITU-R 601-2 luma
 
 
 def upright(image: Image.Image, orientation: int, width: int, height: int) -> Image.Image:

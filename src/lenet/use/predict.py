@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.folder import as_trained
 from ..data.sources import convert_channels, resize
 from ..errors import DataError
 from ..store.models import load_model, recorded_preprocess
@@ -322,21 +323,11 @@ def frame(gray: np.ndarray, dataset: str, invert: bool | None = None, name: str 
     return Framed(image=image, inverted=invert, crop=(top_edge, left, bottom, right))
 
 
-def _rgb_on_black(image: Image.Image) -> Image.Image:
-    """"L" or "RGB" of any mode; transparency composited on black (16/32-bit modes by their range)."""
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        return Image.fromarray(np.rint(to_grayscale(image) * 255).astype(np.uint8))
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    return image if mode in ("L", "RGB") else image.convert("RGB")
-
-
 def fit(image: Image.Image, channels: int, size: int) -> Framed:
     """Any picture -> uint8 (size, size) or (size, size, 3): converted and resized as training
     resized the data (lenet.data.sources: luma weights, antialiased bilinear); no cropping."""
-    pixels = np.array(_rgb_on_black(image), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    # as training read the picture (alpha dropped, not composited): a training picture gives what training saw
+    pixels = np.array(as_trained(image, channels), dtype=np.uint8)  # a writable copy: torch warns on read-only
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     out = resize(convert_channels(chw[None], channels), size)[0]
     width, height = image.size
