@@ -120,3 +120,11 @@ def test_a_relative_data_path_is_recorded_absolute_so_eval_works_from_elsewhere(
     assert run.config.data.path == str(rgb_npz.resolve())
     monkeypatch.chdir(tmp_path / "runs")
     assert lenet.evaluate(run.run_dir).accuracy == pytest.approx(run.test_accuracy)
+
+
+def test_pictures_too_small_for_the_network_say_image_size(tmp_path):
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_test, y_test) = pictures(40, 8, rng), pictures(8, 8, rng)
+    np.savez(tmp_path / "small.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    with pytest.raises(DataError, match=r"pictures of 8 x 8, too small for model lenet5 .*--image-size 28"):
+        lenet.train(quick(epochs=1), data=tmp_path / "small.npz")  # was "use a smaller kernel, more padding..."

@@ -8,7 +8,9 @@ from typing import Any
 
 from ..data.catalog import DATASETS, get_spec
 from ..data.datasets import Dataset
-from ..errors import DataError
+from ..data.sources import MAX_SIDE
+from ..errors import ConfigError, DataError
+from ..model.network import ModelConfig, check_architecture
 from .run import RunConfig, validate
 
 
@@ -44,5 +46,24 @@ def fit_to_data(cfg: RunConfig, dataset: Dataset) -> RunConfig:
     tree = cfg.to_dict()
     tree["model"].update(model)
     tree["data"].update(data)
-    fitted = validate(tree, f"the config fitted to the data at {where}")
-    return fitted
+    try:
+        return validate(tree, f"the config fitted to the data at {where}")
+    except ConfigError as exc:
+        if "input_size" in given or not str(exc).startswith("impossible architecture"):
+            raise
+        # else "use a smaller kernel, more padding, or fewer conv blocks", which says nothing of the pictures
+        need = smallest_side(cfg.model)
+        raise DataError(f"the data at {where} has pictures of {height} x {height}, too small for model "
+                        f"{cfg.model.name} (its layers need {need} x {need} or more); pass --image-size N to "
+                        f"enlarge them, e.g. --image-size {max(need, 28)}") from None
+
+
+def smallest_side(model: ModelConfig) -> int:
+    """The least input side ``model``'s layers take."""
+    for side in range(1, MAX_SIDE + 1):
+        try:
+            check_architecture(model.model_copy(update={"input_size": side}))
+            return side
+        except ConfigError:
+            continue
+    return MAX_SIDE
