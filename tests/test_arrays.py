@@ -257,6 +257,15 @@ def test_npz_integer_pixels_in_range_are_cast(tmp_path):
     assert found.splits["train"][0].dtype == np.uint8 and any("int64" in n for n in found.notes)
 
 
+def test_npz_class_only_in_the_test_set_is_noted(tmp_path):
+    data = keras_arrays()
+    data["y_test"][0] = 2  # train holds 0 and 1
+    np.savez(tmp_path / "d.npz", **data)
+    found = read_path(tmp_path / "d.npz")
+    assert found.class_names == ("0", "1", "2")
+    assert "class '2' only in the test or validation set, with no training pictures" in " ".join(found.notes)
+
+
 def test_npz_of_python_objects_is_refused_without_unpickling(tmp_path):
     marker = tmp_path / "payload-ran"
     data = keras_arrays()
@@ -269,7 +278,10 @@ def test_npz_of_python_objects_is_refused_without_unpickling(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(x_train=d["x_train"] / 255.0), "x_train is float64; lenet reads pixels as uint8 0..255"),
+    (lambda d: d.update(x_train=d["x_train"] / 255.0), "x_train is float64; lenet reads pixels as uint8 0..255"
+                                                        r".*\(x \* 255\)\.round\(\)"),
+    (lambda d: d.update(x_train=d["x_train"].astype(np.float32)),  # Keras's x.astype("float32"): not x * 255
+     r"x_train is float32; .*np\.clip\(x, 0, 255\)\.round\(\)\.astype\(np\.uint8\), for pictures in 0\.\.255"),
     (lambda d: d.pop("y_test"), r"no y_test; it holds x_test, x_train, y_train"),
     (lambda d: d.update(y_train=d["y_train"][:5]), "x_train holds 8 pictures but y_train 5 labels"),
     (lambda d: d.update(y_train=-d["y_train"]), r"\(train\): label -1 is out of range"),

@@ -387,8 +387,12 @@ def _npz_images(path: Path, key: str, images: np.ndarray, notes: list[str]) -> n
     if images.dtype == np.uint8:
         return images
     if images.dtype.kind == "f":
+        high = float(images.max()) if images.size else 0.0
+        # x * 255 on pictures already in 0..255 would wrap round: say the fix for these values
+        fix = "(x * 255).round().astype(np.uint8), for pictures in 0..1" if high <= 1.0 else \
+            f"np.clip(x, 0, 255).round().astype(np.uint8), for pictures in 0..255 (its largest value is {high:g})"
         raise DataError(f"{path}: {key} is {images.dtype}; lenet reads pixels as uint8 0..255: scale them and "
-                        "save again (e.g. (x * 255).round().astype(np.uint8) for pictures in 0..1)")
+                        f"save again with {fix}")
     if images.dtype.kind not in "iu":
         raise DataError(f"{path}: {key} is {images.dtype}; pixels must be uint8 0..255")
     low, high = (int(images.min()), int(images.max())) if images.size else (0, 0)

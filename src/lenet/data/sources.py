@@ -90,7 +90,20 @@ def finish(found: Arrays, options: ReadOptions, path: Path) -> Arrays:
         raise DataError(f"{path}: pictures of {channels} channels; lenet trains on 1 (grey) or 3 (RGB)")
     if "train" not in out or "test" not in out:
         raise DataError(f"{path}: no {'training' if 'train' not in out else 'test'} set")
-    return Arrays(out, found.class_names, found.kind, found.notes)
+    return Arrays(out, found.class_names, found.kind, [*found.notes, *untrained_note(out, found.class_names)])
+
+
+def untrained_note(splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: tuple[str, ...]) -> list[str]:
+    """A note naming the classes that only the test or validation set has: the model never
+    learns them, and every such picture counts as an error (an image folder refuses them)."""
+    trained = np.bincount(splits["train"][1], minlength=len(class_names)) > 0
+    others = [labels for name, (_, labels) in splits.items() if name != "train"]
+    untrained = sorted(set(np.concatenate(others).tolist()) - set(np.flatnonzero(trained).tolist())) if others else []
+    if not untrained:
+        return []
+    shown = ", ".join(repr(class_names[k]) for k in untrained[:5]) + (" ..." if len(untrained) > 5 else "")
+    return [f"class{'es' if len(untrained) > 1 else ''} {shown} only in the test or validation set, with no "
+            "training pictures: the model cannot learn them"]
 
 
 def check_labels(labels: np.ndarray, n_images: int, classes: int, where: str) -> None:
