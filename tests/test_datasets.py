@@ -455,3 +455,14 @@ def test_the_tests_find_real_data_where_lenet_would(tmp_path, monkeypatch):
     monkeypatch.delenv("LENET_REQUIRE_REAL_DATA", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"real mnist not found .*`lenet download mnist`"):
         conftest.real_data("mnist")
+
+
+def test_a_run_whose_data_folder_changed_classes_is_refused_not_scored_against_wrong_names(tmp_path):
+    import lenet
+    from lenet.data.datasets import load_data
+
+    x, y = np.zeros((6, 12, 12), np.uint8), np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    cfg = lenet.config(set={"data.path": str(tmp_path / "d.npz"), "data.classes": ["0", "1"]})  # trained on 2
+    with pytest.raises(DataError, match=r"now has the classes \['0', '1', '2'\] but this run trained on \['0', '1'\]"):
+        load_data(cfg)  # eval crashed on the confusion matrix, or with a class sorted first, used shifted labels

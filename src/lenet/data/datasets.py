@@ -416,7 +416,9 @@ def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
     and data.channels say; with the pixel statistics where the catalogue has none."""
     d = cfg.data
     if d.path:
-        dataset = from_arrays(reading.read_path(d.path, read_options(cfg)), data_spec(cfg).name)
+        found = reading.read_path(d.path, read_options(cfg))
+        sources.check_recorded_classes(found.class_names, d.classes, d.path)
+        dataset = from_arrays(found, data_spec(cfg).name)
     else:
         dataset = load_dataset(d.dataset, data_dir or d.data_dir)
         if d.image_size is not None or d.channels is not None:

@@ -106,6 +106,14 @@ def untrained_note(splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names
             "training pictures: the model cannot learn them"]
 
 
+def check_recorded_classes(found: tuple[str, ...], recorded: list[str] | None, path: str) -> None:
+    """A run's data must still have the classes it trained on: a class folder added or removed
+    since shifts every label, and eval would score the model against the wrong names."""
+    if recorded and list(found) != list(recorded):
+        raise DataError(f"the data at {path} now has the classes {list(found)[:12]} but this run trained on "
+                        f"{list(recorded)[:12]}; the data changed since the run started: restore it, or train anew")
+
+
 def check_labels(labels: np.ndarray, n_images: int, classes: int, where: str) -> None:
     if labels.ndim != 1 or len(labels) != n_images:
         raise DataError(f"{where}: {n_images} pictures but labels of shape {labels.shape}")
