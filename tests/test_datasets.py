@@ -457,7 +457,7 @@ def test_the_tests_find_real_data_where_lenet_would(tmp_path, monkeypatch):
         conftest.real_data("mnist")
 
 
-def test_a_run_whose_data_folder_changed_classes_is_refused_not_scored_against_wrong_names(tmp_path):
+def test_a_run_whose_data_changed_classes_or_shape_is_refused_not_scored_against_wrong_names(tmp_path):
     import lenet
     from lenet.data.datasets import load_data
 
@@ -466,3 +466,8 @@ def test_a_run_whose_data_folder_changed_classes_is_refused_not_scored_against_w
     cfg = lenet.config(set={"data.path": str(tmp_path / "d.npz"), "data.classes": ["0", "1"]})  # trained on 2
     with pytest.raises(DataError, match=r"now has the classes \['0', '1', '2'\] but this run trained on \['0', '1'\]"):
         load_data(cfg)  # eval crashed on the confusion matrix, or with a class sorted first, used shifted labels
+    resized = lenet.config(set={"data.path": str(tmp_path / "d.npz"), "data.classes": ["0", "1", "2"],
+                                "model.input_size": 16})  # trained on 16 x 16; the pictures are 12 x 12 now
+    with pytest.raises(DataError, match=r"now has pictures of 1 x 12 x 12 but this run trained on 1 x 16 x 16"):
+        load_data(resized)  # was a torch traceback from inside the model
+    assert load_data(resized.model_copy(update={"model": resized.model.model_copy(update={"input_size": 12})}))

@@ -417,7 +417,7 @@ def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
     d = cfg.data
     if d.path:
         found = reading.read_path(d.path, read_options(cfg))
-        sources.check_recorded_classes(found.class_names, d.classes, d.path)
+        sources.check_as_trained(found, cfg)
         dataset = from_arrays(found, data_spec(cfg).name)
     else:
         dataset = load_dataset(d.dataset, data_dir or d.data_dir)
