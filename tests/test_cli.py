@@ -10,6 +10,7 @@ import pytest
 
 from lenet import cli
 from lenet.cli import main
+from lenet.errors import EXIT_DATA
 
 
 def run(capsys, *argv):
@@ -110,7 +111,7 @@ def test_errors_map_to_exit_codes(capsys, argv, code, needle):
 
 def test_missing_data_lists_every_place_searched(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--data-dir", str(tmp_path / "empty"), "--dry-run")
-    assert code == 1
+    assert code == EXIT_DATA
     assert "--data-dir" in err and "user cache" in err and "Debian package" in err and "lenet download" in err
 
 
@@ -232,7 +233,7 @@ def test_a_dry_run_is_marked_and_is_not_taken_for_a_run(capsys, tiny_data_dir):
 
 def test_data_verify_prints_the_checksums(capsys, tiny_data_dir):
     code, out, err = run(capsys, "data", "--data-dir", str(tiny_data_dir), "--verify")
-    assert code == 1  # the tiny files are not the published ones
+    assert code == EXIT_DATA  # the tiny files are not the published ones
     assert "BAD sha256 " in out and "(expected " in out and "do not match" in err
 
 

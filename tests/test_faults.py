@@ -28,6 +28,7 @@ from conftest import write_tiny_dataset
 from lenet.store.checkpoint import load_checkpoint
 from lenet.cli import main
 from lenet.data.idx import write_idx
+from lenet.errors import EXIT_DATA
 
 TRAIN_IMAGES = "fashion-mnist/train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "fashion-mnist/train-labels-idx1-ubyte.gz"
@@ -126,7 +127,7 @@ def test_a_damaged_data_file_is_one_clear_line_naming_it(tiny_data_dir, capsys, 
     path = tiny_data_dir / relative
     damage(path)
     code, _, err = run_cli(capsys, train_args(tiny_data_dir))
-    assert_clean_failure(err, code, 1)
+    assert_clean_failure(err, code, EXIT_DATA)
     assert len(err.strip().splitlines()) == 1, err
     assert re.search(message, err), err
     assert f"{path}:" in err or f"{path} holds" in err, f"the message should name {path}: {err}"
@@ -139,7 +140,7 @@ def test_a_damaged_data_file_is_one_clear_line_naming_it(tiny_data_dir, capsys, 
 def test_a_missing_data_file_says_where_it_looked_and_how_to_get_it(tiny_data_dir, capsys, monkeypatch):
     (tiny_data_dir / TRAIN_LABELS).unlink()
     code, _, err = run_cli(capsys, train_args(tiny_data_dir))
-    assert_clean_failure(err, code, 1)
+    assert_clean_failure(err, code, EXIT_DATA)
     first, *rest = err.strip().splitlines()
     assert "dataset 'fashion-mnist' not found" in first and "train-labels-idx1-ubyte.gz" in first
     assert any(str(tiny_data_dir / "fashion-mnist") in line for line in rest)

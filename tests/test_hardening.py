@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 import models_fixture
 from lenet.store.models import load_model
 from lenet.cli import main
-from lenet.errors import ConfigError, DataError, RunError
+from lenet.errors import EXIT_DATA, ConfigError, DataError, RunError
 from lenet.data.idx import read_idx
 from lenet.use.predict import ImageError, Predictor, load_image
 from lenet.configuration.build import build_config
@@ -189,7 +189,7 @@ def test_an_empty_training_set_says_so_and_leaves_no_run(capsys, tmp_path):
 
     write_tiny_dataset(tmp_path / "empty" / "fashion-mnist", n_train=0, n_test=10)
     code, _, err = run(capsys, "train", "--data-dir", tmp_path / "empty", "--name", "e", "--epochs", "1")
-    assert code == 1 and "the training set is empty" in one_clear_line(err)
+    assert code == EXIT_DATA and "the training set is empty" in one_clear_line(err)
     assert not Path("runs/e").exists()
 
 

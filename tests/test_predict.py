@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from lenet.cli import main
 from lenet.use.predict import (BlankImage, ImageError, ImageTooLarge, Predictor, frame, load_image, prepare,
                            to_grayscale)
+from lenet.errors import EXIT_DATA
 import models_fixture
 from pictures import png_bytes, png_header_only, seven
 
@@ -239,16 +240,16 @@ def test_cli_predict_text_json_and_show_input(capsys, untrained_model, tmp_path)
     assert similarity(np.asarray(saved[0]), np.asarray(saved[1])) > 0.95
 
 
-def test_cli_predict_errors_exit_1_with_a_clear_message(capsys, untrained_model, tmp_path):
+def test_cli_predict_errors_exit_with_a_clear_message(capsys, untrained_model, tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     code, _, err = run(capsys, "predict", str(untrained_model), str(tmp_path / "notes.png"))
-    assert code == 1 and err.strip() == f"lenet predict: error: {tmp_path / 'notes.png'}: not a picture in a " \
+    assert code == EXIT_DATA and err.strip() == f"lenet predict: error: {tmp_path / 'notes.png'}: not a picture in a " \
                                         "format we can read (PNG, JPEG, GIF, BMP, WebP, TIFF, ...)"
     seven().save(tmp_path / "ok.png")
     Image.new("L", (30, 30), 0).save(tmp_path / "black.png")
     code, out, err = run(capsys, "predict", str(untrained_model), str(tmp_path / "ok.png"),
                          str(tmp_path / "black.png"))
-    assert code == 1 and str(tmp_path / "ok.png") in out
+    assert code == EXIT_DATA and str(tmp_path / "ok.png") in out
     assert "black.png: blank picture" in err and "1 of 2 pictures could not be classified" in err
     assert "Traceback" not in err
     code, _, err = run(capsys, "predict", str(tmp_path / "no-model"), str(tmp_path / "ok.png"))

@@ -7,9 +7,10 @@ into a message on stderr and the exit code below, never a traceback.
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # runtime failure: data missing or corrupt, divergence, I/O
+EXIT_FAILURE = 1  # runtime failure: divergence, an unusable run or model file, I/O
 EXIT_USAGE = 2  # bad command line, bad config value, impossible architecture
 EXIT_CLUSTER = 3  # Ray missing, no cluster at the address, token refused, storage not shared
+EXIT_DATA = 4  # the data or a picture: missing, corrupt, or not what it claims to be (fix the input, not the run)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
 
 
@@ -22,7 +23,7 @@ class LenetError(Exception):
 class DataError(LenetError):
     """Data missing, corrupt, or not what it claims to be."""
 
-    exit_code = EXIT_FAILURE
+    exit_code = EXIT_DATA
 
 
 class ConfigError(LenetError):
