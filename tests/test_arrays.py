@@ -277,12 +277,30 @@ def test_npz_of_python_objects_is_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+def test_npz_without_a_test_set_holds_one_out_per_class(tmp_path):
+    data = keras_arrays()
+    images = np.concatenate([data["x_train"], data["x_test"]])
+    labels = np.concatenate([data["y_train"], data["y_test"]])
+    np.savez(tmp_path / "d.npz", x_train=images, y_train=labels)
+    found = read_path(tmp_path / "d.npz", ReadOptions(test_fraction=0.25))
+    (train_x, train_y), (test_x, test_y) = found.splits["train"], found.splits["test"]
+    assert np.bincount(train_y).tolist() == (np.bincount(labels) - np.bincount(test_y)).tolist()
+    assert len(train_x) + len(test_x) == len(images) and sorted(found.splits) == ["test", "train"]
+    assert np.bincount(test_y).tolist() == [round(0.25 * n) for n in np.bincount(labels)]  # per class
+    assert any("no x_test" in note for note in found.notes)
+    again = read_path(tmp_path / "d.npz", ReadOptions(test_fraction=0.25))
+    assert np.array_equal(again.splits["test"][0], test_x)  # the same test set every time
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(x_train=d["x_train"] / 255.0), "x_train is float64; lenet reads pixels as uint8 0..255"
                                                         r".*\(x \* 255\)\.round\(\)"),
     (lambda d: d.update(x_train=d["x_train"].astype(np.float32)),  # Keras's x.astype("float32"): not x * 255
      r"x_train is float32; .*np\.clip\(x, 0, 255\)\.round\(\)\.astype\(np\.uint8\), for pictures in 0\.\.255"),
-    (lambda d: d.pop("y_test"), r"no y_test; it holds x_test, x_train, y_train"),
+    (lambda d: d.pop("y_test"), r"holds x_test without y_test; give both or neither"),
+    (lambda d: d.pop("y_train"), r"no y_train; it holds x_test, x_train, y_test"),
+    (lambda d: d.update(x_test=d["x_test"][:0], y_test=d["y_test"][:0]),
+     "x_test holds no pictures; leave x_test and y_test out instead"),
     (lambda d: d.update(y_train=d["y_train"][:5]), "x_train holds 8 pictures but y_train 5 labels"),
     (lambda d: d.update(y_train=-d["y_train"]), r"\(train\): label -1 is out of range"),
     (lambda d: d.update(x_test=d["x_test"].astype(np.int16) * 2), r"x_test holds values \d+\.\.\d+; pixels must be"),

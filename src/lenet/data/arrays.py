@@ -304,13 +304,15 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 def read_npz(path: Path) -> Arrays:
     """A .npz in Keras's layout: x_train, y_train, x_test, y_test (and x_val, y_val);
-    images uint8 (N, H, W) or (N, H, W, C) with C 1 or 3, labels integer (N,) or (N, 1)."""
+    images uint8 (N, H, W) or (N, H, W, C) with C 1 or 3, labels integer (N,) or (N, 1).
+    Without x_test and y_test, the test set is held out of the training arrays, as of one CSV."""
     path = Path(path)
     arrays, held = _load_npz(path)
     notes: list[str] = []
-    if ("x_val" in arrays) != ("y_val" in arrays):
-        raise DataError(f"{path}: holds {'x_val' if 'x_val' in arrays else 'y_val'} without "
-                        f"{'y_val' if 'x_val' in arrays else 'x_val'}; give both or neither")
+    for split in ("test", "val"):
+        if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
+            have, lack = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else (f"y_{split}", f"x_{split}")
+            raise DataError(f"{path}: holds {have} without {lack}; give both or neither")
     ignored = sorted(set(held) - set(arrays))
     if ignored:
         notes.append(f"ignored arrays {', '.join(ignored)} in {path.name}")
@@ -323,7 +325,13 @@ def read_npz(path: Path) -> Arrays:
         if len(images) != len(labels):
             raise DataError(f"{path}: x_{split} holds {len(images)} pictures but y_{split} {len(labels)} labels; "
                             "they must pair up one to one")
+        if len(images) == 0:
+            leave = "" if split == "train" else f"; leave x_{split} and y_{split} out instead"
+            raise DataError(f"{path}: x_{split} holds no pictures{leave}")
         splits[split] = (images, labels)
+    if "test" not in splits:
+        splits["all"] = splits.pop("train")  # split by --test-fraction, per class, as one CSV is
+        notes.append(f"{path.name} has no x_test: the test set is held out of x_train (--test-fraction)")
     names = class_names_for(path.parent, [labels for _, labels in splits.values()], notes)
     return Arrays(splits, names, "npz", notes)
 
@@ -349,11 +357,11 @@ def _load_npz(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()
                        if info.filename.endswith(".npy")}
-            missing = [key for key in NPZ_KEYS if key not in members]
+            missing = [key for key in NPZ_KEYS[:2] if key not in members]
             if missing:
                 held = ", ".join(sorted(members)) or "no arrays"
                 raise DataError(f"{path}: no {', '.join(missing)}; it holds {held}. lenet reads Keras's layout: "
-                                "x_train, y_train, x_test, y_test (and optionally x_val, y_val)")
+                                "x_train, y_train (and optionally x_test, y_test, x_val, y_val)")
             wanted = [key for key in members if key in NPZ_KEYS or key in ("x_val", "y_val")]
             total = 0
             for key in wanted:
