@@ -11,11 +11,18 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from lenet.data.datasets import DATASETS
 from lenet.data.idx import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+# CI gates a landing, so its fuzzing draws the same examples every run (a failure there is
+# one anyone reproduces); runs between edits draw new ones and go on finding cases.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 def _find_real_data(name: str) -> tuple[Path | None, list[str]]:
