@@ -433,3 +433,18 @@ def test_cifar10_python_version_is_refused_with_where_to_get_the_binary_one(tmp_
         (folder / name).write_bytes(b"\x80\x04 a pickle, never opened")
     with pytest.raises(DataError, match=r"Python version.*never unpickles.*`lenet download cifar10`.*binary"):
         read_path(folder if layout == "itself" else tmp_path)
+
+
+@pytest.mark.parametrize("n, chunk", [(1, 4096), (37, 4), (1000, 64), (1000, 4096)])
+def test_to_front_gives_the_kept_rows_in_the_readers_own_array(n, chunk):
+    from lenet.data.sources import held_out_per_class, to_front
+
+    rng = np.random.default_rng(n)
+    rows = rng.integers(0, 256, (n, 1, 3, 3), dtype=np.uint8)
+    keep, _ = held_out_per_class(rng.integers(0, 5, n), 0, lambda k: k // 3)
+    expected = rows[keep]
+    got = to_front(rows, keep, chunk)
+    assert np.array_equal(got, expected) and np.shares_memory(got, rows)  # no second copy of the pixels
+    frozen = expected.copy()
+    frozen.flags.writeable = False  # an array the reader does not own (read-only): copied, left as it is
+    assert np.array_equal(to_front(frozen, np.arange(0, len(frozen), 2)), expected[::2])

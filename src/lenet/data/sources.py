@@ -48,7 +48,8 @@ class ReadOptions:
 @dataclass
 class Arrays:
     """What a reader found: per split (``train``, ``test``, ``val``; or ``all`` for data
-    that came as one set), uint8 images (N, C, H, W) and int64 labels (N,)."""
+    that came as one set), uint8 images (N, C, H, W) and int64 labels (N,). finish() splits
+    ``all`` in place: a reader hands over an array that is its own."""
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     class_names: tuple[str, ...]
@@ -70,8 +71,8 @@ def finish(found: Arrays, options: ReadOptions, path: Path) -> Arrays:
     if "all" in splits:
         images, labels = splits.pop("all")
         train_index, test_index = split_indices(labels, options.test_fraction, found.class_names, path)
-        splits = {"train": (images[train_index], labels[train_index]),
-                  "test": (images[test_index], labels[test_index]), **splits}
+        test = (images[test_index], labels[test_index])
+        splits = {"train": (to_front(images, train_index), labels[train_index]), "test": test, **splits}
     out = {}
     for name, (images, labels) in splits.items():
         images = convert_channels(images, options.channels)
@@ -91,6 +92,18 @@ def finish(found: Arrays, options: ReadOptions, path: Path) -> Arrays:
     if "train" not in out or "test" not in out:
         raise DataError(f"{path}: no {'training' if 'train' not in out else 'test'} set")
     return Arrays(out, found.class_names, found.kind, [*found.notes, *untrained_note(out, found.class_names)])
+
+
+def to_front(rows: np.ndarray, keep: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``rows[keep]`` for ascending ``keep``, moved to the front of ``rows`` itself (a view of
+    it): one-set data is the reader's own array, and a copy would hold its pixels twice.
+    Row keep[j] >= j, so a chunk's sources lie at or past where it is written."""
+    if not rows.flags.writeable:
+        return rows[keep]
+    for start in range(0, len(keep), chunk):
+        end = min(start + chunk, len(keep))
+        rows[start:end] = rows[keep[start:end]]  # the right side is a copy first
+    return rows[:len(keep)]
 
 
 def untrained_note(splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names: tuple[str, ...]) -> list[str]:
