@@ -435,7 +435,7 @@ def test_cifar10_python_version_is_refused_with_where_to_get_the_binary_one(tmp_
         read_path(folder if layout == "itself" else tmp_path)
 
 
-@pytest.mark.parametrize("n, chunk", [(1, 4096), (37, 4), (1000, 64), (1000, 4096)])
+@pytest.mark.parametrize("n, chunk", [(1, 1 << 20), (37, 4 * 9), (1000, 64 * 9), (1000, 1 << 20)])
 def test_to_front_gives_the_kept_rows_in_the_readers_own_array(n, chunk):
     from lenet.data.sources import held_out_per_class, to_front
 

@@ -546,6 +546,17 @@ def test_memory_stays_near_the_decoded_pixels(tmp_path):
     # the array, one copy while the cache writes it, and per-file bookkeeping (paths, hashes);
     # a list of decoded pictures would add their pixels and a Python object per picture
     assert peak < 2 * decoded + 2_000_000, f"peak {peak:,} bytes for {decoded:,} decoded"
+    tiny = sources.Arrays({"all": (np.zeros((4, 1, 2, 2), np.uint8), np.array([0, 0, 1, 1]))}, ("a", "b"), "x")
+    sources.finish(tiny, QUIET, root)  # the modules a first split imports (numpy.ma) are not its memory
+    tracemalloc.start()  # the split into training and test: only the test share is copied
+    try:
+        split = sources.finish(found, QUIET, root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(split.splits["train"][0]) + len(split.splits["test"][0]) == n
+    # the test share (a fifth), one 1 MiB chunk in flight, the labels; a copy would be the pixels again
+    assert peak < 0.25 * decoded + 1_600_000, f"split peak {peak:,} bytes for {decoded:,} decoded"
 
 
 def test_split_folders_in_any_case_are_splits_and_look_alikes_are_refused(tmp_path):

@@ -94,12 +94,13 @@ def finish(found: Arrays, options: ReadOptions, path: Path) -> Arrays:
     return Arrays(out, found.class_names, found.kind, [*found.notes, *untrained_note(out, found.class_names)])
 
 
-def to_front(rows: np.ndarray, keep: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def to_front(rows: np.ndarray, keep: np.ndarray, chunk_bytes: int = 1 << 20) -> np.ndarray:
     """``rows[keep]`` for ascending ``keep``, moved to the front of ``rows`` itself (a view of
     it): one-set data is the reader's own array, and a copy would hold its pixels twice.
     Row keep[j] >= j, so a chunk's sources lie at or past where it is written."""
     if not rows.flags.writeable:
         return rows[keep]
+    chunk = max(1, chunk_bytes // max(1, rows[:1].nbytes))
     for start in range(0, len(keep), chunk):
         end = min(start + chunk, len(keep))
         rows[start:end] = rows[keep[start:end]]  # the right side is a copy first
