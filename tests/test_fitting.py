@@ -77,6 +77,21 @@ def test_a_config_that_disagrees_with_the_data_is_refused_naming_both(rgb_npz):
         lenet.train(quick(set={"model.input_size": 28}), data=rgb_npz)
 
 
+def test_a_trained_config_given_other_data_as_a_dataset_is_refused_naming_both(rgb_npz):
+    from dataclasses import replace
+
+    from lenet.configuration.fitting import fit_to_data
+
+    cfg = quick(set={"data.path": str(rgb_npz)})
+    data = load_data(cfg)
+    trained = fit_to_data(cfg, data)  # records the classes "0".."3" and the 3 x 16 x 16 input
+    assert fit_to_data(trained, data) == trained
+    renamed = replace(data, spec=replace(data.spec, class_names=("a", "b", "c", "d")))
+    with pytest.raises(DataError, match=r"now has the classes \['a', 'b', 'c', 'd'\] but this run trained on "
+                                        r"\['0', '1', '2', '3'\]; the data changed since the run started"):
+        fit_to_data(trained, renamed)
+
+
 def test_image_size_and_channels_convert_any_data_even_the_catalogues(tiny_data_dir):
     cfg = quick(data_dir=str(tiny_data_dir), image_size=32, channels=3)
     data = load_data(cfg)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..data.catalog import DATASETS, get_spec
 from ..data.datasets import Dataset
-from ..data.sources import MAX_SIDE
+from ..data.sources import MAX_SIDE, check_as_trained
 from ..errors import ConfigError, DataError
 from ..model.network import ModelConfig, check_architecture
 from .run import RunConfig, validate
@@ -20,6 +20,7 @@ def fit_to_data(cfg: RunConfig, dataset: Dataset) -> RunConfig:
     data not in the catalogue, pixel statistics that had to be measured)."""
     _, channels, height, _ = dataset.train.images.shape
     spec = dataset.spec
+    check_as_trained(spec.class_names, dataset.train.images, cfg)  # a resumed run's data, given as a Dataset
     wanted = {"in_channels": (int(channels), "channels"), "input_size": (int(height), "pixels a side"),
               "num_classes": (len(spec.class_names), "classes")}
     given = cfg.model.model_fields_set
@@ -34,9 +35,6 @@ def fit_to_data(cfg: RunConfig, dataset: Dataset) -> RunConfig:
         model[key] = value
     data: dict[str, Any] = {}
     if spec.name not in DATASETS or cfg.data.path:
-        if cfg.data.classes and list(cfg.data.classes) != list(spec.class_names):
-            raise DataError(f"the data at {where} now has the classes {list(spec.class_names)[:12]} but this run "
-                            f"trained on {list(cfg.data.classes)[:12]}; the data changed since the run started")
         data["classes"] = list(spec.class_names)
     catalogued = spec.name in DATASETS and not cfg.data.path and get_spec(spec.name).std
     if not catalogued and cfg.data.std is None:

@@ -342,15 +342,13 @@ class DeviceData:
 
 def as_dataset(data: Any, cfg: Any) -> Dataset:
     """A Dataset from what a caller passes to train(): None (the config's data, found as
-    the CLI finds it), a Dataset, a path (your own data, sources.read_path), or a mapping
+    the CLI finds it: a path given to train() is already its data.path), a Dataset, or a mapping
     {"train": (images, labels), "test": (images, labels)} of arrays or tensors: uint8
     images (N, H, W), (N, C, H, W) or (N, H, W, C) with C 1 or 3, integer labels (N,)."""
     if data is None:
         dataset = load_data(cfg)
     elif isinstance(data, Dataset):
         dataset = data
-    elif isinstance(data, (str, Path)):
-        dataset = load_data(cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data)})}))
     elif isinstance(data, dict) and {"train", "test"} <= set(data):
         pairs = {name: _pair(data[name], name) for name in ("train", "test", "val") if name in data}
         classes = 1 + max((int(labels.max()) for _, labels in pairs.values() if len(labels)), default=1)
@@ -417,7 +415,7 @@ def load_data(cfg: Any, data_dir: str | Path | None = None) -> Dataset:
     d = cfg.data
     if d.path:
         found = reading.read_path(d.path, read_options(cfg))
-        sources.check_as_trained(found, cfg)
+        sources.check_as_trained(found.class_names, found.splits["train"][0], cfg)
         dataset = from_arrays(found, data_spec(cfg).name)
     else:
         dataset = load_dataset(d.dataset, data_dir or d.data_dir)

@@ -120,24 +120,25 @@ def untrained_note(splits: dict[str, tuple[np.ndarray, np.ndarray]], class_names
             "training pictures: the model cannot learn them"]
 
 
-def check_as_trained(found: Arrays, cfg: Any) -> None:
-    """A run's data, read again (eval, export), must be what it trained on: the same classes
-    (a class folder added since shifts every label, and eval would score the model against
-    the wrong names) and the same picture shape (else torch fails inside the model)."""
+def check_as_trained(class_names: tuple[str, ...], images: Any, cfg: Any) -> None:
+    """A run's data, read again (resume, eval, export), must be what it trained on: the same
+    classes (a class folder added since shifts every label, and eval would score the model
+    against the wrong names) and the same picture shape (else torch fails inside the model).
+    ``images``: its training pictures (N, C, H, W)."""
     recorded, model = cfg.data.classes, cfg.model
     if not recorded:  # not yet trained: fit_to_data takes whatever the data is
         return
     then = None
-    if list(found.class_names) != list(recorded):
-        now, then = f"the classes {list(found.class_names)[:12]}", f"{list(recorded)[:12]}"
+    if list(class_names) != list(recorded):
+        now, then = f"the classes {list(class_names)[:12]}", f"{list(recorded)[:12]}"
     else:
-        channels, side = found.splits["train"][0].shape[1:3]
+        channels, side = images.shape[1:3]
         if (channels, side) != (model.in_channels, model.input_size):
             now = f"pictures of {channels} x {side} x {side}"
             then = f"{model.in_channels} x {model.input_size} x {model.input_size}"
     if then:
-        raise DataError(f"the data at {cfg.data.path} now has {now} but this run trained on {then}; "
-                        "the data changed since the run started: restore it, or train anew")
+        raise DataError(f"the data at {cfg.data.path or cfg.data.dataset} now has {now} but this run trained on "
+                        f"{then}; the data changed since the run started: restore it, or train anew")
 
 
 def check_labels(labels: np.ndarray, n_images: int, classes: int, where: str) -> None:
