@@ -43,10 +43,14 @@ def wanted() -> bool:
     return value not in ("0", "false", "no", "off")
 
 
+def lenet_cache() -> Path:
+    """``$XDG_CACHE_HOME/lenet`` (``~/.cache/lenet`` by default): downloads and decoded pictures."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lenet"
+
+
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/lenet/decoded`` (``~/.cache/lenet/decoded`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lenet" / "decoded"
+    return lenet_cache() / "decoded"
 
 
 def content_key(settings: dict, class_names: Sequence[str], pictures: Iterable[tuple[str, int, bytes]]) -> str:

@@ -24,6 +24,7 @@ from .catalog import DATASETS, DEBIAN_DATASETS, DatasetSpec, class_index, get_sp
 from ..errors import DataError, UsageError
 from .download import archive_problem, download_archive, download_dataset, unpack_archive
 from . import reading, sources
+from .cache import lenet_cache
 from .cifar import CIFAR_BATCHES, read_cifar10
 from .idx import read_idx
 
@@ -31,8 +32,7 @@ from .idx import read_idx
 
 
 def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lenet" / "datasets"
+    return lenet_cache() / "datasets"
 
 
 def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
