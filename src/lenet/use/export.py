@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..configuration.run import RunConfig, validate
-from ..data.datasets import Normalizer, data_spec, load_data, load_dataset
+from ..data.datasets import Normalizer, data_spec, load_data, load_dataset, locate
 from ..errors import DataError, RunError, UsageError
 from ..store.files import atomic_write_bytes
 from ..store.models import MODEL_FILE, load_model, read_safetensors_header, recorded_preprocess, resolve_model_path
@@ -193,12 +193,9 @@ def check_images(dataset: str | RunConfig, count: int, data_dir: str | Path | No
     try:
         if isinstance(dataset, RunConfig):
             d = dataset.data
-            if d.path is None:  # a catalogue dataset: never downloaded for a check
-                data = load_dataset(d.dataset, data_dir or d.data_dir, download=False)
-                if d.image_size is not None or d.channels is not None:
-                    data = load_data(dataset, data_dir)  # resized or converted as the run trained
-            else:
-                data = load_data(dataset, data_dir)
+            if d.path is None:  # a catalogue dataset: never downloaded for a check (DataError where absent)
+                locate(d.dataset, data_dir or d.data_dir, download=False)
+            data = load_data(dataset, data_dir)  # resized or converted as the run trained
             return data.test.images[:count].numpy(), f"{data.spec.name} test"
         data = load_dataset(dataset, data_dir, download=False)
         return data.test.images[:count].numpy(), f"{dataset} test"
