@@ -328,8 +328,8 @@ def fit(image: Image.Image, channels: int, size: int) -> Framed:
     resized the data (lenet.data.sources: luma weights, antialiased bilinear); no cropping."""
     # as training read the picture (alpha dropped, not composited): a training picture gives what training saw
     pixels = np.array(as_trained(image, channels), dtype=np.uint8)  # a writable copy: torch warns on read-only
-    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    out = resize(convert_channels(chw[None], channels), size)[0]
+    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # as_trained gave ``channels`` already
+    out = resize(chw[None], size)[0]
     width, height = image.size
     return Framed(image=np.ascontiguousarray(out[0] if channels == 1 else out.transpose(1, 2, 0)),
                   inverted=False, crop=(0, 0, height, width))
